@@ -1,0 +1,25 @@
+//! Onramp's domain: the rules of device identity and lifecycle, as pure code.
+//!
+//! Nothing in this crate performs I/O, reads a clock or draws random numbers:
+//! callers pass the current time and any randomness in. That keeps every rule
+//! here testable exhaustively, without a database, a socket or a CA.
+
+pub mod audit;
+pub mod enrolment;
+pub mod lifecycle;
+pub mod names;
+pub mod role;
+pub mod version;
+
+pub use audit::{AuditEntry, Outcome};
+pub use enrolment::{
+    CertStatus, KeyKind, KeyRefusal, SubjectRefusal, TokenRefusal, TokenState, check_key,
+    check_subject,
+};
+pub use lifecycle::{DeviceStatus, LifecycleAction, TransitionError};
+pub use names::{NameError, validate_serial_number, validate_thing_name};
+pub use role::{Permission, Role};
+pub use version::{FirmwareVersion, version_sort_key};
+
+/// Seconds since the Unix epoch. The domain never reads the clock itself.
+pub type UnixTime = i64;

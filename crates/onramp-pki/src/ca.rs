@@ -1,0 +1,413 @@
+//! The built-in certificate authority: a root and an issuing CA on disk.
+
+use crate::csr::VerifiedCsr;
+use crate::encoding::{CertInfo, fingerprint_sha256, parse_cert, pem_to_der_chain, serial_hex};
+use crate::files::{read_file, read_key_file, write_private_file, write_public_file};
+use crate::secrets::random_bytes;
+use crate::{PkiError, Result};
+use rcgen::{
+    PublicKeyData,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use std::path::{Path, PathBuf};
+use ::time::OffsetDateTime;
+use x509_parser::prelude::*;
+
+/// Key algorithm for the CA keys Onramp generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaKeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+    Rsa3072,
+}
+
+impl std::str::FromStr for CaKeyAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "p256" | "ecdsa-p256" | "p-256" => Ok(CaKeyAlgorithm::EcdsaP256),
+            "p384" | "ecdsa-p384" | "p-384" => Ok(CaKeyAlgorithm::EcdsaP384),
+            "rsa3072" | "rsa-3072" => Ok(CaKeyAlgorithm::Rsa3072),
+            other => Err(format!(
+                "unknown key algorithm `{other}` (ecdsa-p256, ecdsa-p384, rsa-3072)"
+            )),
+        }
+    }
+}
+
+impl CaKeyAlgorithm {
+    fn generate(self) -> Result<KeyPair> {
+        Ok(match self {
+            CaKeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
+            CaKeyAlgorithm::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
+            CaKeyAlgorithm::Rsa3072 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)?
+            }
+        })
+    }
+}
+
+/// A certificate the CA just signed, before the registry records it.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    pub der: Vec<u8>,
+    pub pem: String,
+    /// Lowercase hex of the 128-bit random serial.
+    pub serial: String,
+    pub fingerprint: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// The HTTPS/MQTT server's own certificate and key, issued by the CA.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    /// Server certificate followed by the issuing CA.
+    pub chain_pem_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    /// Issuing CA first, root last.
+    chain_der: Vec<Vec<u8>>,
+    issuing_info: CertInfo,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("issuing", &self.issuing_info.subject_dn)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+const ROOT_CERT: &str = "root.pem";
+const ROOT_KEY: &str = "root.key";
+const ISSUING_CERT: &str = "issuing.pem";
+const ISSUING_KEY: &str = "issuing.key";
+
+fn at(unix: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(unix).map_err(|e| PkiError::Invalid(e.to_string()))
+}
+
+fn random_serial() -> Result<SerialNumber> {
+    let mut bytes: [u8; 16] = random_bytes()?;
+    // Keep the full 16 bytes significant so every serial prints the same width.
+    if bytes[0] == 0 {
+        bytes[0] = 1;
+    }
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+const DAY: i64 = 86_400;
+
+impl CertificateAuthority {
+    /// Whether a CA exists in `dir`.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(ISSUING_CERT).exists() && dir.join(ISSUING_KEY).exists()
+    }
+
+    /// Creates a root and an issuing CA in `dir`. Refuses to overwrite one.
+    pub fn create(
+        dir: &Path,
+        alg: CaKeyAlgorithm,
+        organization: &str,
+        now: i64,
+    ) -> Result<CertificateAuthority> {
+        if Self::exists(dir) {
+            return Err(PkiError::Invalid(format!(
+                "a CA already exists in {}",
+                dir.display()
+            )));
+        }
+        let root_key = alg.generate()?;
+        let mut root = CertificateParams::default();
+        root.distinguished_name = rcgen::DistinguishedName::new();
+        root.distinguished_name
+            .push(DnType::OrganizationName, organization);
+        root.distinguished_name
+            .push(DnType::CommonName, format!("{organization} Root CA"));
+        root.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        root.not_before = at(now - DAY)?;
+        root.not_after = at(now + 20 * 365 * DAY)?;
+        root.serial_number = Some(random_serial()?);
+        let root_cert = root.self_signed(&root_key)?;
+
+        let issuing_key = alg.generate()?;
+        let mut issuing = CertificateParams::default();
+        issuing.distinguished_name = rcgen::DistinguishedName::new();
+        issuing
+            .distinguished_name
+            .push(DnType::OrganizationName, organization);
+        issuing
+            .distinguished_name
+            .push(DnType::CommonName, format!("{organization} Issuing CA"));
+        issuing.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        issuing.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        issuing.not_before = at(now - DAY)?;
+        issuing.not_after = at(now + 10 * 365 * DAY)?;
+        issuing.serial_number = Some(random_serial()?);
+        issuing.use_authority_key_identifier_extension = true;
+        let root_issuer = Issuer::new(root, root_key);
+        let issuing_cert = issuing.signed_by(&issuing_key, &root_issuer)?;
+
+        write_private_file(
+            &dir.join(ROOT_KEY),
+            root_issuer.key().serialize_pem().as_bytes(),
+        )?;
+        write_public_file(&dir.join(ROOT_CERT), root_cert.pem().as_bytes())?;
+        write_private_file(&dir.join(ISSUING_KEY), issuing_key.serialize_pem().as_bytes())?;
+        write_public_file(&dir.join(ISSUING_CERT), issuing_cert.pem().as_bytes())?;
+        Self::load(dir)
+    }
+
+    /// Imports an existing CA: its certificate (optionally followed by its
+    /// parents up to a root) and its private key, into `dir`.
+    pub fn import(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority> {
+        if Self::exists(dir) {
+            return Err(PkiError::Invalid(format!(
+                "a CA already exists in {}",
+                dir.display()
+            )));
+        }
+        let chain = pem_to_der_chain(cert_pem)?;
+        let key = KeyPair::from_pem(key_pem)?;
+        let (_, cert) = X509Certificate::from_der(&chain[0])
+            .map_err(|e| PkiError::Invalid(format!("CA certificate: {e}")))?;
+        if !cert.is_ca() {
+            return Err(PkiError::Invalid(
+                "the imported certificate is not a CA (basicConstraints CA:FALSE or absent)".into(),
+            ));
+        }
+        if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(PkiError::Invalid(
+                "the private key does not belong to the imported certificate".into(),
+            ));
+        }
+        let to_pem = |der: &[u8]| pem_encode("CERTIFICATE", der);
+        let root_der = chain.last().cloned().unwrap_or_default();
+        write_private_file(&dir.join(ISSUING_KEY), key.serialize_pem().as_bytes())?;
+        write_public_file(&dir.join(ISSUING_CERT), cert_pem_all(&chain[..chain.len().saturating_sub(1).max(1)]).as_bytes())?;
+        write_public_file(&dir.join(ROOT_CERT), to_pem(&root_der).as_bytes())?;
+        Self::load(dir)
+    }
+
+    /// Loads the CA from `dir`, refusing key files readable by others.
+    pub fn load(dir: &Path) -> Result<CertificateAuthority> {
+        let key_pem = read_key_file(&dir.join(ISSUING_KEY))?;
+        if dir.join(ROOT_KEY).exists() {
+            read_key_file(&dir.join(ROOT_KEY))?;
+        }
+        let key = KeyPair::from_pem(&key_pem)?;
+        let mut chain_der = pem_to_der_chain(&read_file(&dir.join(ISSUING_CERT))?)?;
+        let root = pem_to_der_chain(&read_file(&dir.join(ROOT_CERT))?)?;
+        for r in root {
+            if !chain_der.contains(&r) {
+                chain_der.push(r);
+            }
+        }
+        let issuing_info = parse_cert(&chain_der[0])?;
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(chain_der[0].clone()), key)?;
+        Ok(CertificateAuthority {
+            issuer,
+            chain_der,
+            issuing_info,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The issuing CA certificate (DER).
+    pub fn issuing_der(&self) -> &[u8] {
+        &self.chain_der[0]
+    }
+
+    /// The chain from the issuing CA up to the root (DER).
+    pub fn chain_der(&self) -> &[Vec<u8>] {
+        &self.chain_der
+    }
+
+    /// The root certificate (DER): the trust anchor devices and clients install.
+    pub fn root_der(&self) -> &[u8] {
+        self.chain_der.last().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    pub fn chain_pem(&self) -> String {
+        cert_pem_all(&self.chain_der)
+    }
+
+    pub fn root_pem(&self) -> String {
+        pem_encode("CERTIFICATE", self.root_der())
+    }
+
+    pub fn issuing_info(&self) -> &CertInfo {
+        &self.issuing_info
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Proves the signing key is loaded and usable (for readiness checks).
+    pub fn self_check(&self) -> Result<()> {
+        use rcgen::SigningKey;
+        self.issuer
+            .key()
+            .sign(b"onramp readiness")
+            .map(|_| ())
+            .map_err(PkiError::from)
+    }
+
+    /// Issues a device certificate: CN = thing name, serialNumber = the
+    /// device serial, digitalSignature, clientAuth, random 128-bit serial.
+    /// Everything but the public key is decided here, never copied from the CSR.
+    pub fn issue_device_cert(
+        &self,
+        csr: &VerifiedCsr,
+        thing_name: &str,
+        serial_number: &str,
+        validity_days: u32,
+        now: i64,
+    ) -> Result<IssuedCert> {
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, thing_name);
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 5]), serial_number);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        // A minute of back-dating absorbs small device clock skew.
+        params.not_before = at(now - 60)?;
+        params.not_after = at(now + i64::from(validity_days) * DAY)?;
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&public_key, &self.issuer)?;
+        let der = cert.der().to_vec();
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| serial_hex(&s.to_bytes()))
+            .unwrap_or_default();
+        Ok(IssuedCert {
+            fingerprint: fingerprint_sha256(&der),
+            pem: cert.pem(),
+            der,
+            serial,
+            not_before: now - 60,
+            not_after: now + i64::from(validity_days) * DAY,
+        })
+    }
+
+    /// Ensures the server's TLS identity exists in `dir`, valid for `hosts`
+    /// for at least 30 more days; reissues it otherwise.
+    pub fn ensure_server_identity(
+        &self,
+        dir: &Path,
+        hosts: &[String],
+        now: i64,
+    ) -> Result<ServerIdentity> {
+        let chain_pem_path = dir.join("server.pem");
+        let key_path = dir.join("server.key");
+        let hosts_path = dir.join("server.hosts");
+        let wanted_hosts = hosts.join("\n");
+        let current = chain_pem_path.exists()
+            && key_path.exists()
+            && read_file(&hosts_path).ok().as_deref() == Some(wanted_hosts.as_str())
+            && read_file(&chain_pem_path)
+                .ok()
+                .and_then(|pem| pem_to_der_chain(&pem).ok())
+                .and_then(|chain| parse_cert(&chain[0]).ok())
+                .is_some_and(|info| {
+                    info.not_after > now + 30 * DAY && info.issuer_dn == self.issuing_info.subject_dn
+                });
+        if current {
+            read_key_file(&key_path)?;
+            return Ok(ServerIdentity {
+                chain_pem_path,
+                key_path,
+            });
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            hosts.first().map(String::as_str).unwrap_or("localhost"),
+        );
+        params.subject_alt_names = hosts
+            .iter()
+            .map(|h| match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => h
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(PkiError::from),
+            })
+            .collect::<Result<_>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = at(now - 60)?;
+        params.not_after = at(now + 397 * DAY)?;
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let mut chain = cert.pem();
+        chain.push_str(&pem_encode("CERTIFICATE", self.issuing_der()));
+        write_private_file(&key_path, key.serialize_pem().as_bytes())?;
+        write_public_file(&chain_pem_path, chain.as_bytes())?;
+        write_public_file(&hosts_path, wanted_hosts.as_bytes())?;
+        Ok(ServerIdentity {
+            chain_pem_path,
+            key_path,
+        })
+    }
+
+    /// Whether `cert_der` carries a valid signature by this CA's issuing key.
+    pub fn issued(&self, cert_der: &[u8]) -> bool {
+        signed_by(cert_der, self.issuing_der())
+    }
+}
+
+/// Whether `cert_der` is signed by the key of `issuer_der` (and names it as issuer).
+pub fn signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        X509Certificate::from_der(cert_der),
+        X509Certificate::from_der(issuer_der),
+    ) else {
+        return false;
+    };
+    cert.issuer() == issuer.subject() && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn cert_pem_all(chain: &[Vec<u8>]) -> String {
+    chain.iter().map(|d| pem_encode("CERTIFICATE", d)).collect()
+}

@@ -1,0 +1,45 @@
+//! Onramp's certificate authority and the cryptographic helpers around it.
+//!
+//! Owns: the root and issuing CA (created on first start or imported), key
+//! files and their permissions, CSR parsing and checks, device and server
+//! certificate issuance, PKCS#7 certs-only encoding for EST, and the keyed
+//! hash used to store enrolment tokens and API keys.
+//! Knows nothing of the registry, HTTP or MQTT.
+
+mod ca;
+mod csr;
+mod encoding;
+mod files;
+mod secrets;
+
+pub use ca::{CaKeyAlgorithm, CertificateAuthority, IssuedCert, ServerIdentity};
+pub use csr::{CsrError, VerifiedCsr, parse_csr};
+pub use ca::signed_by;
+pub use encoding::{
+    CertInfo, base64_mime, certs_only_pkcs7, csr_attributes, decode_base64_lenient,
+    fingerprint_sha256, parse_cert, pem_to_der_chain,
+};
+pub use files::{check_key_file, write_private_file};
+pub use secrets::{SecretHasher, random_secret};
+
+/// Everything that can go wrong in the PKI layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and start again"
+    )]
+    InsecureKeyFile { path: String, mode: u32 },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("invalid certificate or key material: {0}")]
+    Invalid(String),
+    #[error("cryptographic failure: {0}")]
+    Crypto(String),
+}
+
+pub type Result<T> = std::result::Result<T, PkiError>;
