@@ -8,6 +8,7 @@ pub mod audit;
 pub mod enrolment;
 pub mod lifecycle;
 pub mod names;
+pub mod registry;
 pub mod role;
 pub mod version;
 
@@ -17,6 +18,7 @@ pub use enrolment::{
     check_subject,
 };
 pub use lifecycle::{DeviceStatus, LifecycleAction, TransitionError};
+pub use registry::*;
 pub use names::{NameError, validate_serial_number, validate_thing_name};
 pub use role::{Permission, Role};
 pub use version::{FirmwareVersion, version_sort_key};

@@ -1,0 +1,219 @@
+//! Onramp's registry storage.
+//!
+//! One interface, [`Store`], with two backends selected by URL: SQLite (the
+//! embedded default) and PostgreSQL (production, several nodes). Every
+//! registry change is written in the same transaction as its audit entry, and
+//! an enrolment (token use, device state, superseded and new certificate) is
+//! one transaction: the registry never records a certificate that was not
+//! issued, and a certificate is only handed out once it is recorded.
+//!
+//! The store knows nothing of HTTP, MQTT or certificates' bytes beyond storing them.
+
+mod sql;
+pub mod testing;
+
+use async_trait::async_trait;
+use onramp_domain::{
+    AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CertStatus, Certificate, Device, DeviceFilter,
+    DeviceProfile, DeviceStatus, EnrolmentToken, FleetGauges, LifecycleAction, Page, Role,
+    TransitionError, UnixTime,
+};
+use std::sync::Arc;
+
+pub use sql::SqlStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("the enrolment token can no longer be used")]
+    TokenNotUsable,
+    #[error("the certificate being renewed is no longer active")]
+    CertificateNotActive,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A certificate to record, as issued by the CA.
+#[derive(Debug, Clone)]
+pub struct NewCertificate {
+    pub serial: String,
+    pub fingerprint: String,
+    pub pem: String,
+    pub not_before: UnixTime,
+    pub not_after: UnixTime,
+}
+
+/// Which existing certificates a new one replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Supersede {
+    /// A fresh enrolment: every active certificate of the device.
+    AllActive,
+    /// A re-enrolment: exactly this one, which must still be active.
+    Certificate(String),
+}
+
+/// Everything an enrolment writes, committed as one transaction.
+#[derive(Debug, Clone)]
+pub struct EnrolmentCommit {
+    pub tenant: String,
+    pub thing_name: String,
+    pub serial_number: String,
+    /// Used when the device does not exist yet.
+    pub profile: DeviceProfile,
+    /// The token to consume; it must still be unused, unrevoked and unexpired.
+    pub token_id: Option<String>,
+    pub supersede: Supersede,
+    pub certificate: NewCertificate,
+    pub audit: AuditEntry,
+    pub now: UnixTime,
+}
+
+/// A new enrolment token (its hash; the token itself is never stored).
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: String,
+    pub tenant: String,
+    pub token_hash: String,
+    pub serial_number: String,
+    pub thing_name: String,
+    pub profile: DeviceProfile,
+    pub expires_at: UnixTime,
+    pub created_by: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    // Tenants.
+    async fn create_tenant(&self, id: &str, audit: &AuditEntry, now: UnixTime) -> Result<()>;
+    async fn list_tenants(&self) -> Result<Vec<String>>;
+
+    // Devices.
+    async fn get_device(&self, tenant: &str, thing_name: &str) -> Result<Option<Device>>;
+    async fn get_device_by_serial(&self, tenant: &str, serial: &str) -> Result<Option<Device>>;
+    async fn list_devices(
+        &self,
+        tenant: &str,
+        filter: &DeviceFilter,
+        page: &Page,
+    ) -> Result<Vec<Device>>;
+    /// Applies a lifecycle action; decommissioning also revokes every
+    /// certificate of the device. Returns the device after the change.
+    async fn transition_device(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        action: LifecycleAction,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<Device>;
+    /// Merges `patch` into the attributes; a `null` value removes the key.
+    async fn patch_device_attributes(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        patch: &serde_json::Map<String, serde_json::Value>,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<Device>;
+
+    // Enrolment.
+    async fn commit_enrolment(&self, commit: &EnrolmentCommit) -> Result<Certificate>;
+
+    // Certificates.
+    async fn get_certificate(&self, serial: &str) -> Result<Option<Certificate>>;
+    async fn list_certificates(
+        &self,
+        tenant: &str,
+        thing_name: Option<&str>,
+        status: Option<CertStatus>,
+        page: &Page,
+    ) -> Result<Vec<Certificate>>;
+    async fn revoke_certificate(
+        &self,
+        tenant: &str,
+        serial: &str,
+        reason: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<Certificate>;
+
+    // Enrolment tokens.
+    /// Records the token and, if the device is unknown, registers it as pending.
+    async fn create_token(&self, token: &NewToken, audit: &AuditEntry, now: UnixTime)
+    -> Result<EnrolmentToken>;
+    async fn get_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrolmentToken>>;
+    async fn list_tokens(&self, tenant: &str, page: &Page) -> Result<Vec<EnrolmentToken>>;
+    async fn revoke_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<EnrolmentToken>;
+
+    // Allow-list.
+    /// Adds serials (existing ones are kept); returns how many were new.
+    async fn allowlist_add(
+        &self,
+        tenant: &str,
+        serials: &[String],
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<u64>;
+    async fn allowlist_remove(&self, tenant: &str, serial: &str, audit: &AuditEntry) -> Result<()>;
+    async fn allowlist_contains(&self, tenant: &str, serial: &str) -> Result<bool>;
+    async fn list_allowlist(&self, tenant: &str, page: &Page) -> Result<Vec<AllowlistEntry>>;
+
+    // API keys.
+    async fn create_api_key(
+        &self,
+        key: &ApiKey,
+        key_hash: &str,
+        audit: &AuditEntry,
+    ) -> Result<()>;
+    async fn get_api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>>;
+    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>>;
+    async fn revoke_api_key(
+        &self,
+        tenant: &str,
+        id: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<ApiKey>;
+
+    // Audit and operations.
+    /// Appends an entry that records no other change (typically a refusal).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+    async fn query_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
+    async fn fleet_gauges(&self, now: UnixTime) -> Result<FleetGauges>;
+    /// Writes to the database to prove it is writable.
+    async fn probe_writable(&self, now: UnixTime) -> Result<()>;
+}
+
+/// Opens the store at `url` (`sqlite://…` or `postgres://…`) and runs its migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(SqlStore::open(url).await?))
+}
+
+/// Roles are stored by name.
+pub(crate) fn parse_role(s: &str) -> Result<Role> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+pub(crate) fn parse_status(s: &str) -> Result<DeviceStatus> {
+    s.parse().map_err(StoreError::Corrupt)
+}

@@ -1,0 +1,1036 @@
+//! The SQL implementation of [`Store`], shared by SQLite and PostgreSQL
+//! through sqlx's `Any` driver. The two dialects differ only in their
+//! migrations and in how connections are set up.
+//!
+//! Placeholders are numbered in order of first appearance in every statement:
+//! SQLite binds `$n` by position of first use, PostgreSQL by number.
+
+use crate::{
+    EnrolmentCommit, NewToken, Result, Store, StoreError, Supersede, parse_role, parse_status,
+};
+use async_trait::async_trait;
+use onramp_domain::{
+    AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CertStatus, Certificate, Device, DeviceFilter,
+    DeviceStatus, EnrolmentToken, FleetGauges, LifecycleAction, Outcome, Page, UnixTime,
+    version_sort_key,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use std::time::Duration;
+
+/// SQL text assembled from constant column lists and numbered placeholders;
+/// values are always bound, never formatted in.
+macro_rules! sqlf {
+    ($($t:tt)*) => { sqlx::AssertSqlSafe(format!($($t)*)) };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The registry on SQL. For SQLite, writes go through a single connection so
+/// that they queue in the pool instead of failing with SQLITE_BUSY, while
+/// reads use several connections (WAL lets them run beside the writer).
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    dialect: Dialect,
+    reader: AnyPool,
+    writer: AnyPool,
+}
+
+const DEVICE_COLUMNS: &str = "tenant, thing_name, serial_number, device_class, hardware_revision, \
+     firmware_version, attributes, status, created_at, updated_at, last_seen_at";
+const CERT_COLUMNS: &str = "serial, tenant, thing_name, fingerprint, pem, not_before, not_after, \
+     status, issued_at, revoked_at, revocation_reason, superseded_by";
+const TOKEN_COLUMNS: &str = "id, tenant, serial_number, thing_name, created_at, expires_at, \
+     used_at, revoked_at, created_by";
+const AUDIT_COLUMNS: &str = "id, tenant, actor, action, target, source, outcome, detail, at";
+
+impl SqlStore {
+    pub async fn open(url: &str) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Corrupt(format!(
+                "unsupported database URL `{}`: use sqlite:// or postgres://",
+                url.split(':').next().unwrap_or("")
+            )));
+        };
+        let store = match dialect {
+            Dialect::Sqlite => {
+                let url = if url.contains('?') {
+                    url.to_string()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let setup = |pool: AnyPoolOptions| {
+                    pool.after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                };
+                let writer = setup(AnyPoolOptions::new().max_connections(1).min_connections(1))
+                    .connect(&url)
+                    .await?;
+                let reader = setup(AnyPoolOptions::new().max_connections(8))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await?;
+                SqlStore {
+                    dialect,
+                    reader,
+                    writer,
+                }
+            }
+            Dialect::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                SqlStore {
+                    dialect,
+                    reader: pool.clone(),
+                    writer: pool,
+                }
+            }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.writer).await?,
+            Dialect::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.writer)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(self.writer.begin().await?)
+    }
+}
+
+// ---- row mapping ----
+
+fn device_from_row(row: &AnyRow) -> Result<Device> {
+    let attributes: String = row.try_get("attributes")?;
+    let attributes = match serde_json::from_str::<serde_json::Value>(&attributes) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return Err(StoreError::Corrupt("device attributes are not a JSON object".into())),
+    };
+    Ok(Device {
+        tenant: row.try_get("tenant")?,
+        thing_name: row.try_get("thing_name")?,
+        serial_number: row.try_get("serial_number")?,
+        device_class: row.try_get("device_class")?,
+        hardware_revision: row.try_get("hardware_revision")?,
+        firmware_version: row.try_get("firmware_version")?,
+        attributes,
+        status: parse_status(&row.try_get::<String, _>("status")?)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+    })
+}
+
+fn cert_from_row(row: &AnyRow) -> Result<Certificate> {
+    let status: String = row.try_get("status")?;
+    Ok(Certificate {
+        serial: row.try_get("serial")?,
+        tenant: row.try_get("tenant")?,
+        thing_name: row.try_get("thing_name")?,
+        fingerprint: row.try_get("fingerprint")?,
+        pem: row.try_get("pem")?,
+        not_before: row.try_get("not_before")?,
+        not_after: row.try_get("not_after")?,
+        status: status.parse().map_err(StoreError::Corrupt)?,
+        issued_at: row.try_get("issued_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        revocation_reason: row.try_get("revocation_reason")?,
+        superseded_by: row.try_get("superseded_by")?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<EnrolmentToken> {
+    Ok(EnrolmentToken {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        serial_number: row.try_get("serial_number")?,
+        thing_name: row.try_get("thing_name")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        used_at: row.try_get("used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        created_by: row.try_get("created_by")?,
+    })
+}
+
+fn api_key_from_row(row: &AnyRow) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        name: row.try_get("name")?,
+        role: parse_role(&row.try_get::<String, _>("role")?)?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+fn audit_from_row(row: &AnyRow) -> Result<AuditEntry> {
+    let outcome: String = row.try_get("outcome")?;
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        source: row.try_get("source")?,
+        outcome: Outcome::parse(&outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("audit outcome `{outcome}`")))?,
+        detail: row.try_get("detail")?,
+        at: row.try_get("at")?,
+    })
+}
+
+// ---- statements used inside transactions ----
+
+async fn insert_audit(tx: &mut Transaction<'static, Any>, e: &AuditEntry) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (tenant, actor, action, target, source, outcome, detail, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&e.tenant)
+    .bind(&e.actor)
+    .bind(&e.action)
+    .bind(&e.target)
+    .bind(&e.source)
+    .bind(e.outcome.as_str())
+    .bind(&e.detail)
+    .bind(e.at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn device_in_tx(
+    tx: &mut Transaction<'static, Any>,
+    tenant: &str,
+    thing_name: &str,
+) -> Result<Option<Device>> {
+    let row = sqlx::query(sqlf!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE tenant = $1 AND thing_name = $2"
+    ))
+    .bind(tenant)
+    .bind(thing_name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(device_from_row).transpose()
+}
+
+async fn cert_in_tx(tx: &mut Transaction<'static, Any>, serial: &str) -> Result<Certificate> {
+    let row = sqlx::query(sqlf!(
+        "SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1"
+    ))
+    .bind(serial)
+    .fetch_one(&mut **tx)
+    .await?;
+    cert_from_row(&row)
+}
+
+fn not_found(what: &str, id: &str) -> StoreError {
+    StoreError::NotFound(format!("{what} `{id}`"))
+}
+
+/// Appends `AND <column> <op> $n` and remembers the value to bind.
+struct Where {
+    sql: String,
+    args: Vec<String>,
+}
+
+impl Where {
+    fn new(base: String) -> Where {
+        Where {
+            sql: base,
+            args: Vec::new(),
+        }
+    }
+    fn and(&mut self, column: &str, op: &str, value: impl Into<String>) {
+        self.args.push(value.into());
+        self.sql
+            .push_str(&format!(" AND {column} {op} ${}", self.args.len()));
+    }
+    fn next_placeholder(&self) -> usize {
+        self.args.len() + 1
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    async fn create_tenant(&self, id: &str, audit: &AuditEntry, now: UnixTime) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO tenants (id, created_at) VALUES ($1, $2)")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    StoreError::Conflict(format!("tenant `{id}` already exists"))
+                }
+                other => other.into(),
+            })?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM tenants ORDER BY id")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn get_device(&self, tenant: &str, thing_name: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(sqlf!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE tenant = $1 AND thing_name = $2"
+        ))
+        .bind(tenant)
+        .bind(thing_name)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn get_device_by_serial(&self, tenant: &str, serial: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(sqlf!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE tenant = $1 AND serial_number = $2"
+        ))
+        .bind(tenant)
+        .bind(serial)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn list_devices(
+        &self,
+        tenant: &str,
+        filter: &DeviceFilter,
+        page: &Page,
+    ) -> Result<Vec<Device>> {
+        let mut w = Where::new(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE tenant = $1"
+        ));
+        w.args.push(tenant.to_string());
+        if let Some(s) = filter.status {
+            w.and("status", "=", s.as_str());
+        }
+        if let Some(c) = &filter.device_class {
+            w.and("device_class", "=", c.clone());
+        }
+        if let Some(h) = &filter.hardware_revision {
+            w.and("hardware_revision", "=", h.clone());
+        }
+        if let Some(v) = &filter.firmware_lt {
+            w.and("firmware_key", "<", version_sort_key(v));
+        }
+        if let Some(v) = &filter.firmware_gte {
+            w.and("firmware_key", ">=", version_sort_key(v));
+        }
+        if let Some(v) = &filter.firmware_eq {
+            w.and("firmware_key", "=", version_sort_key(v));
+        }
+        if let Some(after) = &page.after {
+            w.and("thing_name", ">", after.clone());
+        }
+        let sql = format!(
+            "{} ORDER BY thing_name LIMIT ${}",
+            w.sql,
+            w.next_placeholder()
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in &w.args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn transition_device(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        action: LifecycleAction,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<Device> {
+        let mut tx = self.begin().await?;
+        let device = device_in_tx(&mut tx, tenant, thing_name)
+            .await?
+            .ok_or_else(|| not_found("device", thing_name))?;
+        let next = device.status.apply(action)?;
+        sqlx::query(
+            "UPDATE devices SET status = $1, updated_at = $2 WHERE tenant = $3 AND thing_name = $4",
+        )
+        .bind(next.as_str())
+        .bind(now)
+        .bind(tenant)
+        .bind(thing_name)
+        .execute(&mut *tx)
+        .await?;
+        if next == DeviceStatus::Decommissioned {
+            sqlx::query(
+                "UPDATE certificates SET status = 'revoked', revoked_at = $1, \
+                 revocation_reason = 'decommissioned' \
+                 WHERE tenant = $2 AND thing_name = $3 AND status <> 'revoked'",
+            )
+            .bind(now)
+            .bind(tenant)
+            .bind(thing_name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_audit(&mut tx, audit).await?;
+        let device = device_in_tx(&mut tx, tenant, thing_name)
+            .await?
+            .ok_or_else(|| not_found("device", thing_name))?;
+        tx.commit().await?;
+        Ok(device)
+    }
+
+    async fn patch_device_attributes(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        patch: &serde_json::Map<String, serde_json::Value>,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<Device> {
+        let mut tx = self.begin().await?;
+        let mut device = device_in_tx(&mut tx, tenant, thing_name)
+            .await?
+            .ok_or_else(|| not_found("device", thing_name))?;
+        for (k, v) in patch {
+            if v.is_null() {
+                device.attributes.remove(k);
+            } else {
+                device.attributes.insert(k.clone(), v.clone());
+            }
+        }
+        let json = serde_json::Value::Object(device.attributes.clone()).to_string();
+        sqlx::query(
+            "UPDATE devices SET attributes = $1, updated_at = $2 WHERE tenant = $3 AND thing_name = $4",
+        )
+        .bind(json)
+        .bind(now)
+        .bind(tenant)
+        .bind(thing_name)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        device.updated_at = now;
+        Ok(device)
+    }
+
+    async fn commit_enrolment(&self, c: &EnrolmentCommit) -> Result<Certificate> {
+        let mut tx = self.begin().await?;
+        if let Some(token_id) = &c.token_id {
+            // The token is consumed only if it is still usable at this instant:
+            // of two concurrent enrolments with one token, exactly one wins.
+            let used = sqlx::query(
+                "UPDATE enrolment_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL \
+                 AND revoked_at IS NULL AND expires_at > $1",
+            )
+            .bind(c.now)
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await?;
+            if used.rows_affected() != 1 {
+                return Err(StoreError::TokenNotUsable);
+            }
+        }
+        match device_in_tx(&mut tx, &c.tenant, &c.thing_name).await? {
+            Some(device) => {
+                if device.serial_number != c.serial_number {
+                    return Err(StoreError::Conflict(format!(
+                        "thing `{}` belongs to serial `{}`",
+                        c.thing_name, device.serial_number
+                    )));
+                }
+                device.status.apply(LifecycleAction::Activate)?;
+                sqlx::query(
+                    "UPDATE devices SET status = 'active', updated_at = $1 \
+                     WHERE tenant = $2 AND thing_name = $3",
+                )
+                .bind(c.now)
+                .bind(&c.tenant)
+                .bind(&c.thing_name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                let fw_key = c.profile.firmware_version.as_deref().map(version_sort_key);
+                sqlx::query(
+                    "INSERT INTO devices (tenant, thing_name, serial_number, device_class, \
+                     hardware_revision, firmware_version, firmware_key, attributes, status, \
+                     created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', 'active', $8, $8)",
+                )
+                .bind(&c.tenant)
+                .bind(&c.thing_name)
+                .bind(&c.serial_number)
+                .bind(c.profile.device_class.as_deref())
+                .bind(c.profile.hardware_revision.as_deref())
+                .bind(c.profile.firmware_version.as_deref())
+                .bind(fw_key)
+                .bind(c.now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(
+                        format!("serial `{}` is registered to another thing", c.serial_number),
+                    ),
+                    other => other.into(),
+                })?;
+            }
+        }
+        let new_serial = &c.certificate.serial;
+        match &c.supersede {
+            Supersede::AllActive => {
+                sqlx::query(
+                    "UPDATE certificates SET status = 'superseded', superseded_by = $1 \
+                     WHERE tenant = $2 AND thing_name = $3 AND status = 'active'",
+                )
+                .bind(new_serial)
+                .bind(&c.tenant)
+                .bind(&c.thing_name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Supersede::Certificate(old) => {
+                let done = sqlx::query(
+                    "UPDATE certificates SET status = 'superseded', superseded_by = $1 \
+                     WHERE serial = $2 AND tenant = $3 AND thing_name = $4 AND status = 'active'",
+                )
+                .bind(new_serial)
+                .bind(old)
+                .bind(&c.tenant)
+                .bind(&c.thing_name)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::CertificateNotActive);
+                }
+            }
+        }
+        let cert = &c.certificate;
+        sqlx::query(
+            "INSERT INTO certificates (serial, tenant, thing_name, fingerprint, pem, not_before, \
+             not_after, status, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8)",
+        )
+        .bind(&cert.serial)
+        .bind(&c.tenant)
+        .bind(&c.thing_name)
+        .bind(&cert.fingerprint)
+        .bind(&cert.pem)
+        .bind(cert.not_before)
+        .bind(cert.not_after)
+        .bind(c.now)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, &c.audit).await?;
+        let stored = cert_in_tx(&mut tx, &cert.serial).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn get_certificate(&self, serial: &str) -> Result<Option<Certificate>> {
+        let row = sqlx::query(sqlf!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE serial = $1"
+        ))
+        .bind(serial)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(cert_from_row).transpose()
+    }
+
+    async fn list_certificates(
+        &self,
+        tenant: &str,
+        thing_name: Option<&str>,
+        status: Option<CertStatus>,
+        page: &Page,
+    ) -> Result<Vec<Certificate>> {
+        let mut w = Where::new(format!(
+            "SELECT {CERT_COLUMNS} FROM certificates WHERE tenant = $1"
+        ));
+        w.args.push(tenant.to_string());
+        if let Some(t) = thing_name {
+            w.and("thing_name", "=", t);
+        }
+        if let Some(s) = status {
+            w.and("status", "=", s.as_str());
+        }
+        if let Some(after) = &page.after {
+            w.and("serial", ">", after.clone());
+        }
+        let sql = format!("{} ORDER BY serial LIMIT ${}", w.sql, w.next_placeholder());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in &w.args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        rows.iter().map(cert_from_row).collect()
+    }
+
+    async fn revoke_certificate(
+        &self,
+        tenant: &str,
+        serial: &str,
+        reason: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<Certificate> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE certificates SET status = 'revoked', revoked_at = $1, revocation_reason = $2 \
+             WHERE serial = $3 AND tenant = $4 AND status <> 'revoked'",
+        )
+        .bind(now)
+        .bind(reason)
+        .bind(serial)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            let exists = sqlx::query("SELECT status FROM certificates WHERE serial = $1 AND tenant = $2")
+                .bind(serial)
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match exists {
+                None => not_found("certificate", serial),
+                Some(_) => StoreError::Conflict(format!("certificate `{serial}` is already revoked")),
+            });
+        }
+        insert_audit(&mut tx, audit).await?;
+        let cert = cert_in_tx(&mut tx, serial).await?;
+        tx.commit().await?;
+        Ok(cert)
+    }
+
+    async fn create_token(
+        &self,
+        t: &NewToken,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<EnrolmentToken> {
+        let mut tx = self.begin().await?;
+        match device_in_tx(&mut tx, &t.tenant, &t.thing_name).await? {
+            Some(d) if d.serial_number != t.serial_number => {
+                return Err(StoreError::Conflict(format!(
+                    "thing `{}` belongs to serial `{}`",
+                    t.thing_name, d.serial_number
+                )));
+            }
+            Some(d) if !d.status.may_enrol() => {
+                return Err(StoreError::Conflict(format!(
+                    "device `{}` is {} and cannot enrol",
+                    t.thing_name, d.status
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let fw_key = t.profile.firmware_version.as_deref().map(version_sort_key);
+                sqlx::query(
+                    "INSERT INTO devices (tenant, thing_name, serial_number, device_class, \
+                     hardware_revision, firmware_version, firmware_key, attributes, status, \
+                     created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, '{}', 'pending', $8, $8)",
+                )
+                .bind(&t.tenant)
+                .bind(&t.thing_name)
+                .bind(&t.serial_number)
+                .bind(t.profile.device_class.as_deref())
+                .bind(t.profile.hardware_revision.as_deref())
+                .bind(t.profile.firmware_version.as_deref())
+                .bind(fw_key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(
+                        format!("serial `{}` is registered to another thing", t.serial_number),
+                    ),
+                    other => other.into(),
+                })?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO enrolment_tokens (id, tenant, token_hash, serial_number, thing_name, \
+             created_at, expires_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant)
+        .bind(&t.token_hash)
+        .bind(&t.serial_number)
+        .bind(&t.thing_name)
+        .bind(now)
+        .bind(t.expires_at)
+        .bind(&t.created_by)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(EnrolmentToken {
+            id: t.id.clone(),
+            tenant: t.tenant.clone(),
+            serial_number: t.serial_number.clone(),
+            thing_name: t.thing_name.clone(),
+            created_at: now,
+            expires_at: t.expires_at,
+            used_at: None,
+            revoked_at: None,
+            created_by: t.created_by.clone(),
+        })
+    }
+
+    async fn get_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrolmentToken>> {
+        let row = sqlx::query(sqlf!(
+            "SELECT {TOKEN_COLUMNS} FROM enrolment_tokens WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn list_tokens(&self, tenant: &str, page: &Page) -> Result<Vec<EnrolmentToken>> {
+        let mut w = Where::new(format!(
+            "SELECT {TOKEN_COLUMNS} FROM enrolment_tokens WHERE tenant = $1"
+        ));
+        w.args.push(tenant.to_string());
+        if let Some(after) = &page.after {
+            w.and("id", ">", after.clone());
+        }
+        let sql = format!("{} ORDER BY id LIMIT ${}", w.sql, w.next_placeholder());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in &w.args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant: &str,
+        id: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<EnrolmentToken> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE enrolment_tokens SET revoked_at = $1 \
+             WHERE id = $2 AND tenant = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(sqlf!(
+            "SELECT {TOKEN_COLUMNS} FROM enrolment_tokens WHERE id = $1 AND tenant = $2"
+        ))
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| not_found("enrolment token", id))?;
+        if done.rows_affected() == 1 {
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        token_from_row(&row)
+    }
+
+    async fn allowlist_add(
+        &self,
+        tenant: &str,
+        serials: &[String],
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<u64> {
+        let mut tx = self.begin().await?;
+        let mut added = 0;
+        for s in serials {
+            added += sqlx::query(
+                "INSERT INTO allowlist (tenant, serial_number, added_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, serial_number) DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(s)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn allowlist_remove(&self, tenant: &str, serial: &str, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM allowlist WHERE tenant = $1 AND serial_number = $2")
+            .bind(tenant)
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("allow-list entry", serial));
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn allowlist_contains(&self, tenant: &str, serial: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM allowlist WHERE tenant = $1 AND serial_number = $2")
+            .bind(tenant)
+            .bind(serial)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn list_allowlist(&self, tenant: &str, page: &Page) -> Result<Vec<AllowlistEntry>> {
+        let mut w = Where::new(
+            "SELECT serial_number, added_at FROM allowlist WHERE tenant = $1".to_string(),
+        );
+        w.args.push(tenant.to_string());
+        if let Some(after) = &page.after {
+            w.and("serial_number", ">", after.clone());
+        }
+        let sql = format!(
+            "{} ORDER BY serial_number LIMIT ${}",
+            w.sql,
+            w.next_placeholder()
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in &w.args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AllowlistEntry {
+                    serial_number: r.try_get("serial_number")?,
+                    added_at: r.try_get("added_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_api_key(&self, key: &ApiKey, key_hash: &str, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant, name, role, key_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&key.id)
+        .bind(&key.tenant)
+        .bind(&key.name)
+        .bind(key.role.as_str())
+        .bind(key_hash)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+                not_found("tenant", &key.tenant)
+            }
+            other => other.into(),
+        })?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>> {
+        let row = sqlx::query(
+            "SELECT id, tenant, name, role, created_at, revoked_at FROM api_keys WHERE key_hash = $1",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, name, role, created_at, revoked_at FROM api_keys \
+             WHERE tenant = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(api_key_from_row).collect()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: &str,
+        id: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<ApiKey> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND tenant = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, tenant, name, role, created_at, revoked_at FROM api_keys \
+             WHERE id = $1 AND tenant = $2",
+        )
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| not_found("API key", id))?;
+        if done.rows_affected() == 1 {
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        api_key_from_row(&row)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_audit(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn query_audit(&self, tenant: &str, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut w = Where::new(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE tenant = $1"
+        ));
+        w.args.push(tenant.to_string());
+        if let Some(a) = &query.action {
+            w.and("action", "=", a.clone());
+        }
+        if let Some(t) = &query.target {
+            w.and("target", "=", t.clone());
+        }
+        if let Some(a) = &query.actor {
+            w.and("actor", "=", a.clone());
+        }
+        if let Some(o) = query.outcome {
+            w.and("outcome", "=", o.as_str());
+        }
+        // Numeric bounds are bound as integers, after the text arguments.
+        let mut sql = w.sql.clone();
+        let mut n = w.next_placeholder();
+        let mut ints = Vec::new();
+        if let Some(since) = query.since {
+            sql.push_str(&format!(" AND at >= ${n}"));
+            ints.push(since);
+            n += 1;
+        }
+        if let Some(before) = query.before_id {
+            sql.push_str(&format!(" AND id < ${n}"));
+            ints.push(before);
+            n += 1;
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${n}"));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in &w.args {
+            q = q.bind(a.as_str());
+        }
+        for i in ints {
+            q = q.bind(i);
+        }
+        let limit = i64::from(query.limit.clamp(1, Page::MAX_LIMIT));
+        let rows = q.bind(limit).fetch_all(&self.reader).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn fleet_gauges(&self, now: UnixTime) -> Result<FleetGauges> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM devices GROUP BY status")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut by_status: Vec<(DeviceStatus, i64)> =
+            DeviceStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for r in &rows {
+            let status = parse_status(&r.try_get::<String, _>("status")?)?;
+            let n: i64 = r.try_get("n")?;
+            if let Some(slot) = by_status.iter_mut().find(|(s, _)| *s == status) {
+                slot.1 = n;
+            }
+        }
+        let day = 86_400;
+        let row = sqlx::query(
+            "SELECT \
+             COALESCE(SUM(CASE WHEN not_after <= $1 THEN 1 ELSE 0 END), 0) AS d7, \
+             COALESCE(SUM(CASE WHEN not_after <= $2 THEN 1 ELSE 0 END), 0) AS d14, \
+             COUNT(*) AS d30 \
+             FROM certificates WHERE status = 'active' AND not_after <= $3",
+        )
+        .bind(now + 7 * day)
+        .bind(now + 14 * day)
+        .bind(now + 30 * day)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(FleetGauges {
+            devices_by_status: by_status,
+            certs_expiring_7d: row.try_get("d7")?,
+            certs_expiring_14d: row.try_get("d14")?,
+            certs_expiring_30d: row.try_get("d30")?,
+        })
+    }
+
+    async fn probe_writable(&self, now: UnixTime) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO readiness_probe (id, checked_at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET checked_at = $1",
+        )
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}
