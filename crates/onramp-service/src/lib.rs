@@ -1,0 +1,146 @@
+//! Onramp's use cases. A service method is the one place a use case lives:
+//! the HTTP API, EST, the CLI (and later MQTT) all call these, never the
+//! store directly. Decisions come from `onramp-domain`; the store and the CA
+//! are the only side effects.
+
+mod admin;
+mod caller;
+mod enrolment;
+mod error;
+mod ratelimit;
+
+pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
+pub use caller::Caller;
+pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
+pub use error::ServiceError;
+pub use ratelimit::{RateLimit, RateLimiter};
+
+use onramp_pki::{CertificateAuthority, SecretHasher};
+use onramp_store::Store;
+use std::sync::Arc;
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Tunables of enrolment and the registry.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub device_cert_validity_days: u32,
+    pub token_ttl_secs: i64,
+    /// When on, a serial must be on its tenant's allow-list to enrol.
+    pub require_allowlist: bool,
+    pub rate_per_source: RateLimit,
+    pub rate_per_credential: RateLimit,
+    pub bootstrap_cas: Vec<BootstrapCa>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            device_cert_validity_days: 365,
+            token_ttl_secs: 7 * 86_400,
+            require_allowlist: false,
+            rate_per_source: RateLimit {
+                per_second: 100,
+                burst: 200,
+            },
+            // A device stuck in a retry loop gets a few quick tries, then one
+            // every ten seconds: enough to recover, too little to starve others.
+            rate_per_credential: RateLimit {
+                per_second: 0,
+                burst: 5,
+            },
+            bootstrap_cas: Vec::new(),
+        }
+    }
+}
+
+/// The services, wired to their store, CA and settings.
+#[derive(Clone)]
+pub struct Onramp {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    ca: CertificateAuthority,
+    hasher: SecretHasher,
+    settings: Settings,
+    source_limiter: RateLimiter,
+    credential_limiter: RateLimiter,
+}
+
+impl Onramp {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ca: CertificateAuthority,
+        hasher: SecretHasher,
+        settings: Settings,
+    ) -> Onramp {
+        Onramp {
+            inner: Arc::new(Inner {
+                source_limiter: RateLimiter::new(settings.rate_per_source),
+                credential_limiter: RateLimiter::new(settings.rate_per_credential),
+                store,
+                ca,
+                hasher,
+                settings,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.inner.ca
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Forgets idle rate-limit keys; call periodically.
+    pub fn sweep_rate_limits(&self) {
+        self.inner.source_limiter.sweep();
+        self.inner.credential_limiter.sweep();
+    }
+
+    /// Readiness: the database accepts writes and the CA key signs.
+    pub async fn readiness(&self) -> std::result::Result<(), String> {
+        self.inner
+            .store
+            .probe_writable(now())
+            .await
+            .map_err(|e| format!("database not writable: {e}"))?;
+        self.inner
+            .ca
+            .self_check()
+            .map_err(|e| format!("CA key unusable: {e}"))?;
+        Ok(())
+    }
+
+    /// Refreshes the fleet gauges on the metrics recorder.
+    pub async fn refresh_fleet_gauges(&self) -> Result<()> {
+        let g = self.inner.store.fleet_gauges(now()).await?;
+        for (status, n) in g.devices_by_status {
+            metrics::gauge!("onramp_devices", "status" => status.as_str()).set(n as f64);
+        }
+        for (within, n) in [
+            ("7d", g.certs_expiring_7d),
+            ("14d", g.certs_expiring_14d),
+            ("30d", g.certs_expiring_30d),
+        ] {
+            metrics::gauge!("onramp_certificates_expiring", "within" => within).set(n as f64);
+        }
+        Ok(())
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

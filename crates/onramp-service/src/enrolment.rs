@@ -1,0 +1,416 @@
+//! EST enrolment and re-enrolment (RFC 7030 simpleenroll / simplereenroll).
+
+use crate::{Onramp, Result, ServiceError, now};
+use onramp_domain::{
+    AuditEntry, DEFAULT_TENANT, DeviceProfile, Outcome, TokenRefusal, check_subject,
+    validate_serial_number,
+};
+use onramp_pki::{CertInfo, VerifiedCsr, parse_cert, parse_csr, signed_by};
+use onramp_store::{EnrolmentCommit, NewCertificate, Supersede};
+use std::time::Instant;
+
+/// How an enrolling client proved who it is.
+#[derive(Debug, Clone)]
+pub enum EnrolCredential {
+    /// HTTP Basic: the device serial as user name, the one-time token as password.
+    Token { username: String, token: String },
+    /// The TLS client certificate chain, leaf first.
+    ClientCert { chain: Vec<Vec<u8>> },
+    None,
+}
+
+/// A CA whose certificates may enrol devices of one tenant (factory-installed
+/// bootstrap identities).
+#[derive(Debug, Clone)]
+pub struct BootstrapCa {
+    pub der: Vec<u8>,
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrolOperation {
+    SimpleEnroll,
+    SimpleReenroll,
+}
+
+impl EnrolOperation {
+    fn as_str(self) -> &'static str {
+        match self {
+            EnrolOperation::SimpleEnroll => "simpleenroll",
+            EnrolOperation::SimpleReenroll => "simplereenroll",
+        }
+    }
+}
+
+/// A successful enrolment.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub tenant: String,
+    pub thing_name: String,
+    pub serial_number: String,
+    pub certificate_serial: String,
+    pub cert_der: Vec<u8>,
+}
+
+/// Who is enrolling, once the credential checked out.
+struct Applicant {
+    tenant: String,
+    serial_number: String,
+    thing_name: String,
+    token_id: Option<String>,
+    /// The certificate being renewed (re-enrolment only).
+    renewing: Option<String>,
+    actor: String,
+}
+
+impl Onramp {
+    /// RFC 7030 §4.2.1: a new certificate for a device holding a one-time
+    /// token or a bootstrap certificate.
+    pub async fn simple_enroll(
+        &self,
+        credential: &EnrolCredential,
+        csr_der: &[u8],
+        source: &str,
+    ) -> Result<Enrolled> {
+        self.enrol(EnrolOperation::SimpleEnroll, credential, csr_der, source)
+            .await
+    }
+
+    /// RFC 7030 §4.2.2: renewal by a device presenting its current certificate.
+    pub async fn simple_reenroll(
+        &self,
+        credential: &EnrolCredential,
+        csr_der: &[u8],
+        source: &str,
+    ) -> Result<Enrolled> {
+        self.enrol(EnrolOperation::SimpleReenroll, credential, csr_der, source)
+            .await
+    }
+
+    async fn enrol(
+        &self,
+        op: EnrolOperation,
+        credential: &EnrolCredential,
+        csr_der: &[u8],
+        source: &str,
+    ) -> Result<Enrolled> {
+        let started = Instant::now();
+        let mut known: Option<(String, String)> = None;
+        let result = self
+            .enrol_inner(op, credential, csr_der, source, &mut known)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(ServiceError::RateLimited { .. }) => "rate_limited",
+            Err(ServiceError::BadRequest(_)) => "invalid",
+            Err(ServiceError::Unauthorized(_) | ServiceError::Forbidden(_)) => "denied",
+            Err(ServiceError::Conflict(_) | ServiceError::NotFound(_)) => "denied",
+            Err(ServiceError::Internal(_)) => "error",
+        };
+        metrics::counter!("onramp_enrolments_total", "operation" => op.as_str(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("onramp_enrolment_duration_seconds", "operation" => op.as_str())
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            // Rate-limited requests are counted, not audited: a flood must not
+            // turn into a flood of writes.
+            if !matches!(e, ServiceError::RateLimited { .. }) {
+                tracing::info!(operation = op.as_str(), source, reason = %e, "enrolment refused");
+                let (tenant, target) = known.unwrap_or_else(|| (DEFAULT_TENANT.into(), "unknown".into()));
+                let entry = AuditEntry {
+                    id: 0,
+                    tenant,
+                    actor: credential_actor(credential),
+                    action: format!("est.{}", op.as_str()),
+                    target,
+                    source: source.to_string(),
+                    outcome: if matches!(e, ServiceError::Internal(_)) { Outcome::Failed } else { Outcome::Denied },
+                    detail: e.to_string(),
+                    at: now(),
+                };
+                if let Err(audit_err) = self.inner.store.append_audit(&entry).await {
+                    tracing::error!(error = %audit_err, "could not audit an enrolment refusal");
+                }
+            }
+        }
+        result
+    }
+
+    async fn enrol_inner(
+        &self,
+        op: EnrolOperation,
+        credential: &EnrolCredential,
+        csr_der: &[u8],
+        source: &str,
+        known: &mut Option<(String, String)>,
+    ) -> Result<Enrolled> {
+        let inner = &self.inner;
+        inner
+            .source_limiter
+            .check(source)
+            .map_err(|retry_after_secs| ServiceError::RateLimited { retry_after_secs })?;
+        let now = now();
+        let applicant = match op {
+            EnrolOperation::SimpleEnroll => self.applicant_for_enrol(credential, now).await?,
+            EnrolOperation::SimpleReenroll => self.applicant_for_reenrol(credential).await?,
+        };
+        *known = Some((applicant.tenant.clone(), format!("device:{}", applicant.thing_name)));
+        let csr = parse_csr(csr_der).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        check_subject(
+            &applicant.serial_number,
+            &applicant.thing_name,
+            csr.subject_cn.as_deref(),
+            csr.subject_serial.as_deref(),
+        )
+        .map_err(|e| ServiceError::Forbidden(e.to_string()))?;
+        if inner.settings.require_allowlist
+            && !inner
+                .store
+                .allowlist_contains(&applicant.tenant, &applicant.serial_number)
+                .await?
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "serial number `{}` is not on the allow-list",
+                applicant.serial_number
+            )));
+        }
+        if let Some(device) = inner
+            .store
+            .get_device(&applicant.tenant, &applicant.thing_name)
+            .await?
+            && !device.status.may_enrol()
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "device `{}` is {}",
+                device.thing_name, device.status
+            )));
+        }
+        self.issue_and_commit(op, applicant, &csr, source, now).await
+    }
+
+    async fn issue_and_commit(
+        &self,
+        op: EnrolOperation,
+        a: Applicant,
+        csr: &VerifiedCsr,
+        source: &str,
+        now: i64,
+    ) -> Result<Enrolled> {
+        let inner = &self.inner;
+        let issued = inner.ca.issue_device_cert(
+            csr,
+            &a.thing_name,
+            &a.serial_number,
+            inner.settings.device_cert_validity_days,
+            now,
+        )?;
+        let commit = EnrolmentCommit {
+            tenant: a.tenant.clone(),
+            thing_name: a.thing_name.clone(),
+            serial_number: a.serial_number.clone(),
+            profile: DeviceProfile::default(),
+            token_id: a.token_id.clone(),
+            supersede: match &a.renewing {
+                Some(old) => Supersede::Certificate(old.clone()),
+                None => Supersede::AllActive,
+            },
+            certificate: NewCertificate {
+                serial: issued.serial.clone(),
+                fingerprint: issued.fingerprint.clone(),
+                pem: issued.pem.clone(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+            },
+            audit: AuditEntry {
+                id: 0,
+                tenant: a.tenant.clone(),
+                actor: a.actor.clone(),
+                action: format!("est.{}", op.as_str()),
+                target: format!("device:{}", a.thing_name),
+                source: source.to_string(),
+                outcome: Outcome::Success,
+                detail: match &a.renewing {
+                    Some(old) => format!("certificate {} replaces {old}", issued.serial),
+                    None => format!("certificate {}", issued.serial),
+                },
+                at: now,
+            },
+            now,
+        };
+        // Until this commit returns, the certificate exists nowhere but in
+        // memory: if the commit fails it is dropped and never handed out.
+        inner
+            .store
+            .commit_enrolment(&commit)
+            .await
+            .map_err(|e| match ServiceError::from(e) {
+                ServiceError::Conflict(msg) => ServiceError::Forbidden(msg),
+                other => other,
+            })?;
+        Ok(Enrolled {
+            tenant: a.tenant,
+            thing_name: a.thing_name,
+            serial_number: a.serial_number,
+            certificate_serial: issued.serial,
+            cert_der: issued.der,
+        })
+    }
+
+    async fn applicant_for_enrol(&self, credential: &EnrolCredential, now: i64) -> Result<Applicant> {
+        let inner = &self.inner;
+        match credential {
+            EnrolCredential::Token { username, token } => {
+                let hash = inner.hasher.hash(token);
+                inner
+                    .credential_limiter
+                    .check(&format!("token:{hash}"))
+                    .map_err(|retry_after_secs| ServiceError::RateLimited { retry_after_secs })?;
+                let Some(t) = inner.store.get_token_by_hash(&hash).await? else {
+                    return Err(ServiceError::Unauthorized(TokenRefusal::Unknown.to_string()));
+                };
+                if *username != t.serial_number {
+                    // Do not reveal which serial the token belongs to.
+                    return Err(ServiceError::Unauthorized(
+                        "the user name must be the serial number the token was issued for".into(),
+                    ));
+                }
+                t.state()
+                    .check(&t.serial_number, now)
+                    .map_err(|r| ServiceError::Unauthorized(r.to_string()))?;
+                Ok(Applicant {
+                    tenant: t.tenant,
+                    serial_number: t.serial_number,
+                    thing_name: t.thing_name,
+                    actor: format!("token:{}", t.id),
+                    token_id: Some(t.id),
+                    renewing: None,
+                })
+            }
+            EnrolCredential::ClientCert { chain } => {
+                let leaf = chain.first().ok_or_else(no_credential)?;
+                let Some(bootstrap) = inner
+                    .settings
+                    .bootstrap_cas
+                    .iter()
+                    .find(|b| signed_by(leaf, &b.der))
+                else {
+                    if inner.ca.issued(leaf) {
+                        return Err(ServiceError::Forbidden(
+                            "a device certificate renews through /simplereenroll".into(),
+                        ));
+                    }
+                    return Err(ServiceError::Unauthorized(
+                        "the client certificate is not from a bootstrap CA".into(),
+                    ));
+                };
+                let info = parse_cert(leaf)?;
+                inner
+                    .credential_limiter
+                    .check(&format!("cert:{}", info.fingerprint))
+                    .map_err(|retry_after_secs| ServiceError::RateLimited { retry_after_secs })?;
+                let serial = bootstrap_serial(&info)?;
+                let thing_name = match inner
+                    .store
+                    .get_device_by_serial(&bootstrap.tenant, &serial)
+                    .await?
+                {
+                    Some(d) => d.thing_name,
+                    None => serial.clone(),
+                };
+                Ok(Applicant {
+                    tenant: bootstrap.tenant.clone(),
+                    serial_number: serial,
+                    thing_name,
+                    token_id: None,
+                    renewing: None,
+                    actor: format!("bootstrap:{}", &info.fingerprint[..16]),
+                })
+            }
+            EnrolCredential::None => Err(no_credential()),
+        }
+    }
+
+    async fn applicant_for_reenrol(&self, credential: &EnrolCredential) -> Result<Applicant> {
+        let inner = &self.inner;
+        let EnrolCredential::ClientCert { chain } = credential else {
+            return Err(ServiceError::Unauthorized(
+                "re-enrolment needs the device's current certificate as TLS client certificate"
+                    .into(),
+            ));
+        };
+        let leaf = chain.first().ok_or_else(no_credential)?;
+        if !inner.ca.issued(leaf) {
+            return Err(ServiceError::Forbidden(
+                "the client certificate was not issued by this CA".into(),
+            ));
+        }
+        let info = parse_cert(leaf)?;
+        inner
+            .credential_limiter
+            .check(&format!("cert:{}", info.fingerprint))
+            .map_err(|retry_after_secs| ServiceError::RateLimited { retry_after_secs })?;
+        let cert = inner
+            .store
+            .get_certificate(&info.serial)
+            .await?
+            .filter(|c| c.fingerprint == info.fingerprint)
+            .ok_or_else(|| ServiceError::Forbidden("the client certificate is not registered".into()))?;
+        if cert.status != onramp_domain::CertStatus::Active {
+            return Err(ServiceError::Forbidden(format!(
+                "the client certificate is {}",
+                cert.status
+            )));
+        }
+        let device = inner
+            .store
+            .get_device(&cert.tenant, &cert.thing_name)
+            .await?
+            .ok_or_else(|| ServiceError::Forbidden("the device is not registered".into()))?;
+        Ok(Applicant {
+            tenant: device.tenant,
+            serial_number: device.serial_number,
+            thing_name: device.thing_name.clone(),
+            token_id: None,
+            renewing: Some(cert.serial),
+            actor: format!("device:{}", device.thing_name),
+        })
+    }
+}
+
+fn no_credential() -> ServiceError {
+    ServiceError::Unauthorized(
+        "enrolment needs HTTP Basic authentication with an enrolment token, or a bootstrap client certificate"
+            .into(),
+    )
+}
+
+/// The serial number a bootstrap certificate speaks for: its subject
+/// serialNumber, else its CN.
+fn bootstrap_serial(info: &CertInfo) -> Result<String> {
+    let serial = info
+        .subject_serial
+        .clone()
+        .or_else(|| info.subject_cn.clone())
+        .ok_or_else(|| ServiceError::Forbidden("the bootstrap certificate names no serial".into()))?;
+    validate_serial_number(&serial).map_err(|e| ServiceError::Forbidden(e.to_string()))?;
+    Ok(serial)
+}
+
+fn credential_actor(credential: &EnrolCredential) -> String {
+    match credential {
+        EnrolCredential::Token { username, .. } => format!("token-holder:{}", sanitize(username)),
+        EnrolCredential::ClientCert { chain } => match chain.first().and_then(|c| parse_cert(c).ok()) {
+            Some(info) => format!("cert:{}", &info.fingerprint[..16]),
+            None => "cert:unparseable".into(),
+        },
+        EnrolCredential::None => "anonymous".into(),
+    }
+}
+
+/// Keeps caller-supplied text printable and short before it reaches the log.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}

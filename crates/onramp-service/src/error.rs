@@ -1,0 +1,46 @@
+use onramp_store::StoreError;
+
+/// Service failures, mapped to a protocol's errors in one place per protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request itself is wrong (malformed input, a weak key).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credential, or one that is not valid.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid credential that does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ServiceError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(msg) => ServiceError::Conflict(msg),
+            StoreError::Transition(t) => ServiceError::Conflict(t.to_string()),
+            StoreError::TokenNotUsable => {
+                ServiceError::Unauthorized("the enrolment token can no longer be used".into())
+            }
+            StoreError::CertificateNotActive => {
+                ServiceError::Forbidden("the client certificate is no longer active".into())
+            }
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<onramp_pki::PkiError> for ServiceError {
+    fn from(e: onramp_pki::PkiError) -> Self {
+        ServiceError::Internal(e.to_string())
+    }
+}
