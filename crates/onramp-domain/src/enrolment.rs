@@ -49,6 +49,7 @@ impl TokenState {
 }
 
 /// A certificate's standing in the registry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CertStatus {
@@ -124,7 +125,9 @@ pub enum SubjectRefusal {
     Empty,
     #[error("the CSR subject serialNumber `{found}` is not the enrolling serial `{expected}`")]
     SerialMismatch { expected: String, found: String },
-    #[error("the CSR subject CN `{found}` is neither the serial `{serial}` nor the thing name `{thing}`")]
+    #[error(
+        "the CSR subject CN `{found}` is neither the serial `{serial}` nor the thing name `{thing}`"
+    )]
     CommonNameMismatch {
         serial: String,
         thing: String,
@@ -228,7 +231,10 @@ mod tests {
             check_subject("SN1", "SN1", Some("SN1"), Some("SN2")),
             Err(SubjectRefusal::SerialMismatch { .. })
         ));
-        assert_eq!(check_subject("SN1", "SN1", None, None), Err(SubjectRefusal::Empty));
+        assert_eq!(
+            check_subject("SN1", "SN1", None, None),
+            Err(SubjectRefusal::Empty)
+        );
     }
 
     proptest! {

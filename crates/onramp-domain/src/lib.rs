@@ -18,8 +18,8 @@ pub use enrolment::{
     check_subject,
 };
 pub use lifecycle::{DeviceStatus, LifecycleAction, TransitionError};
-pub use registry::*;
 pub use names::{NameError, validate_serial_number, validate_thing_name};
+pub use registry::*;
 pub use role::{Permission, Role};
 pub use version::{FirmwareVersion, version_sort_key};
 

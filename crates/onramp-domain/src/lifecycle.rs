@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Where a device is in its life. Decommissioned is terminal.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceStatus {

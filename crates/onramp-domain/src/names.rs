@@ -45,7 +45,13 @@ fn validate(
 
 /// A thing name: 1–128 of `[A-Za-z0-9:_-]`.
 pub fn validate_thing_name(name: &str) -> Result<(), NameError> {
-    validate(name, "thing name", THING_NAME_MAX, &[':', '_', '-'], "`:_-`")
+    validate(
+        name,
+        "thing name",
+        THING_NAME_MAX,
+        &[':', '_', '-'],
+        "`:_-`",
+    )
 }
 
 /// A device serial number: 1–64 of `[A-Za-z0-9.:_-]`.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_TENANT: &str = "default";
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     pub tenant: String,
@@ -21,6 +22,7 @@ pub struct Device {
 }
 
 /// Descriptive fields given when a device is registered.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceProfile {
     pub device_class: Option<String>,
@@ -28,6 +30,7 @@ pub struct DeviceProfile {
     pub firmware_version: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificate {
     pub serial: String,
@@ -45,6 +48,7 @@ pub struct Certificate {
 }
 
 /// An enrolment token as listed: everything but the secret, which is shown once.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrolmentToken {
     pub id: String,
@@ -69,6 +73,7 @@ impl EnrolmentToken {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: String,
@@ -79,6 +84,7 @@ pub struct ApiKey {
     pub revoked_at: Option<UnixTime>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllowlistEntry {
     pub serial_number: String,

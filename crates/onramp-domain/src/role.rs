@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// An API key's role, always scoped to one tenant.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -32,7 +33,9 @@ impl Role {
         use Permission::*;
         match permission {
             ReadRegistry => true,
-            ManageDevices | ManageEnrolment | RevokeCertificates | ReadAudit => self >= Role::Operator,
+            ManageDevices | ManageEnrolment | RevokeCertificates | ReadAudit => {
+                self >= Role::Operator
+            }
             ManageApiKeys => self == Role::Admin,
         }
     }

@@ -34,7 +34,9 @@ impl FirmwareVersion {
             .split('.')
             .map(|c| {
                 let digits: String = c.chars().take_while(|ch| ch.is_ascii_digit()).collect();
-                digits.parse::<u64>().unwrap_or(if digits.is_empty() { 0 } else { u64::MAX })
+                digits
+                    .parse::<u64>()
+                    .unwrap_or(if digits.is_empty() { 0 } else { u64::MAX })
             })
             .collect();
         FirmwareVersion { release, pre }
@@ -114,7 +116,15 @@ mod tests {
 
     #[test]
     fn garbage_does_not_panic() {
-        for s in ["", "..", "-", "x.y.z", "99999999999999999999999.1", "+", "v"] {
+        for s in [
+            "",
+            "..",
+            "-",
+            "x.y.z",
+            "99999999999999999999999.1",
+            "+",
+            "v",
+        ] {
             let _ = version_sort_key(s);
         }
     }

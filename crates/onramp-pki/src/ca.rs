@@ -5,14 +5,13 @@ use crate::encoding::{CertInfo, fingerprint_sha256, parse_cert, pem_to_der_chain
 use crate::files::{read_file, read_key_file, write_private_file, write_public_file};
 use crate::secrets::random_bytes;
 use crate::{PkiError, Result};
+use ::time::OffsetDateTime;
 use rcgen::{
-    PublicKeyData,
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
-use ::time::OffsetDateTime;
 use x509_parser::prelude::*;
 
 /// Key algorithm for the CA keys Onramp generates.
@@ -167,7 +166,10 @@ impl CertificateAuthority {
             root_issuer.key().serialize_pem().as_bytes(),
         )?;
         write_public_file(&dir.join(ROOT_CERT), root_cert.pem().as_bytes())?;
-        write_private_file(&dir.join(ISSUING_KEY), issuing_key.serialize_pem().as_bytes())?;
+        write_private_file(
+            &dir.join(ISSUING_KEY),
+            issuing_key.serialize_pem().as_bytes(),
+        )?;
         write_public_file(&dir.join(ISSUING_CERT), issuing_cert.pem().as_bytes())?;
         Self::load(dir)
     }
@@ -198,7 +200,10 @@ impl CertificateAuthority {
         let to_pem = |der: &[u8]| pem_encode("CERTIFICATE", der);
         let root_der = chain.last().cloned().unwrap_or_default();
         write_private_file(&dir.join(ISSUING_KEY), key.serialize_pem().as_bytes())?;
-        write_public_file(&dir.join(ISSUING_CERT), cert_pem_all(&chain[..chain.len().saturating_sub(1).max(1)]).as_bytes())?;
+        write_public_file(
+            &dir.join(ISSUING_CERT),
+            cert_pem_all(&chain[..chain.len().saturating_sub(1).max(1)]).as_bytes(),
+        )?;
         write_public_file(&dir.join(ROOT_CERT), to_pem(&root_der).as_bytes())?;
         Self::load(dir)
     }
@@ -333,7 +338,8 @@ impl CertificateAuthority {
                 .and_then(|pem| pem_to_der_chain(&pem).ok())
                 .and_then(|chain| parse_cert(&chain[0]).ok())
                 .is_some_and(|info| {
-                    info.not_after > now + 30 * DAY && info.issuer_dn == self.issuing_info.subject_dn
+                    info.not_after > now + 30 * DAY
+                        && info.issuer_dn == self.issuing_info.subject_dn
                 });
         if current {
             read_key_file(&key_path)?;

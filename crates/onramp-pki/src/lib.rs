@@ -12,9 +12,9 @@ mod encoding;
 mod files;
 mod secrets;
 
+pub use ca::signed_by;
 pub use ca::{CaKeyAlgorithm, CertificateAuthority, IssuedCert, ServerIdentity};
 pub use csr::{CsrError, VerifiedCsr, parse_csr};
-pub use ca::signed_by;
 pub use encoding::{
     CertInfo, base64_mime, certs_only_pkcs7, csr_attributes, decode_base64_lenient,
     fingerprint_sha256, parse_cert, pem_to_der_chain,

@@ -35,7 +35,9 @@ fn issued_device_certs_verify_against_the_chain() {
         let csr = parse_csr(&der).unwrap();
         assert_eq!(csr.subject_cn.as_deref(), Some("SN-1"));
         assert_eq!(csr.key, KeyKind::EcP256);
-        let cert = ca.issue_device_cert(&csr, "pump-1", "SN-1", 365, NOW).unwrap();
+        let cert = ca
+            .issue_device_cert(&csr, "pump-1", "SN-1", 365, NOW)
+            .unwrap();
         assert!(ca.issued(&cert.der), "{alg:?}");
         assert!(signed_by(ca.issuing_der(), ca.root_der()), "{alg:?}");
         let info = parse_cert(&cert.der).unwrap();
@@ -111,14 +113,20 @@ fn a_1024_bit_rsa_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("weak.der");
     let st = Command::new("openssl")
-        .args(["req", "-new", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=SN-7"])
+        .args([
+            "req", "-new", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=SN-7",
+        ])
         .arg("-keyout")
         .arg(dir.path().join("weak.key"))
         .args(["-outform", "DER", "-out"])
         .arg(&out)
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let der = std::fs::read(&out).unwrap();
     assert_eq!(
         parse_csr(&der).unwrap_err(),
@@ -163,7 +171,9 @@ fn an_existing_ca_can_be_imported() {
     // A key that does not match the certificate is refused.
     let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
     let dest2 = tempfile::tempdir().unwrap();
-    assert!(CertificateAuthority::import(&dest2.path().join("ca"), &ca.chain_pem(), &other).is_err());
+    assert!(
+        CertificateAuthority::import(&dest2.path().join("ca"), &ca.chain_pem(), &other).is_err()
+    );
 }
 
 #[test]

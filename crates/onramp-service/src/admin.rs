@@ -60,11 +60,18 @@ impl Onramp {
                 actor: format!("apikey:{}", key.id),
                 source: source.to_string(),
             }),
-            _ => Err(ServiceError::Unauthorized("invalid or revoked API key".into())),
+            _ => Err(ServiceError::Unauthorized(
+                "invalid or revoked API key".into(),
+            )),
         }
     }
 
-    pub async fn create_api_key(&self, caller: &Caller, name: &str, role: Role) -> Result<CreatedApiKey> {
+    pub async fn create_api_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+    ) -> Result<CreatedApiKey> {
         caller.require(Permission::ManageApiKeys)?;
         if name.trim().is_empty() || name.len() > 128 {
             return Err(bad("an API key needs a name of 1 to 128 characters"));
@@ -79,7 +86,12 @@ impl Onramp {
             created_at: now,
             revoked_at: None,
         };
-        let audit = caller.audit("apikey.create", format!("apikey:{}", key.id), format!("role {role}"), now);
+        let audit = caller.audit(
+            "apikey.create",
+            format!("apikey:{}", key.id),
+            format!("role {role}"),
+            now,
+        );
         self.inner
             .store
             .create_api_key(&key, &self.inner.hasher.hash(&secret), &audit)
@@ -96,12 +108,17 @@ impl Onramp {
         caller.require(Permission::ManageApiKeys)?;
         let now = now();
         let audit = caller.audit("apikey.revoke", format!("apikey:{id}"), String::new(), now);
-        Ok(self.inner.store.revoke_api_key(&caller.tenant, id, &audit, now).await?)
+        Ok(self
+            .inner
+            .store
+            .revoke_api_key(&caller.tenant, id, &audit, now)
+            .await?)
     }
 
     pub async fn create_tenant(&self, caller: &Caller, id: &str) -> Result<()> {
         caller.require(Permission::ManageApiKeys)?;
-        validate_thing_name(id).map_err(|e| bad(e.to_string().replace("thing name", "tenant id")))?;
+        validate_thing_name(id)
+            .map_err(|e| bad(e.to_string().replace("thing name", "tenant id")))?;
         let now = now();
         let mut audit = caller.audit("tenant.create", format!("tenant:{id}"), String::new(), now);
         audit.tenant = id.to_string();
@@ -114,9 +131,18 @@ impl Onramp {
 
     // ---- devices ----
 
-    pub async fn list_devices(&self, caller: &Caller, filter: &DeviceFilter, page: &Page) -> Result<Vec<Device>> {
+    pub async fn list_devices(
+        &self,
+        caller: &Caller,
+        filter: &DeviceFilter,
+        page: &Page,
+    ) -> Result<Vec<Device>> {
         caller.require(Permission::ReadRegistry)?;
-        Ok(self.inner.store.list_devices(&caller.tenant, filter, page).await?)
+        Ok(self
+            .inner
+            .store
+            .list_devices(&caller.tenant, filter, page)
+            .await?)
     }
 
     pub async fn get_device(&self, caller: &Caller, thing_name: &str) -> Result<Device> {
@@ -136,7 +162,9 @@ impl Onramp {
     ) -> Result<Device> {
         caller.require(Permission::ManageDevices)?;
         if patch.len() > 100 || patch.keys().any(|k| k.is_empty() || k.len() > 128) {
-            return Err(bad("attributes: at most 100 keys per patch, each 1 to 128 characters"));
+            return Err(bad(
+                "attributes: at most 100 keys per patch, each 1 to 128 characters",
+            ));
         }
         let now = now();
         let keys: Vec<&str> = patch.keys().map(String::as_str).collect();
@@ -183,11 +211,16 @@ impl Onramp {
     pub async fn create_token(&self, caller: &Caller, req: &TokenRequest) -> Result<CreatedToken> {
         caller.require(Permission::ManageEnrolment)?;
         validate_serial_number(&req.serial_number).map_err(bad)?;
-        let thing_name = req.thing_name.clone().unwrap_or_else(|| req.serial_number.clone());
+        let thing_name = req
+            .thing_name
+            .clone()
+            .unwrap_or_else(|| req.serial_number.clone());
         validate_thing_name(&thing_name).map_err(bad)?;
         let ttl = req.ttl_secs.unwrap_or(self.inner.settings.token_ttl_secs);
         if !(60..=365 * 86_400).contains(&ttl) {
-            return Err(bad("token lifetime must be between 60 seconds and 365 days"));
+            return Err(bad(
+                "token lifetime must be between 60 seconds and 365 days",
+            ));
         }
         let secret = random_secret("ont_")?;
         let now = now();
@@ -228,7 +261,11 @@ impl Onramp {
         caller.require(Permission::ManageEnrolment)?;
         let now = now();
         let audit = caller.audit("token.revoke", format!("token:{id}"), String::new(), now);
-        Ok(self.inner.store.revoke_token(&caller.tenant, id, &audit, now).await?)
+        Ok(self
+            .inner
+            .store
+            .revoke_token(&caller.tenant, id, &audit, now)
+            .await?)
     }
 
     // ---- allow-list ----
@@ -248,7 +285,11 @@ impl Onramp {
             format!("{} serial numbers", serials.len()),
             now,
         );
-        Ok(self.inner.store.allowlist_add(&caller.tenant, serials, &audit, now).await?)
+        Ok(self
+            .inner
+            .store
+            .allowlist_add(&caller.tenant, serials, &audit, now)
+            .await?)
     }
 
     /// Imports serial numbers from CSV: the first column of each row; a header
@@ -274,13 +315,30 @@ impl Onramp {
 
     pub async fn allowlist_remove(&self, caller: &Caller, serial: &str) -> Result<()> {
         caller.require(Permission::ManageEnrolment)?;
-        let audit = caller.audit("allowlist.remove", format!("serial:{serial}"), String::new(), now());
-        Ok(self.inner.store.allowlist_remove(&caller.tenant, serial, &audit).await?)
+        let audit = caller.audit(
+            "allowlist.remove",
+            format!("serial:{serial}"),
+            String::new(),
+            now(),
+        );
+        Ok(self
+            .inner
+            .store
+            .allowlist_remove(&caller.tenant, serial, &audit)
+            .await?)
     }
 
-    pub async fn list_allowlist(&self, caller: &Caller, page: &Page) -> Result<Vec<AllowlistEntry>> {
+    pub async fn list_allowlist(
+        &self,
+        caller: &Caller,
+        page: &Page,
+    ) -> Result<Vec<AllowlistEntry>> {
         caller.require(Permission::ReadRegistry)?;
-        Ok(self.inner.store.list_allowlist(&caller.tenant, page).await?)
+        Ok(self
+            .inner
+            .store
+            .list_allowlist(&caller.tenant, page)
+            .await?)
     }
 
     // ---- certificates ----
@@ -310,7 +368,12 @@ impl Onramp {
             .ok_or_else(|| ServiceError::NotFound(format!("certificate `{serial}` not found")))
     }
 
-    pub async fn revoke_certificate(&self, caller: &Caller, serial: &str, reason: &str) -> Result<Certificate> {
+    pub async fn revoke_certificate(
+        &self,
+        caller: &Caller,
+        serial: &str,
+        reason: &str,
+    ) -> Result<Certificate> {
         caller.require(Permission::RevokeCertificates)?;
         const REASONS: [&str; 6] = [
             "unspecified",
@@ -321,10 +384,18 @@ impl Onramp {
             "certificateHold",
         ];
         if !REASONS.contains(&reason) {
-            return Err(bad(format!("revocation reason must be one of {}", REASONS.join(", "))));
+            return Err(bad(format!(
+                "revocation reason must be one of {}",
+                REASONS.join(", ")
+            )));
         }
         let now = now();
-        let audit = caller.audit("certificate.revoke", format!("certificate:{serial}"), reason.to_string(), now);
+        let audit = caller.audit(
+            "certificate.revoke",
+            format!("certificate:{serial}"),
+            reason.to_string(),
+            now,
+        );
         Ok(self
             .inner
             .store
@@ -334,7 +405,11 @@ impl Onramp {
 
     // ---- audit ----
 
-    pub async fn query_audit(&self, caller: &Caller, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+    pub async fn query_audit(
+        &self,
+        caller: &Caller,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>> {
         caller.require(Permission::ReadAudit)?;
         Ok(self.inner.store.query_audit(&caller.tenant, query).await?)
     }

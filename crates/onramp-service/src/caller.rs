@@ -35,7 +35,13 @@ impl Caller {
         }
     }
 
-    pub(crate) fn audit(&self, action: &str, target: String, detail: String, now: i64) -> AuditEntry {
+    pub(crate) fn audit(
+        &self,
+        action: &str,
+        target: String,
+        detail: String,
+        now: i64,
+    ) -> AuditEntry {
         AuditEntry {
             id: 0,
             tenant: self.tenant.clone(),

@@ -13,9 +13,14 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub enum EnrolCredential {
     /// HTTP Basic: the device serial as user name, the one-time token as password.
-    Token { username: String, token: String },
+    Token {
+        username: String,
+        token: String,
+    },
     /// The TLS client certificate chain, leaf first.
-    ClientCert { chain: Vec<Vec<u8>> },
+    ClientCert {
+        chain: Vec<Vec<u8>>,
+    },
     None,
 }
 
@@ -116,7 +121,8 @@ impl Onramp {
             // turn into a flood of writes.
             if !matches!(e, ServiceError::RateLimited { .. }) {
                 tracing::info!(operation = op.as_str(), source, reason = %e, "enrolment refused");
-                let (tenant, target) = known.unwrap_or_else(|| (DEFAULT_TENANT.into(), "unknown".into()));
+                let (tenant, target) =
+                    known.unwrap_or_else(|| (DEFAULT_TENANT.into(), "unknown".into()));
                 let entry = AuditEntry {
                     id: 0,
                     tenant,
@@ -124,7 +130,11 @@ impl Onramp {
                     action: format!("est.{}", op.as_str()),
                     target,
                     source: source.to_string(),
-                    outcome: if matches!(e, ServiceError::Internal(_)) { Outcome::Failed } else { Outcome::Denied },
+                    outcome: if matches!(e, ServiceError::Internal(_)) {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Denied
+                    },
                     detail: e.to_string(),
                     at: now(),
                 };
@@ -154,7 +164,10 @@ impl Onramp {
             EnrolOperation::SimpleEnroll => self.applicant_for_enrol(credential, now).await?,
             EnrolOperation::SimpleReenroll => self.applicant_for_reenrol(credential).await?,
         };
-        *known = Some((applicant.tenant.clone(), format!("device:{}", applicant.thing_name)));
+        *known = Some((
+            applicant.tenant.clone(),
+            format!("device:{}", applicant.thing_name),
+        ));
         let csr = parse_csr(csr_der).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         check_subject(
             &applicant.serial_number,
@@ -185,7 +198,8 @@ impl Onramp {
                 device.thing_name, device.status
             )));
         }
-        self.issue_and_commit(op, applicant, &csr, source, now).await
+        self.issue_and_commit(op, applicant, &csr, source, now)
+            .await
     }
 
     async fn issue_and_commit(
@@ -256,7 +270,11 @@ impl Onramp {
         })
     }
 
-    async fn applicant_for_enrol(&self, credential: &EnrolCredential, now: i64) -> Result<Applicant> {
+    async fn applicant_for_enrol(
+        &self,
+        credential: &EnrolCredential,
+        now: i64,
+    ) -> Result<Applicant> {
         let inner = &self.inner;
         match credential {
             EnrolCredential::Token { username, token } => {
@@ -266,7 +284,9 @@ impl Onramp {
                     .check(&format!("token:{hash}"))
                     .map_err(|retry_after_secs| ServiceError::RateLimited { retry_after_secs })?;
                 let Some(t) = inner.store.get_token_by_hash(&hash).await? else {
-                    return Err(ServiceError::Unauthorized(TokenRefusal::Unknown.to_string()));
+                    return Err(ServiceError::Unauthorized(
+                        TokenRefusal::Unknown.to_string(),
+                    ));
                 };
                 if *username != t.serial_number {
                     // Do not reveal which serial the token belongs to.
@@ -354,7 +374,9 @@ impl Onramp {
             .get_certificate(&info.serial)
             .await?
             .filter(|c| c.fingerprint == info.fingerprint)
-            .ok_or_else(|| ServiceError::Forbidden("the client certificate is not registered".into()))?;
+            .ok_or_else(|| {
+                ServiceError::Forbidden("the client certificate is not registered".into())
+            })?;
         if cert.status != onramp_domain::CertStatus::Active {
             return Err(ServiceError::Forbidden(format!(
                 "the client certificate is {}",
@@ -391,7 +413,9 @@ fn bootstrap_serial(info: &CertInfo) -> Result<String> {
         .subject_serial
         .clone()
         .or_else(|| info.subject_cn.clone())
-        .ok_or_else(|| ServiceError::Forbidden("the bootstrap certificate names no serial".into()))?;
+        .ok_or_else(|| {
+            ServiceError::Forbidden("the bootstrap certificate names no serial".into())
+        })?;
     validate_serial_number(&serial).map_err(|e| ServiceError::Forbidden(e.to_string()))?;
     Ok(serial)
 }
@@ -399,10 +423,12 @@ fn bootstrap_serial(info: &CertInfo) -> Result<String> {
 fn credential_actor(credential: &EnrolCredential) -> String {
     match credential {
         EnrolCredential::Token { username, .. } => format!("token-holder:{}", sanitize(username)),
-        EnrolCredential::ClientCert { chain } => match chain.first().and_then(|c| parse_cert(c).ok()) {
-            Some(info) => format!("cert:{}", &info.fingerprint[..16]),
-            None => "cert:unparseable".into(),
-        },
+        EnrolCredential::ClientCert { chain } => {
+            match chain.first().and_then(|c| parse_cert(c).ok()) {
+                Some(info) => format!("cert:{}", &info.fingerprint[..16]),
+                None => "cert:unparseable".into(),
+            }
+        }
         EnrolCredential::None => "anonymous".into(),
     }
 }

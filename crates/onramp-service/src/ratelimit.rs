@@ -22,7 +22,8 @@ impl RateLimiter {
         let burst = NonZeroU32::new(limit.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = match NonZeroU32::new(limit.per_second) {
             Some(rate) => Quota::per_second(rate),
-            None => Quota::with_period(Duration::from_secs(10)).unwrap_or(Quota::per_second(NonZeroU32::MIN)),
+            None => Quota::with_period(Duration::from_secs(10))
+                .unwrap_or(Quota::per_second(NonZeroU32::MIN)),
         }
         .allow_burst(burst);
         RateLimiter {
@@ -54,7 +55,10 @@ mod tests {
 
     #[test]
     fn a_key_is_limited_after_its_burst_and_others_are_not() {
-        let l = RateLimiter::new(RateLimit { per_second: 0, burst: 3 });
+        let l = RateLimiter::new(RateLimit {
+            per_second: 0,
+            burst: 3,
+        });
         for _ in 0..3 {
             assert!(l.check("a").is_ok());
         }

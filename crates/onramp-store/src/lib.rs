@@ -153,8 +153,12 @@ pub trait Store: Send + Sync + 'static {
 
     // Enrolment tokens.
     /// Records the token and, if the device is unknown, registers it as pending.
-    async fn create_token(&self, token: &NewToken, audit: &AuditEntry, now: UnixTime)
-    -> Result<EnrolmentToken>;
+    async fn create_token(
+        &self,
+        token: &NewToken,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<EnrolmentToken>;
     async fn get_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrolmentToken>>;
     async fn list_tokens(&self, tenant: &str, page: &Page) -> Result<Vec<EnrolmentToken>>;
     async fn revoke_token(
@@ -179,12 +183,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_allowlist(&self, tenant: &str, page: &Page) -> Result<Vec<AllowlistEntry>>;
 
     // API keys.
-    async fn create_api_key(
-        &self,
-        key: &ApiKey,
-        key_hash: &str,
-        audit: &AuditEntry,
-    ) -> Result<()>;
+    async fn create_api_key(&self, key: &ApiKey, key_hash: &str, audit: &AuditEntry) -> Result<()>;
     async fn get_api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>>;
     async fn list_api_keys(&self, tenant: &str) -> Result<Vec<ApiKey>>;
     async fn revoke_api_key(

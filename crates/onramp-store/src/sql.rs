@@ -112,7 +112,11 @@ impl SqlStore {
 
     async fn migrate(&self) -> Result<()> {
         match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.writer).await?,
+            Dialect::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.writer)
+                    .await?
+            }
             Dialect::Postgres => {
                 sqlx::migrate!("./migrations/postgres")
                     .run(&self.writer)
@@ -133,7 +137,11 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
     let attributes: String = row.try_get("attributes")?;
     let attributes = match serde_json::from_str::<serde_json::Value>(&attributes) {
         Ok(serde_json::Value::Object(map)) => map,
-        _ => return Err(StoreError::Corrupt("device attributes are not a JSON object".into())),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "device attributes are not a JSON object".into(),
+            ));
+        }
     };
     Ok(Device {
         tenant: row.try_get("tenant")?,
@@ -379,7 +387,10 @@ impl Store for SqlStore {
         for a in &w.args {
             q = q.bind(a.as_str());
         }
-        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        let rows = q
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(device_from_row).collect()
     }
 
@@ -515,9 +526,12 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| match e {
-                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(
-                        format!("serial `{}` is registered to another thing", c.serial_number),
-                    ),
+                    sqlx::Error::Database(d) if d.is_unique_violation() => {
+                        StoreError::Conflict(format!(
+                            "serial `{}` is registered to another thing",
+                            c.serial_number
+                        ))
+                    }
                     other => other.into(),
                 })?;
             }
@@ -607,7 +621,10 @@ impl Store for SqlStore {
         for a in &w.args {
             q = q.bind(a.as_str());
         }
-        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        let rows = q
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(cert_from_row).collect()
     }
 
@@ -631,14 +648,17 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            let exists = sqlx::query("SELECT status FROM certificates WHERE serial = $1 AND tenant = $2")
-                .bind(serial)
-                .bind(tenant)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists =
+                sqlx::query("SELECT status FROM certificates WHERE serial = $1 AND tenant = $2")
+                    .bind(serial)
+                    .bind(tenant)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             return Err(match exists {
                 None => not_found("certificate", serial),
-                Some(_) => StoreError::Conflict(format!("certificate `{serial}` is already revoked")),
+                Some(_) => {
+                    StoreError::Conflict(format!("certificate `{serial}` is already revoked"))
+                }
             });
         }
         insert_audit(&mut tx, audit).await?;
@@ -687,9 +707,12 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| match e {
-                    sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(
-                        format!("serial `{}` is registered to another thing", t.serial_number),
-                    ),
+                    sqlx::Error::Database(d) if d.is_unique_violation() => {
+                        StoreError::Conflict(format!(
+                            "serial `{}` is registered to another thing",
+                            t.serial_number
+                        ))
+                    }
                     other => other.into(),
                 })?;
             }
@@ -746,7 +769,10 @@ impl Store for SqlStore {
         for a in &w.args {
             q = q.bind(a.as_str());
         }
-        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        let rows = q
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(token_from_row).collect()
     }
 
@@ -849,7 +875,10 @@ impl Store for SqlStore {
         for a in &w.args {
             q = q.bind(a.as_str());
         }
-        let rows = q.bind(i64::from(page.limit)).fetch_all(&self.reader).await?;
+        let rows = q
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(AllowlistEntry {

@@ -73,7 +73,12 @@ fn cert(serial: &str) -> NewCertificate {
     }
 }
 
-fn enrolment(thing: &str, serial: &str, token_id: Option<&str>, cert_serial: &str) -> EnrolmentCommit {
+fn enrolment(
+    thing: &str,
+    serial: &str,
+    token_id: Option<&str>,
+    cert_serial: &str,
+) -> EnrolmentCommit {
     EnrolmentCommit {
         tenant: DEFAULT_TENANT.into(),
         thing_name: thing.into(),
@@ -88,10 +93,16 @@ fn enrolment(thing: &str, serial: &str, token_id: Option<&str>, cert_serial: &st
 }
 
 async fn audit_count(s: &dyn Store, tenant: &str) -> usize {
-    s.query_audit(tenant, &AuditQuery { limit: 1000, ..Default::default() })
-        .await
-        .unwrap()
-        .len()
+    s.query_audit(
+        tenant,
+        &AuditQuery {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .len()
 }
 
 async fn certs_of(s: &dyn Store, thing: &str) -> Vec<Certificate> {
@@ -103,26 +114,48 @@ async fn certs_of(s: &dyn Store, thing: &str) -> Vec<Certificate> {
 async fn token_creation_registers_a_pending_device(db: Db) {
     let s = db.store.as_ref();
     let t = s
-        .create_token(&token("t1", "SN1", "pump-1"), &audit("default", "token.create", "t1"), NOW)
+        .create_token(
+            &token("t1", "SN1", "pump-1"),
+            &audit("default", "token.create", "t1"),
+            NOW,
+        )
         .await
         .unwrap();
     assert_eq!(t.serial_number, "SN1");
-    let d = s.get_device(DEFAULT_TENANT, "pump-1").await.unwrap().unwrap();
+    let d = s
+        .get_device(DEFAULT_TENANT, "pump-1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(d.status, DeviceStatus::Pending);
     assert_eq!(d.firmware_version.as_deref(), Some("2.9.0"));
-    assert_eq!(s.get_token_by_hash("hash-t1").await.unwrap().unwrap().id, "t1");
+    assert_eq!(
+        s.get_token_by_hash("hash-t1").await.unwrap().unwrap().id,
+        "t1"
+    );
     assert!(s.get_token_by_hash("nope").await.unwrap().is_none());
 }
 
 async fn enrolment_activates_the_device_records_the_cert_and_consumes_the_token(db: Db) {
     let s = db.store.as_ref();
-    s.create_token(&token("t1", "SN1", "pump-1"), &audit("default", "token.create", "t1"), NOW)
+    s.create_token(
+        &token("t1", "SN1", "pump-1"),
+        &audit("default", "token.create", "t1"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let c = s
+        .commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), "aa01"))
         .await
         .unwrap();
-    let c = s.commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), "aa01")).await.unwrap();
     assert_eq!(c.status, CertStatus::Active);
     assert_eq!(c.thing_name, "pump-1");
-    let d = s.get_device(DEFAULT_TENANT, "pump-1").await.unwrap().unwrap();
+    let d = s
+        .get_device(DEFAULT_TENANT, "pump-1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(d.status, DeviceStatus::Active);
     let t = s.get_token_by_hash("hash-t1").await.unwrap().unwrap();
     assert_eq!(t.used_at, Some(NOW));
@@ -130,10 +163,16 @@ async fn enrolment_activates_the_device_records_the_cert_and_consumes_the_token(
 
 async fn a_used_token_is_refused_and_nothing_changes(db: Db) {
     let s = db.store.as_ref();
-    s.create_token(&token("t1", "SN1", "pump-1"), &audit("default", "token.create", "t1"), NOW)
+    s.create_token(
+        &token("t1", "SN1", "pump-1"),
+        &audit("default", "token.create", "t1"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), "aa01"))
         .await
         .unwrap();
-    s.commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), "aa01")).await.unwrap();
     let audits = audit_count(s, DEFAULT_TENANT).await;
     let err = s
         .commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), "aa02"))
@@ -141,7 +180,10 @@ async fn a_used_token_is_refused_and_nothing_changes(db: Db) {
         .unwrap_err();
     assert!(matches!(err, StoreError::TokenNotUsable), "{err}");
     assert!(s.get_certificate("aa02").await.unwrap().is_none());
-    assert_eq!(s.get_certificate("aa01").await.unwrap().unwrap().status, CertStatus::Active);
+    assert_eq!(
+        s.get_certificate("aa01").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
     assert_eq!(audit_count(s, DEFAULT_TENANT).await, audits);
 }
 
@@ -149,33 +191,62 @@ async fn an_expired_or_revoked_token_cannot_be_consumed(db: Db) {
     let s = db.store.as_ref();
     let mut t = token("t1", "SN1", "pump-1");
     t.expires_at = NOW - 1;
-    s.create_token(&t, &audit("default", "token.create", "t1"), NOW - 10).await.unwrap();
-    let err = s.commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), "aa01")).await.unwrap_err();
-    assert!(matches!(err, StoreError::TokenNotUsable));
-    s.create_token(&token("t2", "SN1", "pump-1"), &audit("default", "token.create", "t2"), NOW)
+    s.create_token(&t, &audit("default", "token.create", "t1"), NOW - 10)
         .await
         .unwrap();
-    let revoked = s.revoke_token(DEFAULT_TENANT, "t2", &audit("default", "token.revoke", "t2"), NOW).await.unwrap();
+    let err = s
+        .commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), "aa01"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TokenNotUsable));
+    s.create_token(
+        &token("t2", "SN1", "pump-1"),
+        &audit("default", "token.create", "t2"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let revoked = s
+        .revoke_token(
+            DEFAULT_TENANT,
+            "t2",
+            &audit("default", "token.revoke", "t2"),
+            NOW,
+        )
+        .await
+        .unwrap();
     assert_eq!(revoked.revoked_at, Some(NOW));
-    let err = s.commit_enrolment(&enrolment("pump-1", "SN1", Some("t2"), "aa02")).await.unwrap_err();
+    let err = s
+        .commit_enrolment(&enrolment("pump-1", "SN1", Some("t2"), "aa02"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::TokenNotUsable));
     assert!(certs_of(s, "pump-1").await.is_empty());
     assert_eq!(
-        s.get_device(DEFAULT_TENANT, "pump-1").await.unwrap().unwrap().status,
+        s.get_device(DEFAULT_TENANT, "pump-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         DeviceStatus::Pending
     );
 }
 
 async fn concurrent_uses_of_one_token_have_exactly_one_winner(db: Db) {
     let s = db.store.clone();
-    s.create_token(&token("t1", "SN1", "pump-1"), &audit("default", "token.create", "t1"), NOW)
-        .await
-        .unwrap();
+    s.create_token(
+        &token("t1", "SN1", "pump-1"),
+        &audit("default", "token.create", "t1"),
+        NOW,
+    )
+    .await
+    .unwrap();
     let mut handles = Vec::new();
     for i in 0..8 {
         let s = s.clone();
         handles.push(tokio::spawn(async move {
-            s.commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), &format!("c{i}"))).await
+            s.commit_enrolment(&enrolment("pump-1", "SN1", Some("t1"), &format!("c{i}")))
+                .await
         }));
     }
     let mut ok = 0;
@@ -192,7 +263,9 @@ async fn concurrent_uses_of_one_token_have_exactly_one_winner(db: Db) {
 
 async fn re_enrolment_supersedes_exactly_the_presented_certificate(db: Db) {
     let s = db.store.as_ref();
-    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1")).await.unwrap();
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
     let mut re = enrolment("dev", "SN9", None, "c2");
     re.supersede = Supersede::Certificate("c1".into());
     s.commit_enrolment(&re).await.unwrap();
@@ -207,54 +280,150 @@ async fn re_enrolment_supersedes_exactly_the_presented_certificate(db: Db) {
         StoreError::CertificateNotActive
     ));
     assert!(s.get_certificate("c3").await.unwrap().is_none());
-    assert_eq!(s.get_certificate("c2").await.unwrap().unwrap().status, CertStatus::Active);
+    assert_eq!(
+        s.get_certificate("c2").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
 }
 
 async fn lifecycle_transitions_follow_the_domain_rules(db: Db) {
     let s = db.store.as_ref();
-    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1")).await.unwrap();
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
     let a = |act| audit("default", act, "device:dev");
-    let d = s.transition_device(DEFAULT_TENANT, "dev", LifecycleAction::Suspend, &a("device.suspend"), NOW).await.unwrap();
+    let d = s
+        .transition_device(
+            DEFAULT_TENANT,
+            "dev",
+            LifecycleAction::Suspend,
+            &a("device.suspend"),
+            NOW,
+        )
+        .await
+        .unwrap();
     assert_eq!(d.status, DeviceStatus::Suspended);
     // A suspended device cannot enrol.
-    let err = s.commit_enrolment(&enrolment("dev", "SN9", None, "c2")).await.unwrap_err();
+    let err = s
+        .commit_enrolment(&enrolment("dev", "SN9", None, "c2"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Transition(_)), "{err}");
     assert!(s.get_certificate("c2").await.unwrap().is_none());
-    let err = s.transition_device(DEFAULT_TENANT, "dev", LifecycleAction::Suspend, &a("device.suspend"), NOW).await.unwrap_err();
+    let err = s
+        .transition_device(
+            DEFAULT_TENANT,
+            "dev",
+            LifecycleAction::Suspend,
+            &a("device.suspend"),
+            NOW,
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Transition(_)));
-    s.transition_device(DEFAULT_TENANT, "dev", LifecycleAction::Reactivate, &a("device.reactivate"), NOW).await.unwrap();
-    let d = s.transition_device(DEFAULT_TENANT, "dev", LifecycleAction::Decommission, &a("device.decommission"), NOW).await.unwrap();
+    s.transition_device(
+        DEFAULT_TENANT,
+        "dev",
+        LifecycleAction::Reactivate,
+        &a("device.reactivate"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let d = s
+        .transition_device(
+            DEFAULT_TENANT,
+            "dev",
+            LifecycleAction::Decommission,
+            &a("device.decommission"),
+            NOW,
+        )
+        .await
+        .unwrap();
     assert_eq!(d.status, DeviceStatus::Decommissioned);
     let c = s.get_certificate("c1").await.unwrap().unwrap();
     assert_eq!(c.status, CertStatus::Revoked);
     assert_eq!(c.revocation_reason.as_deref(), Some("decommissioned"));
-    assert!(s.transition_device(DEFAULT_TENANT, "dev", LifecycleAction::Reactivate, &a("device.reactivate"), NOW).await.is_err());
+    assert!(
+        s.transition_device(
+            DEFAULT_TENANT,
+            "dev",
+            LifecycleAction::Reactivate,
+            &a("device.reactivate"),
+            NOW
+        )
+        .await
+        .is_err()
+    );
     assert!(matches!(
-        s.transition_device(DEFAULT_TENANT, "ghost", LifecycleAction::Suspend, &a("x"), NOW).await.unwrap_err(),
+        s.transition_device(
+            DEFAULT_TENANT,
+            "ghost",
+            LifecycleAction::Suspend,
+            &a("x"),
+            NOW
+        )
+        .await
+        .unwrap_err(),
         StoreError::NotFound(_)
     ));
 }
 
 async fn devices_filter_by_firmware_version_order_and_paginate(db: Db) {
     let s = db.store.as_ref();
-    for (i, fw) in ["2.9.0", "2.10.0", "2.5.0", "1.0.0", "10.0.0"].iter().enumerate() {
+    for (i, fw) in ["2.9.0", "2.10.0", "2.5.0", "1.0.0", "10.0.0"]
+        .iter()
+        .enumerate()
+    {
         let mut t = token(&format!("t{i}"), &format!("SN{i}"), &format!("d{i}"));
         t.profile.firmware_version = Some(fw.to_string());
         t.profile.device_class = Some(if i % 2 == 0 { "sensor" } else { "gateway" }.into());
-        s.create_token(&t, &audit("default", "token.create", "t"), NOW).await.unwrap();
+        s.create_token(&t, &audit("default", "token.create", "t"), NOW)
+            .await
+            .unwrap();
     }
     let names = |v: Vec<Device>| v.into_iter().map(|d| d.thing_name).collect::<Vec<_>>();
     let all = Page::new(None, None);
-    let lt = DeviceFilter { firmware_lt: Some("2.10.0".into()), ..Default::default() };
-    assert_eq!(names(s.list_devices(DEFAULT_TENANT, &lt, &all).await.unwrap()), ["d0", "d2", "d3"]);
-    let gte = DeviceFilter { firmware_gte: Some("2.10".into()), ..Default::default() };
-    assert_eq!(names(s.list_devices(DEFAULT_TENANT, &gte, &all).await.unwrap()), ["d1", "d4"]);
-    let class = DeviceFilter { device_class: Some("gateway".into()), status: Some(DeviceStatus::Pending), ..Default::default() };
-    assert_eq!(names(s.list_devices(DEFAULT_TENANT, &class, &all).await.unwrap()), ["d1", "d3"]);
-    let first = s.list_devices(DEFAULT_TENANT, &DeviceFilter::default(), &Page::new(None, Some(2))).await.unwrap();
+    let lt = DeviceFilter {
+        firmware_lt: Some("2.10.0".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(s.list_devices(DEFAULT_TENANT, &lt, &all).await.unwrap()),
+        ["d0", "d2", "d3"]
+    );
+    let gte = DeviceFilter {
+        firmware_gte: Some("2.10".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(s.list_devices(DEFAULT_TENANT, &gte, &all).await.unwrap()),
+        ["d1", "d4"]
+    );
+    let class = DeviceFilter {
+        device_class: Some("gateway".into()),
+        status: Some(DeviceStatus::Pending),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(s.list_devices(DEFAULT_TENANT, &class, &all).await.unwrap()),
+        ["d1", "d3"]
+    );
+    let first = s
+        .list_devices(
+            DEFAULT_TENANT,
+            &DeviceFilter::default(),
+            &Page::new(None, Some(2)),
+        )
+        .await
+        .unwrap();
     assert_eq!(names(first.clone()), ["d0", "d1"]);
     let next = s
-        .list_devices(DEFAULT_TENANT, &DeviceFilter::default(), &Page::new(Some("d1".into()), Some(2)))
+        .list_devices(
+            DEFAULT_TENANT,
+            &DeviceFilter::default(),
+            &Page::new(Some("d1".into()), Some(2)),
+        )
         .await
         .unwrap();
     assert_eq!(names(next), ["d2", "d3"]);
@@ -262,46 +431,104 @@ async fn devices_filter_by_firmware_version_order_and_paginate(db: Db) {
 
 async fn attributes_merge_and_null_removes_a_key(db: Db) {
     let s = db.store.as_ref();
-    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1")).await.unwrap();
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
     let patch = |v: serde_json::Value| v.as_object().unwrap().clone();
-    s.patch_device_attributes(DEFAULT_TENANT, "dev", &patch(serde_json::json!({"site": "berlin", "floor": 3})), &audit("default", "device.patch", "dev"), NOW)
-        .await
-        .unwrap();
+    s.patch_device_attributes(
+        DEFAULT_TENANT,
+        "dev",
+        &patch(serde_json::json!({"site": "berlin", "floor": 3})),
+        &audit("default", "device.patch", "dev"),
+        NOW,
+    )
+    .await
+    .unwrap();
     let d = s
-        .patch_device_attributes(DEFAULT_TENANT, "dev", &patch(serde_json::json!({"floor": null, "zone": "a"})), &audit("default", "device.patch", "dev"), NOW)
+        .patch_device_attributes(
+            DEFAULT_TENANT,
+            "dev",
+            &patch(serde_json::json!({"floor": null, "zone": "a"})),
+            &audit("default", "device.patch", "dev"),
+            NOW,
+        )
         .await
         .unwrap();
-    assert_eq!(serde_json::Value::Object(d.attributes), serde_json::json!({"site": "berlin", "zone": "a"}));
+    assert_eq!(
+        serde_json::Value::Object(d.attributes),
+        serde_json::json!({"site": "berlin", "zone": "a"})
+    );
     let stored = s.get_device(DEFAULT_TENANT, "dev").await.unwrap().unwrap();
     assert_eq!(stored.attributes.len(), 2);
 }
 
 async fn tenants_are_isolated(db: Db) {
     let s = db.store.as_ref();
-    s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW).await.unwrap();
+    s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW)
+        .await
+        .unwrap();
     assert!(matches!(
-        s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW).await.unwrap_err(),
+        s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW)
+            .await
+            .unwrap_err(),
         StoreError::Conflict(_)
     ));
-    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1")).await.unwrap();
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
     assert!(s.get_device("acme", "dev").await.unwrap().is_none());
-    assert!(s.list_devices("acme", &DeviceFilter::default(), &Page::new(None, None)).await.unwrap().is_empty());
+    assert!(
+        s.list_devices("acme", &DeviceFilter::default(), &Page::new(None, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(matches!(
-        s.revoke_certificate("acme", "c1", "keyCompromise", &audit("acme", "certificate.revoke", "c1"), NOW).await.unwrap_err(),
+        s.revoke_certificate(
+            "acme",
+            "c1",
+            "keyCompromise",
+            &audit("acme", "certificate.revoke", "c1"),
+            NOW
+        )
+        .await
+        .unwrap_err(),
         StoreError::NotFound(_)
     ));
-    assert_eq!(s.get_certificate("c1").await.unwrap().unwrap().status, CertStatus::Active);
+    assert_eq!(
+        s.get_certificate("c1").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
     assert_eq!(audit_count(s, "acme").await, 1);
     assert_eq!(s.list_tenants().await.unwrap(), ["acme", "default"]);
 }
 
 async fn certificates_are_revoked_once(db: Db) {
     let s = db.store.as_ref();
-    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1")).await.unwrap();
-    let c = s.revoke_certificate(DEFAULT_TENANT, "c1", "keyCompromise", &audit("default", "certificate.revoke", "c1"), NOW).await.unwrap();
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
+    let c = s
+        .revoke_certificate(
+            DEFAULT_TENANT,
+            "c1",
+            "keyCompromise",
+            &audit("default", "certificate.revoke", "c1"),
+            NOW,
+        )
+        .await
+        .unwrap();
     assert_eq!(c.status, CertStatus::Revoked);
     assert!(matches!(
-        s.revoke_certificate(DEFAULT_TENANT, "c1", "keyCompromise", &audit("default", "certificate.revoke", "c1"), NOW).await.unwrap_err(),
+        s.revoke_certificate(
+            DEFAULT_TENANT,
+            "c1",
+            "keyCompromise",
+            &audit("default", "certificate.revoke", "c1"),
+            NOW
+        )
+        .await
+        .unwrap_err(),
         StoreError::Conflict(_)
     ));
 }
@@ -309,16 +536,44 @@ async fn certificates_are_revoked_once(db: Db) {
 async fn the_allowlist_adds_checks_and_removes(db: Db) {
     let s = db.store.as_ref();
     let serials: Vec<String> = ["A1", "A2", "A1"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(s.allowlist_add(DEFAULT_TENANT, &serials, &audit("default", "allowlist.add", "x"), NOW).await.unwrap(), 2);
+    assert_eq!(
+        s.allowlist_add(
+            DEFAULT_TENANT,
+            &serials,
+            &audit("default", "allowlist.add", "x"),
+            NOW
+        )
+        .await
+        .unwrap(),
+        2
+    );
     assert!(s.allowlist_contains(DEFAULT_TENANT, "A2").await.unwrap());
     assert!(!s.allowlist_contains(DEFAULT_TENANT, "B1").await.unwrap());
-    s.allowlist_remove(DEFAULT_TENANT, "A2", &audit("default", "allowlist.remove", "A2")).await.unwrap();
+    s.allowlist_remove(
+        DEFAULT_TENANT,
+        "A2",
+        &audit("default", "allowlist.remove", "A2"),
+    )
+    .await
+    .unwrap();
     assert!(!s.allowlist_contains(DEFAULT_TENANT, "A2").await.unwrap());
     assert!(matches!(
-        s.allowlist_remove(DEFAULT_TENANT, "A2", &audit("default", "allowlist.remove", "A2")).await.unwrap_err(),
+        s.allowlist_remove(
+            DEFAULT_TENANT,
+            "A2",
+            &audit("default", "allowlist.remove", "A2")
+        )
+        .await
+        .unwrap_err(),
         StoreError::NotFound(_)
     ));
-    assert_eq!(s.list_allowlist(DEFAULT_TENANT, &Page::new(None, None)).await.unwrap().len(), 1);
+    assert_eq!(
+        s.list_allowlist(DEFAULT_TENANT, &Page::new(None, None))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn api_keys_are_found_by_hash_and_revoked(db: Db) {
@@ -331,13 +586,31 @@ async fn api_keys_are_found_by_hash_and_revoked(db: Db) {
         created_at: NOW,
         revoked_at: None,
     };
-    s.create_api_key(&key, "h1", &audit("default", "apikey.create", "k1")).await.unwrap();
+    s.create_api_key(&key, "h1", &audit("default", "apikey.create", "k1"))
+        .await
+        .unwrap();
     assert_eq!(s.get_api_key_by_hash("h1").await.unwrap().unwrap(), key);
-    let revoked = s.revoke_api_key(DEFAULT_TENANT, "k1", &audit("default", "apikey.revoke", "k1"), NOW).await.unwrap();
+    let revoked = s
+        .revoke_api_key(
+            DEFAULT_TENANT,
+            "k1",
+            &audit("default", "apikey.revoke", "k1"),
+            NOW,
+        )
+        .await
+        .unwrap();
     assert_eq!(revoked.revoked_at, Some(NOW));
     assert_eq!(s.list_api_keys(DEFAULT_TENANT).await.unwrap().len(), 1);
-    let ghost = ApiKey { id: "k2".into(), tenant: "nowhere".into(), ..key };
-    assert!(s.create_api_key(&ghost, "h2", &audit("nowhere", "apikey.create", "k2")).await.is_err());
+    let ghost = ApiKey {
+        id: "k2".into(),
+        tenant: "nowhere".into(),
+        ..key
+    };
+    assert!(
+        s.create_api_key(&ghost, "h2", &audit("nowhere", "apikey.create", "k2"))
+            .await
+            .is_err()
+    );
 }
 
 async fn the_audit_log_is_append_only_and_queryable(db: Db) {
@@ -346,36 +619,92 @@ async fn the_audit_log_is_append_only_and_queryable(db: Db) {
     denied.outcome = Outcome::Denied;
     denied.detail = "token already used".into();
     s.append_audit(&denied).await.unwrap();
-    s.append_audit(&audit("default", "device.suspend", "dev")).await.unwrap();
-    let q = AuditQuery { outcome: Some(Outcome::Denied), limit: 10, ..Default::default() };
+    s.append_audit(&audit("default", "device.suspend", "dev"))
+        .await
+        .unwrap();
+    let q = AuditQuery {
+        outcome: Some(Outcome::Denied),
+        limit: 10,
+        ..Default::default()
+    };
     let found = s.query_audit(DEFAULT_TENANT, &q).await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].detail, "token already used");
-    let all = s.query_audit(DEFAULT_TENANT, &AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+    let all = s
+        .query_audit(
+            DEFAULT_TENANT,
+            &AuditQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(all[0].action, "device.suspend", "newest first");
-    let older = s.query_audit(DEFAULT_TENANT, &AuditQuery { before_id: Some(all[0].id), limit: 10, ..Default::default() }).await.unwrap();
+    let older = s
+        .query_audit(
+            DEFAULT_TENANT,
+            &AuditQuery {
+                before_id: Some(all[0].id),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(older.len(), 1);
     // The database itself refuses to edit or delete audit rows.
     sqlx::any::install_default_drivers();
     let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
-    assert!(sqlx::query("UPDATE audit_log SET detail = 'x'").execute(&raw).await.is_err());
-    assert!(sqlx::query("DELETE FROM audit_log").execute(&raw).await.is_err());
+    assert!(
+        sqlx::query("UPDATE audit_log SET detail = 'x'")
+            .execute(&raw)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM audit_log")
+            .execute(&raw)
+            .await
+            .is_err()
+    );
     assert_eq!(audit_count(s, DEFAULT_TENANT).await, 2);
 }
 
 async fn fleet_gauges_count_devices_and_expiring_certs(db: Db) {
     let s = db.store.as_ref();
-    s.commit_enrolment(&enrolment("a", "SA", None, "c1")).await.unwrap();
+    s.commit_enrolment(&enrolment("a", "SA", None, "c1"))
+        .await
+        .unwrap();
     let mut b = enrolment("b", "SB", None, "c2");
     b.certificate.not_after = NOW + 20 * 86_400;
     s.commit_enrolment(&b).await.unwrap();
-    s.create_token(&token("t1", "SN1", "pend"), &audit("default", "token.create", "t1"), NOW).await.unwrap();
+    s.create_token(
+        &token("t1", "SN1", "pend"),
+        &audit("default", "token.create", "t1"),
+        NOW,
+    )
+    .await
+    .unwrap();
     let g = s.fleet_gauges(NOW).await.unwrap();
-    let count = |st| g.devices_by_status.iter().find(|(s, _)| *s == st).unwrap().1;
+    let count = |st| {
+        g.devices_by_status
+            .iter()
+            .find(|(s, _)| *s == st)
+            .unwrap()
+            .1
+    };
     assert_eq!(count(DeviceStatus::Active), 2);
     assert_eq!(count(DeviceStatus::Pending), 1);
     assert_eq!(count(DeviceStatus::Suspended), 0);
-    assert_eq!((g.certs_expiring_7d, g.certs_expiring_14d, g.certs_expiring_30d), (0, 1, 2));
+    assert_eq!(
+        (
+            g.certs_expiring_7d,
+            g.certs_expiring_14d,
+            g.certs_expiring_30d
+        ),
+        (0, 1, 2)
+    );
     s.probe_writable(NOW).await.unwrap();
     s.probe_writable(NOW + 1).await.unwrap();
 }

@@ -1,1 +1,16 @@
-fn main(){}
+//! `onramp`: the server (`onramp serve`) and the admin CLI.
+
+mod cli;
+mod config;
+mod serve;
+
+use anyhow::Result;
+use clap::Parser;
+
+fn main() -> Result<()> {
+    let args = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(cli::run(args))
+}

@@ -1,0 +1,546 @@
+//! The REST management API under `/api/v1`. Bearer API keys; JSON in and out.
+
+use crate::error::ApiError;
+use crate::{AppState, SourceAddr};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use onramp_domain::{
+    AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CertStatus, Certificate, Device, DeviceFilter,
+    DeviceProfile, DeviceStatus, EnrolmentToken, LifecycleAction, Outcome, Page, Role,
+};
+use onramp_service::{Caller, CreatedApiKey, CreatedToken, ServiceError, TokenRequest};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+const JSON_LIMIT: usize = 1024 * 1024;
+const CSV_LIMIT: usize = 16 * 1024 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/devices", get(list_devices))
+        .route(
+            "/api/v1/devices/{thing}",
+            get(get_device).patch(patch_device),
+        )
+        .route("/api/v1/devices/{thing}/suspend", post(suspend_device))
+        .route(
+            "/api/v1/devices/{thing}/reactivate",
+            post(reactivate_device),
+        )
+        .route(
+            "/api/v1/devices/{thing}/decommission",
+            post(decommission_device),
+        )
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/allowlist", get(list_allowlist).post(allowlist_add))
+        .route(
+            "/api/v1/allowlist/{serial}",
+            axum::routing::delete(allowlist_remove),
+        )
+        .route(
+            "/api/v1/allowlist/import",
+            post(allowlist_import).layer(DefaultBodyLimit::max(CSV_LIMIT)),
+        )
+        .route("/api/v1/certificates", get(list_certificates))
+        .route("/api/v1/certificates/{serial}", get(get_certificate))
+        .route(
+            "/api/v1/certificates/{serial}/revoke",
+            post(revoke_certificate),
+        )
+        .route("/api/v1/ca/chain", get(ca_chain))
+        .route("/api/v1/audit", get(query_audit))
+        .route("/api/v1/apikeys", get(list_api_keys).post(create_api_key))
+        .route(
+            "/api/v1/apikeys/{id}",
+            axum::routing::delete(revoke_api_key),
+        )
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+}
+
+/// The caller, from `Authorization: Bearer <api key>`.
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let source = parts
+            .extensions
+            .get::<SourceAddr>()
+            .map(|s| s.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError(ServiceError::Unauthorized(
+                    "an API key is required: Authorization: Bearer <key>".into(),
+                ))
+            })?;
+        let key = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError(ServiceError::Unauthorized(
+                "the Authorization header must be `Bearer <key>`".into(),
+            ))
+        })?;
+        Ok(Authenticated(
+            state
+                .onramp
+                .authenticate_api_key(key.trim(), &source)
+                .await?,
+        ))
+    }
+}
+
+/// JSON body whose rejections use the API's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => Err(ApiError(json_rejection(rejection))),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ServiceError {
+    ServiceError::BadRequest(format!("invalid JSON body: {}", r.body_text()))
+}
+
+/// A page of results; pass `next` back as `after` for the following page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+fn listing<T>(items: Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> Listing<T> {
+    let next = if items.len() as u32 == page.limit {
+        items.last().map(key)
+    } else {
+        None
+    };
+    Listing { items, next }
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::openapi_json(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceListParams {
+    pub status: Option<DeviceStatus>,
+    pub device_class: Option<String>,
+    pub hardware_revision: Option<String>,
+    /// Firmware strictly below this version (2.10.0 > 2.9.0).
+    pub firmware_lt: Option<String>,
+    /// Firmware at or above this version.
+    pub firmware_gte: Option<String>,
+    pub firmware_eq: Option<String>,
+    /// Thing name after which to continue.
+    pub after: Option<String>,
+    /// 1–1000, default 100.
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/devices", params(DeviceListParams),
+    responses((status = 200, body = ListingDevice), (status = 401), (status = 403)), security(("api_key" = [])))]
+pub async fn list_devices(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(p): Query<DeviceListParams>,
+) -> Result<Json<Listing<Device>>, ApiError> {
+    let filter = DeviceFilter {
+        status: p.status,
+        device_class: p.device_class,
+        hardware_revision: p.hardware_revision,
+        firmware_lt: p.firmware_lt,
+        firmware_gte: p.firmware_gte,
+        firmware_eq: p.firmware_eq,
+    };
+    let page = Page::new(p.after, p.limit);
+    let items = s.onramp.list_devices(&caller, &filter, &page).await?;
+    Ok(Json(listing(items, &page, |d| d.thing_name.clone())))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{thing}", params(("thing" = String, Path)),
+    responses((status = 200, body = Device), (status = 404)), security(("api_key" = [])))]
+pub async fn get_device(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(thing): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    Ok(Json(s.onramp.get_device(&caller, &thing).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// Merged into the attributes; a `null` value removes the key.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/devices/{thing}", params(("thing" = String, Path)), request_body = DevicePatch,
+    responses((status = 200, body = Device), (status = 400), (status = 404)), security(("api_key" = [])))]
+pub async fn patch_device(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(thing): Path<String>,
+    JsonBody(patch): JsonBody<DevicePatch>,
+) -> Result<Json<Device>, ApiError> {
+    Ok(Json(
+        s.onramp
+            .patch_device_attributes(&caller, &thing, &patch.attributes)
+            .await?,
+    ))
+}
+
+async fn lifecycle(
+    s: AppState,
+    caller: Caller,
+    thing: String,
+    action: LifecycleAction,
+) -> Result<Json<Device>, ApiError> {
+    Ok(Json(
+        s.onramp
+            .change_device_lifecycle(&caller, &thing, action)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{thing}/suspend", params(("thing" = String, Path)),
+    responses((status = 200, body = Device), (status = 409, description = "not allowed from the current state")), security(("api_key" = [])))]
+pub async fn suspend_device(
+    State(s): State<AppState>,
+    Authenticated(c): Authenticated,
+    Path(t): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    lifecycle(s, c, t, LifecycleAction::Suspend).await
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{thing}/reactivate", params(("thing" = String, Path)),
+    responses((status = 200, body = Device), (status = 409)), security(("api_key" = [])))]
+pub async fn reactivate_device(
+    State(s): State<AppState>,
+    Authenticated(c): Authenticated,
+    Path(t): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    lifecycle(s, c, t, LifecycleAction::Reactivate).await
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{thing}/decommission", params(("thing" = String, Path)),
+    responses((status = 200, body = Device, description = "decommissioned; every certificate revoked"), (status = 409)), security(("api_key" = [])))]
+pub async fn decommission_device(
+    State(s): State<AppState>,
+    Authenticated(c): Authenticated,
+    Path(t): Path<String>,
+) -> Result<Json<Device>, ApiError> {
+    lifecycle(s, c, t, LifecycleAction::Decommission).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    pub serial_number: String,
+    pub thing_name: Option<String>,
+    pub device_class: Option<String>,
+    pub hardware_revision: Option<String>,
+    pub firmware_version: Option<String>,
+    /// Lifetime in seconds (60 s – 365 days); default 7 days.
+    pub ttl_secs: Option<i64>,
+}
+
+/// A new enrolment token. `secret` is shown here once and never again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub token: EnrolmentToken,
+    pub secret: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenCreate,
+    responses((status = 201, body = TokenCreated), (status = 400), (status = 409)), security(("api_key" = [])))]
+pub async fn create_token(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(req): JsonBody<TokenCreate>,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+    let CreatedToken { token, secret } = s
+        .onramp
+        .create_token(
+            &caller,
+            &TokenRequest {
+                serial_number: req.serial_number,
+                thing_name: req.thing_name,
+                profile: DeviceProfile {
+                    device_class: req.device_class,
+                    hardware_revision: req.hardware_revision,
+                    firmware_version: req.firmware_version,
+                },
+                ttl_secs: req.ttl_secs,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(TokenCreated { token, secret })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", params(PageParams),
+    responses((status = 200, body = ListingEnrolmentToken)), security(("api_key" = [])))]
+pub async fn list_tokens(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Listing<EnrolmentToken>>, ApiError> {
+    let page = Page::new(p.after, p.limit);
+    let items = s.onramp.list_tokens(&caller, &page).await?;
+    Ok(Json(listing(items, &page, |t| t.id.clone())))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = EnrolmentToken, description = "revoked"), (status = 404)), security(("api_key" = [])))]
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<EnrolmentToken>, ApiError> {
+    Ok(Json(s.onramp.revoke_token(&caller, &id).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/allowlist", params(PageParams),
+    responses((status = 200, body = ListingAllowlistEntry)), security(("api_key" = [])))]
+pub async fn list_allowlist(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(p): Query<PageParams>,
+) -> Result<Json<Listing<AllowlistEntry>>, ApiError> {
+    let page = Page::new(p.after, p.limit);
+    let items = s.onramp.list_allowlist(&caller, &page).await?;
+    Ok(Json(listing(items, &page, |e| e.serial_number.clone())))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistAdd {
+    pub serial_numbers: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Added {
+    /// Serial numbers that were not on the list before.
+    pub added: u64,
+}
+
+#[utoipa::path(post, path = "/api/v1/allowlist", request_body = AllowlistAdd,
+    responses((status = 200, body = Added), (status = 400)), security(("api_key" = [])))]
+pub async fn allowlist_add(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(req): JsonBody<AllowlistAdd>,
+) -> Result<Json<Added>, ApiError> {
+    Ok(Json(Added {
+        added: s.onramp.allowlist_add(&caller, &req.serial_numbers).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/allowlist/import", request_body(content = String, content_type = "text/csv",
+    description = "one serial number per row (first column); an optional `serial_number` header"),
+    responses((status = 200, body = Added), (status = 400)), security(("api_key" = [])))]
+pub async fn allowlist_import(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    body: String,
+) -> Result<Json<Added>, ApiError> {
+    Ok(Json(Added {
+        added: s.onramp.allowlist_import_csv(&caller, &body).await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/allowlist/{serial}", params(("serial" = String, Path)),
+    responses((status = 204), (status = 404)), security(("api_key" = [])))]
+pub async fn allowlist_remove(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(serial): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.onramp.allowlist_remove(&caller, &serial).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CertListParams {
+    pub thing_name: Option<String>,
+    pub status: Option<CertStatus>,
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/certificates", params(CertListParams),
+    responses((status = 200, body = ListingCertificate)), security(("api_key" = [])))]
+pub async fn list_certificates(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(p): Query<CertListParams>,
+) -> Result<Json<Listing<Certificate>>, ApiError> {
+    let page = Page::new(p.after, p.limit);
+    let items = s
+        .onramp
+        .list_certificates(&caller, p.thing_name.as_deref(), p.status, &page)
+        .await?;
+    Ok(Json(listing(items, &page, |c| c.serial.clone())))
+}
+
+#[utoipa::path(get, path = "/api/v1/certificates/{serial}", params(("serial" = String, Path)),
+    responses((status = 200, body = Certificate), (status = 404)), security(("api_key" = [])))]
+pub async fn get_certificate(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(serial): Path<String>,
+) -> Result<Json<Certificate>, ApiError> {
+    Ok(Json(s.onramp.get_certificate(&caller, &serial).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged,
+    /// superseded, cessationOfOperation, certificateHold.
+    pub reason: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/certificates/{serial}/revoke", params(("serial" = String, Path)), request_body = Revocation,
+    responses((status = 200, body = Certificate), (status = 404), (status = 409)), security(("api_key" = [])))]
+pub async fn revoke_certificate(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(serial): Path<String>,
+    JsonBody(req): JsonBody<Revocation>,
+) -> Result<Json<Certificate>, ApiError> {
+    let reason = req.reason.unwrap_or_else(|| "unspecified".into());
+    Ok(Json(
+        s.onramp
+            .revoke_certificate(&caller, &serial, &reason)
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/ca/chain",
+    responses((status = 200, content_type = "application/pem-certificate-chain", body = String,
+        description = "issuing CA, then root")))]
+pub async fn ca_chain(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        s.onramp.ca().chain_pem(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub actor: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// Unix seconds.
+    pub since: Option<i64>,
+    /// Entries older than this id (newest first).
+    pub before_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", params(AuditParams),
+    responses((status = 200, body = [AuditEntry])), security(("api_key" = [])))]
+pub async fn query_audit(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(p): Query<AuditParams>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let q = AuditQuery {
+        action: p.action,
+        target: p.target,
+        actor: p.actor,
+        outcome: p.outcome,
+        since: p.since,
+        before_id: p.before_id,
+        limit: p.limit.unwrap_or(100),
+    };
+    Ok(Json(s.onramp.query_audit(&caller, &q).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/apikeys", responses((status = 200, body = [ApiKey]), (status = 403)), security(("api_key" = [])))]
+pub async fn list_api_keys(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Vec<ApiKey>>, ApiError> {
+    Ok(Json(s.onramp.list_api_keys(&caller).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCreate {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyCreated {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// Shown once.
+    pub secret: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/apikeys", request_body = ApiKeyCreate,
+    responses((status = 201, body = ApiKeyCreated), (status = 403)), security(("api_key" = [])))]
+pub async fn create_api_key(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(req): JsonBody<ApiKeyCreate>,
+) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
+    let CreatedApiKey { key, secret } = s
+        .onramp
+        .create_api_key(&caller, &req.name, req.role)
+        .await?;
+    Ok((StatusCode::CREATED, Json(ApiKeyCreated { key, secret })))
+}
+
+#[utoipa::path(delete, path = "/api/v1/apikeys/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = ApiKey), (status = 404)), security(("api_key" = [])))]
+pub async fn revoke_api_key(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKey>, ApiError> {
+    Ok(Json(s.onramp.revoke_api_key(&caller, &id).await?))
+}
+
+/// Concrete listing types for the OpenAPI document.
+pub type ListingDevice = Listing<Device>;
+pub type ListingEnrolmentToken = Listing<EnrolmentToken>;
+pub type ListingAllowlistEntry = Listing<AllowlistEntry>;
+pub type ListingCertificate = Listing<Certificate>;

@@ -1,0 +1,39 @@
+//! The OpenAPI document served at `/api/v1/openapi.json`.
+
+use crate::api;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+struct ApiKeyAuth;
+
+impl Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Onramp management API", description = "Devices, enrolment tokens, allow-list, certificates, API keys and the audit log. EST (RFC 7030) lives under /.well-known/est."),
+    paths(
+        api::list_devices, api::get_device, api::patch_device, api::suspend_device,
+        api::reactivate_device, api::decommission_device, api::create_token, api::list_tokens,
+        api::revoke_token, api::list_allowlist, api::allowlist_add, api::allowlist_import,
+        api::allowlist_remove, api::list_certificates, api::get_certificate,
+        api::revoke_certificate, api::ca_chain, api::query_audit, api::list_api_keys,
+        api::create_api_key, api::revoke_api_key,
+    ),
+    modifiers(&ApiKeyAuth)
+)]
+struct ApiDoc;
+
+/// The document as JSON text.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

@@ -1,0 +1,137 @@
+//! Configuration: defaults, then an optional TOML file, then `ONRAMP_*`
+//! environment variables (`ONRAMP_DATA_DIR`, `ONRAMP_DATABASE_URL`,
+//! `ONRAMP_HTTP__LISTEN`, `ONRAMP_ENROLMENT__REQUIRE_ALLOWLIST`, ...).
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the CA, keys and (by default) the SQLite database live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: SQLite in the data directory.
+    pub database_url: Option<String>,
+    pub http: HttpConfig,
+    pub ca: CaConfig,
+    pub enrolment: EnrolmentConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Names and addresses in the server certificate.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// ecdsa-p256 (default), ecdsa-p384 or rsa-3072; used when the CA is created.
+    pub key_algorithm: String,
+    pub organization: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapCaConfig {
+    /// PEM file of a CA whose certificates may enrol (factory identities).
+    pub cert: PathBuf,
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolmentConfig {
+    pub device_cert_validity_days: u32,
+    pub token_ttl_secs: i64,
+    pub require_allowlist: bool,
+    pub rate_per_source: RateConfig,
+    pub rate_per_credential: RateConfig,
+    pub bootstrap_cas: Vec<BootstrapCaConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+}
+
+const DEFAULTS: &str = r#"
+data_dir = "./onramp-data"
+
+[http]
+listen = "0.0.0.0:8443"
+hosts = ["localhost", "127.0.0.1", "::1"]
+
+[ca]
+key_algorithm = "ecdsa-p256"
+organization = "Onramp"
+
+[enrolment]
+device_cert_validity_days = 365
+token_ttl_secs = 604800
+require_allowlist = false
+rate_per_source = { per_second = 100, burst = 200 }
+rate_per_credential = { per_second = 0, burst = 5 }
+bootstrap_cas = []
+
+[log]
+format = "text"
+"#;
+
+impl Config {
+    pub fn load(file: Option<&Path>, data_dir_flag: Option<&Path>) -> Result<Config> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ONRAMP")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let mut cfg: Config = builder
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        if let Some(dir) = data_dir_flag {
+            cfg.data_dir = dir.to_path_buf();
+        }
+        Ok(cfg)
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("onramp.db").display()))
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.data_dir.join("ca")
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    pub fn hmac_key_path(&self) -> PathBuf {
+        self.data_dir.join("secrets").join("hmac.key")
+    }
+}

@@ -1,0 +1,164 @@
+//! Wiring: open the store, load or create the CA, and run the HTTPS server.
+
+use crate::config::Config;
+use anyhow::{Context, Result, bail};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use onramp_pki::{CaKeyAlgorithm, CertificateAuthority, SecretHasher, pem_to_der_chain};
+use onramp_service::{BootstrapCa, Onramp, RateLimit, Settings, now};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Opens everything a service call needs. Creates the data directory and
+/// the CA on first use.
+pub async fn open_onramp(cfg: &Config) -> Result<Onramp> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing {}", cfg.data_dir.display()))?;
+    let store = onramp_store::open(&cfg.database_url())
+        .await
+        .context("opening the registry database")?;
+    let ca = load_or_create_ca(cfg)?;
+    let hasher = SecretHasher::load_or_create(&cfg.hmac_key_path())?;
+    let mut bootstrap_cas = Vec::new();
+    for b in &cfg.enrolment.bootstrap_cas {
+        let pem = std::fs::read_to_string(&b.cert)
+            .with_context(|| format!("reading bootstrap CA {}", b.cert.display()))?;
+        for der in pem_to_der_chain(&pem)? {
+            bootstrap_cas.push(BootstrapCa {
+                der,
+                tenant: b.tenant.clone(),
+            });
+        }
+    }
+    let e = &cfg.enrolment;
+    let settings = Settings {
+        device_cert_validity_days: e.device_cert_validity_days,
+        token_ttl_secs: e.token_ttl_secs,
+        require_allowlist: e.require_allowlist,
+        rate_per_source: RateLimit {
+            per_second: e.rate_per_source.per_second,
+            burst: e.rate_per_source.burst,
+        },
+        rate_per_credential: RateLimit {
+            per_second: e.rate_per_credential.per_second,
+            burst: e.rate_per_credential.burst,
+        },
+        bootstrap_cas,
+    };
+    Ok(Onramp::new(store, ca, hasher, settings))
+}
+
+fn load_or_create_ca(cfg: &Config) -> Result<CertificateAuthority> {
+    let dir = cfg.ca_dir();
+    if CertificateAuthority::exists(&dir) {
+        return CertificateAuthority::load(&dir).context("loading the CA");
+    }
+    let alg: CaKeyAlgorithm = cfg
+        .ca
+        .key_algorithm
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    tracing::info!(dir = %dir.display(), algorithm = ?alg, "creating a new root and issuing CA");
+    CertificateAuthority::create(&dir, alg, &cfg.ca.organization, now()).context("creating the CA")
+}
+
+fn install_metrics() -> Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("onramp_enrolment_duration_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        )
+        .context("metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+pub async fn serve(cfg: Config) -> Result<()> {
+    let metrics = install_metrics()?;
+    let onramp = open_onramp(&cfg).await?;
+    let identity = onramp
+        .ca()
+        .ensure_server_identity(&cfg.tls_dir(), &cfg.http.hosts, now())
+        .context("issuing the server certificate")?;
+    let mut client_roots = vec![onramp.ca().issuing_der().to_vec()];
+    client_roots.extend(
+        onramp
+            .settings()
+            .bootstrap_cas
+            .iter()
+            .map(|b| b.der.clone()),
+    );
+    let chain_pem = std::fs::read(&identity.chain_pem_path)?;
+    let key_pem = std::fs::read(&identity.key_path)?;
+    let tls = onramp_http::tls_config(&chain_pem, &key_pem, &client_roots)
+        .map_err(|e| anyhow::anyhow!(e))?;
+
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.http.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read the bound address (the port may be ephemeral).
+    std::fs::write(cfg.data_dir.join("https.addr"), addr.to_string())?;
+    tracing::info!(%addr, backend = onramp.store().backend(), "onramp is serving HTTPS (EST, API, health, metrics)");
+    println!("onramp listening on https://{addr}");
+
+    let sweeper = {
+        let onramp = onramp.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                onramp.sweep_rate_limits();
+            }
+        })
+    };
+    let app = onramp_http::router(onramp_http::AppState {
+        onramp,
+        metrics: Some(metrics),
+    });
+    onramp_http::serve(listener, Arc::new(tls), app, shutdown_signal()).await?;
+    sweeper.abort();
+    tracing::info!("onramp stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+pub fn import_ca(cfg: &Config, cert: &std::path::Path, key: &std::path::Path) -> Result<()> {
+    if CertificateAuthority::exists(&cfg.ca_dir()) {
+        bail!(
+            "a CA already exists in {}; import only into a fresh data directory",
+            cfg.ca_dir().display()
+        );
+    }
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let cert_pem =
+        std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let key_pem =
+        std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+    CertificateAuthority::import(&cfg.ca_dir(), &cert_pem, &key_pem)?;
+    Ok(())
+}
