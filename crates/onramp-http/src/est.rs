@@ -2,7 +2,7 @@
 
 use crate::error::EstError;
 use crate::{AppState, ClientChain, SourceAddr};
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,9 @@ use onramp_service::{EnrolCredential, Enrolled, ServiceError};
 
 /// A CSR is a few hundred bytes; 64 KiB leaves room for RSA-4096 and attributes.
 const EST_BODY_LIMIT: usize = 64 * 1024;
+/// An oversize body is read and dropped up to this size so that the client
+/// sees the 413 instead of a reset connection; beyond it the connection closes.
+const EST_DRAIN_LIMIT: usize = 1024 * 1024;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -21,7 +24,37 @@ pub fn routes() -> Router<AppState> {
         .route("/.well-known/est/csrattrs", get(csrattrs))
         .route("/.well-known/est/simpleenroll", post(simpleenroll))
         .route("/.well-known/est/simplereenroll", post(simplereenroll))
-        .layer(DefaultBodyLimit::max(EST_BODY_LIMIT))
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// Reads the request body up to [`EST_BODY_LIMIT`]; anything larger is a 413.
+async fn read_body(body: Body) -> Result<Vec<u8>, Response> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err((StatusCode::BAD_REQUEST, "the request body could not be read\n").into_response());
+        };
+        if let Some(data) = frame.data_ref() {
+            total += data.len();
+            if total <= EST_BODY_LIMIT {
+                buf.extend_from_slice(data);
+            } else if total > EST_DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if total > EST_BODY_LIMIT {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("the request body exceeds {EST_BODY_LIMIT} bytes\n"),
+        )
+            .into_response());
+    }
+    Ok(buf)
 }
 
 fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
@@ -61,15 +94,17 @@ async fn simpleenroll(
     Extension(chain): Extension<ClientChain>,
     Extension(source): Extension<SourceAddr>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, EstError> {
-    let credential = credential(&headers, &chain)?;
-    let csr = csr_from_body(&headers, &body)?;
+    body: Body,
+) -> Result<Response, Response> {
+    let body = read_body(body).await?;
+    let credential = credential(&headers, &chain).map_err(IntoResponse::into_response)?;
+    let csr = csr_from_body(&headers, &body).map_err(IntoResponse::into_response)?;
     let enrolled = state
         .onramp
         .simple_enroll(&credential, &csr, &source.0.ip().to_string())
-        .await?;
-    certs_only(&enrolled)
+        .await
+        .map_err(|e| EstError(e).into_response())?;
+    certs_only(&enrolled).map_err(IntoResponse::into_response)
 }
 
 async fn simplereenroll(
@@ -77,8 +112,9 @@ async fn simplereenroll(
     Extension(chain): Extension<ClientChain>,
     Extension(source): Extension<SourceAddr>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, EstError> {
+    body: Body,
+) -> Result<Response, Response> {
+    let body = read_body(body).await?;
     let credential = if chain.0.is_empty() {
         EnrolCredential::None
     } else {
@@ -86,12 +122,13 @@ async fn simplereenroll(
             chain: chain.0.to_vec(),
         }
     };
-    let csr = csr_from_body(&headers, &body)?;
+    let csr = csr_from_body(&headers, &body).map_err(IntoResponse::into_response)?;
     let enrolled = state
         .onramp
         .simple_reenroll(&credential, &csr, &source.0.ip().to_string())
-        .await?;
-    certs_only(&enrolled)
+        .await
+        .map_err(|e| EstError(e).into_response())?;
+    certs_only(&enrolled).map_err(IntoResponse::into_response)
 }
 
 fn certs_only(enrolled: &Enrolled) -> Result<Response, EstError> {

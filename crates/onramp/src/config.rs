@@ -100,11 +100,16 @@ impl Config {
                 config::File::from(file.to_path_buf()).format(config::FileFormat::Toml),
             );
         }
+        // ONRAMP_CONFIG names the file itself and is not a setting.
+        let env: std::collections::HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("ONRAMP_") && k != "ONRAMP_CONFIG")
+            .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("ONRAMP")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(env)),
         );
         let mut cfg: Config = builder
             .build()

@@ -1,0 +1,337 @@
+//! Drives the real `onramp` binary and real clients (openssl, curl) in tests.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub addr: String,
+    pub root_pem: PathBuf,
+    pub database_url: Option<String>,
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+    stderr_log: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_onramp")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+impl Server {
+    pub fn start(backend: Backend) -> Server {
+        Server::start_with(backend, &[], None)
+    }
+
+    /// Starts `onramp serve` on an ephemeral port with extra environment and
+    /// an optional TOML configuration file.
+    pub fn start_with(backend: Backend, env: &[(&str, &str)], config_toml: Option<&str>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(runtime().block_on(onramp_store::testing::scratch_postgres())),
+        };
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Some(cfg) = config_toml {
+            let path = dir.path().join("onramp.toml");
+            std::fs::write(&path, cfg).unwrap();
+            env.push(("ONRAMP_CONFIG".into(), path.display().to_string()));
+        }
+        let mut s = Server {
+            root_pem: dir.path().join("root.pem"),
+            stderr_log: dir.path().join("server.log"),
+            dir,
+            data,
+            addr: String::new(),
+            database_url,
+            env,
+            child: None,
+        };
+        s.spawn();
+        let out = s.cli(&["ca", "export", "--out", s.root_pem.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        s
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--data-dir").arg(&self.data);
+        c.env_remove("RUST_LOG");
+        if let Some(url) = &self.database_url {
+            c.env("ONRAMP_DATABASE_URL", url);
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.stderr_log).unwrap();
+        let mut child = self
+            .command()
+            .arg("serve")
+            .env("ONRAMP_HTTP__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "debug,sqlx=warn,hyper=info,rustls=info,h2=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "server did not start");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("onramp listening on https://") {
+                        self.addr = url.trim().to_string();
+                        break;
+                    }
+                }
+                _ => panic!("server exited: {}", std::fs::read_to_string(&self.stderr_log).unwrap_or_default()),
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        let port = self.addr.rsplit(':').next().unwrap();
+        format!("https://localhost:{port}{path}")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs an admin command against this server's data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "onramp {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Creates an enrolment token for `serial`; returns the secret.
+    pub fn token(&self, serial: &str) -> String {
+        self.cli_json(&["token", "create", "--serial", serial])["secret"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn api_key(&self, role: &str) -> String {
+        self.cli_json(&["apikey", "create", "--name", "test", "--role", role])["secret"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn curl(&self, args: &[&str]) -> Curl {
+        let body = self.dir.path().join(format!("body-{}", uuid_like()));
+        let headers = self.dir.path().join(format!("headers-{}", uuid_like()));
+        let out = Command::new("curl")
+            .args(["-s", "-S", "--cacert"])
+            .arg(&self.root_pem)
+            .arg("-o")
+            .arg(&body)
+            .arg("-D")
+            .arg(&headers)
+            .args(["-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let status: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        Curl {
+            status,
+            body: std::fs::read(&body).unwrap_or_default(),
+            headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// A management API call with a bearer key.
+    pub fn api(&self, method: &str, path: &str, key: &str, body: Option<&str>) -> Curl {
+        let auth = format!("Authorization: Bearer {key}");
+        let url = self.url(path);
+        let mut args = vec!["-X", method, "-H", &auth, &url];
+        if let Some(b) = body {
+            args.extend_from_slice(&["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        self.curl(&args)
+    }
+
+    /// Enrols with a token: `openssl req` for the CSR, `curl` for EST.
+    pub fn enrol(&self, device: &Device, serial: &str, token: &str) -> Curl {
+        let url = self.url("/.well-known/est/simpleenroll");
+        let user = format!("{serial}:{token}");
+        let data = format!("@{}", device.csr_b64.display());
+        self.curl(&[
+            "-u", &user,
+            "-H", "Content-Type: application/pkcs10",
+            "--data-binary", &data,
+            &url,
+        ])
+    }
+
+    /// Re-enrols presenting `cert`/`key` as TLS client identity.
+    pub fn reenrol(&self, cert: &Path, key: &Path, csr_b64: &Path) -> Curl {
+        let url = self.url("/.well-known/est/simplereenroll");
+        let data = format!("@{}", csr_b64.display());
+        self.curl(&[
+            "--cert", cert.to_str().unwrap(),
+            "--key", key.to_str().unwrap(),
+            "-H", "Content-Type: application/pkcs10",
+            "--data-binary", &data,
+            &url,
+        ])
+    }
+
+    pub fn devices_json(&self, thing: &str) -> Value {
+        self.cli_json(&["device", "show", thing])
+    }
+
+    pub fn certs_of(&self, thing: &str) -> Vec<Value> {
+        self.cli_json(&["cert", "list", "--thing-name", thing])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub struct Curl {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: String,
+    pub stderr: String,
+}
+
+impl Curl {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A device's key and CSR made by `openssl req`.
+pub struct Device {
+    pub key: PathBuf,
+    pub csr_der: PathBuf,
+    pub csr_b64: PathBuf,
+}
+
+pub fn openssl(args: &[&str]) -> Output {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A new P-256 key and a CSR with the given subject (e.g. `/CN=SN-1`).
+pub fn device_csr(dir: &Path, name: &str, subject: &str) -> Device {
+    let key = dir.join(format!("{name}.key"));
+    let csr_der = dir.join(format!("{name}.csr.der"));
+    openssl(&[
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-subj", subject, "-keyout", key.to_str().unwrap(), "-outform", "DER", "-out", csr_der.to_str().unwrap(),
+    ]);
+    with_csr_der(dir, name, key, csr_der)
+}
+
+/// A CSR for an existing key.
+pub fn csr_for_key(dir: &Path, name: &str, key: &Path, subject: &str) -> Device {
+    let csr_der = dir.join(format!("{name}.csr.der"));
+    openssl(&[
+        "req", "-new", "-key", key.to_str().unwrap(), "-subj", subject, "-outform", "DER", "-out",
+        csr_der.to_str().unwrap(),
+    ]);
+    with_csr_der(dir, name, key.to_path_buf(), csr_der)
+}
+
+pub fn with_csr_der(dir: &Path, name: &str, key: PathBuf, csr_der: PathBuf) -> Device {
+    let csr_b64 = dir.join(format!("{name}.csr.b64"));
+    openssl(&["base64", "-in", csr_der.to_str().unwrap(), "-out", csr_b64.to_str().unwrap()]);
+    Device { key, csr_der, csr_b64 }
+}
+
+/// Turns an EST certs-only response (base64 PKCS#7) into PEM with openssl.
+pub fn pkcs7_to_pem(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+    let b64 = dir.join(format!("{name}.p7.b64"));
+    let der = dir.join(format!("{name}.p7.der"));
+    let pem = dir.join(format!("{name}.pem"));
+    std::fs::write(&b64, body).unwrap();
+    openssl(&["base64", "-d", "-in", b64.to_str().unwrap(), "-out", der.to_str().unwrap()]);
+    openssl(&[
+        "pkcs7", "-inform", "DER", "-in", der.to_str().unwrap(), "-print_certs", "-out", pem.to_str().unwrap(),
+    ]);
+    pem
+}
+
+/// `openssl x509 -noout -subject` etc.
+pub fn x509_field(pem: &Path, field: &str) -> String {
+    let out = openssl(&["x509", "-in", pem.to_str().unwrap(), "-noout", field]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
