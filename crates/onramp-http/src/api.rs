@@ -115,6 +115,22 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
+/// Query string whose rejections use the API's error shape.
+pub struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(rejection) => Err(ApiError(ServiceError::BadRequest(format!(
+                "invalid query string: {}",
+                rejection.body_text()
+            )))),
+        }
+    }
+}
+
 fn json_rejection(r: JsonRejection) -> ServiceError {
     ServiceError::BadRequest(format!("invalid JSON body: {}", r.body_text()))
 }
@@ -165,7 +181,7 @@ pub struct DeviceListParams {
 pub async fn list_devices(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(p): Query<DeviceListParams>,
+    Params(p): Params<DeviceListParams>,
 ) -> Result<Json<Listing<Device>>, ApiError> {
     let filter = DeviceFilter {
         status: p.status,
@@ -313,7 +329,7 @@ pub struct PageParams {
 pub async fn list_tokens(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(p): Query<PageParams>,
+    Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<EnrolmentToken>>, ApiError> {
     let page = Page::new(p.after, p.limit);
     let items = s.onramp.list_tokens(&caller, &page).await?;
@@ -335,7 +351,7 @@ pub async fn revoke_token(
 pub async fn list_allowlist(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(p): Query<PageParams>,
+    Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<AllowlistEntry>>, ApiError> {
     let page = Page::new(p.after, p.limit);
     let items = s.onramp.list_allowlist(&caller, &page).await?;
@@ -404,7 +420,7 @@ pub struct CertListParams {
 pub async fn list_certificates(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(p): Query<CertListParams>,
+    Params(p): Params<CertListParams>,
 ) -> Result<Json<Listing<Certificate>>, ApiError> {
     let page = Page::new(p.after, p.limit);
     let items = s
@@ -478,7 +494,7 @@ pub struct AuditParams {
 pub async fn query_audit(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(p): Query<AuditParams>,
+    Params(p): Params<AuditParams>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let q = AuditQuery {
         action: p.action,
