@@ -35,7 +35,11 @@ async fn read_body(body: Body) -> Result<Vec<u8>, Response> {
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
-            return Err((StatusCode::BAD_REQUEST, "the request body could not be read\n").into_response());
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read\n",
+            )
+                .into_response());
         };
         if let Some(data) = frame.data_ref() {
             total += data.len();

@@ -100,9 +100,25 @@ impl Config {
                 config::File::from(file.to_path_buf()).format(config::FileFormat::Toml),
             );
         }
-        // ONRAMP_CONFIG names the file itself and is not a setting.
+        // Only variables that name a setting are read: ONRAMP_CONFIG names the
+        // file itself, and a stray ONRAMP_SOMETHING of a user's shell must not
+        // stop the server.
+        const SETTINGS: [&str; 6] = [
+            "DATA_DIR",
+            "DATABASE_URL",
+            "HTTP__",
+            "CA__",
+            "ENROLMENT__",
+            "LOG__",
+        ];
         let env: std::collections::HashMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("ONRAMP_") && k != "ONRAMP_CONFIG")
+            .filter(|(k, _)| {
+                k.strip_prefix("ONRAMP_").is_some_and(|rest| {
+                    SETTINGS
+                        .iter()
+                        .any(|s| rest == *s || (s.ends_with("__") && rest.starts_with(s)))
+                })
+            })
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("ONRAMP")

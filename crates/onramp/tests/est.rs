@@ -14,18 +14,30 @@ fn enrol_happy_path(backend: Backend) {
         r.header("content-type").as_deref(),
         Some("application/pkcs7-mime; smime-type=certs-only")
     );
-    assert_eq!(r.header("content-transfer-encoding").as_deref(), Some("base64"));
+    assert_eq!(
+        r.header("content-transfer-encoding").as_deref(),
+        Some("base64")
+    );
     let cert = pkcs7_to_pem(s.dir.path(), "dev-cert", &r.body);
     assert!(x509_field(&cert, "-subject").contains("CN = SN-0001"));
 
     // The chain from /cacerts verifies the device certificate for client auth.
     let ca = s.curl(&[&s.url("/.well-known/est/cacerts")]);
     assert_eq!(ca.status, 200);
-    assert_eq!(ca.header("content-type").as_deref(), Some("application/pkcs7-mime"));
+    assert_eq!(
+        ca.header("content-type").as_deref(),
+        Some("application/pkcs7-mime")
+    );
     let chain = pkcs7_to_pem(s.dir.path(), "cacerts", &ca.body);
     let out = openssl(&[
-        "verify", "-purpose", "sslclient", "-CAfile", s.root_pem.to_str().unwrap(), "-untrusted",
-        chain.to_str().unwrap(), cert.to_str().unwrap(),
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        s.root_pem.to_str().unwrap(),
+        "-untrusted",
+        chain.to_str().unwrap(),
+        cert.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(": OK"));
 
@@ -34,7 +46,9 @@ fn enrol_happy_path(backend: Backend) {
     let certs = s.certs_of("SN-0001");
     assert_eq!(certs.len(), 1);
     assert_eq!(certs[0]["status"], "active");
-    let serial = x509_field(&cert, "-serial").trim_start_matches("serial=").to_ascii_lowercase();
+    let serial = x509_field(&cert, "-serial")
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
     assert_eq!(certs[0]["serial"].as_str().unwrap(), serial);
 
     // ... and the enrolment is in the audit log with who, what and from where.
@@ -74,9 +88,17 @@ fn re_enrolment(backend: Backend) {
     let new_cert = pkcs7_to_pem(s.dir.path(), "renewed", &r.body);
     let certs = s.certs_of("SN-2");
     assert_eq!(certs.len(), 2);
-    let old_serial = x509_field(&cert, "-serial").trim_start_matches("serial=").to_ascii_lowercase();
-    let old = certs.iter().find(|c| c["serial"] == old_serial.as_str()).unwrap();
-    let new = certs.iter().find(|c| c["serial"] != old_serial.as_str()).unwrap();
+    let old_serial = x509_field(&cert, "-serial")
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let old = certs
+        .iter()
+        .find(|c| c["serial"] == old_serial.as_str())
+        .unwrap();
+    let new = certs
+        .iter()
+        .find(|c| c["serial"] != old_serial.as_str())
+        .unwrap();
     assert_eq!(old["status"], "superseded");
     assert_eq!(new["status"], "active");
     assert_eq!(old["superseded_by"], new["serial"]);
@@ -130,7 +152,10 @@ fn replayed_token(backend: Backend) {
     let r = s.enrol(&d2, "SN-3", &token);
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.text().contains("already been used"), "{}", r.text());
-    assert_eq!(r.header("www-authenticate").as_deref(), Some("Basic realm=\"onramp-est\""));
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Basic realm=\"onramp-est\"")
+    );
     assert_eq!(s.certs_of("SN-3").len(), 1, "no second certificate");
     let denied = s.cli_json(&["audit", "--action", "est.simpleenroll"]);
     assert_eq!(denied.as_array().unwrap()[0]["outcome"], "denied");
@@ -179,7 +204,11 @@ fn a_tampered_csr_is_refused() {
 
 #[test]
 fn a_serial_not_on_the_allowlist_is_refused_when_the_allowlist_is_on() {
-    let s = Server::start_with(Backend::Sqlite, &[("ONRAMP_ENROLMENT__REQUIRE_ALLOWLIST", "true")], None);
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[("ONRAMP_ENROLMENT__REQUIRE_ALLOWLIST", "true")],
+        None,
+    );
     let token = s.token("SN-7");
     let d = device_csr(s.dir.path(), "d", "/CN=SN-7");
     let r = s.enrol(&d, "SN-7", &token);
@@ -210,9 +239,17 @@ fn a_suspended_device_cannot_re_enrol() {
 fn a_revoked_certificate_cannot_re_enrol() {
     let s = Server::start(Backend::Sqlite);
     let (d, cert) = enrolled(&s, "SN-9");
-    let serial = s.certs_of("SN-9")[0]["serial"].as_str().unwrap().to_string();
+    let serial = s.certs_of("SN-9")[0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let key = s.api_key("operator");
-    let r = s.api("POST", &format!("/api/v1/certificates/{serial}/revoke"), &key, Some(r#"{"reason":"keyCompromise"}"#));
+    let r = s.api(
+        "POST",
+        &format!("/api/v1/certificates/{serial}/revoke"),
+        &key,
+        Some(r#"{"reason":"keyCompromise"}"#),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let renew = csr_for_key(s.dir.path(), "renew", &d.key, "/CN=SN-9");
     let r = s.reenrol(&cert, &d.key, &renew.csr_b64);
@@ -227,7 +264,13 @@ fn re_enrolment_without_a_client_certificate_is_unauthorized() {
     let d = device_csr(s.dir.path(), "n", "/CN=SN-10");
     let url = s.url("/.well-known/est/simplereenroll");
     let data = format!("@{}", d.csr_b64.display());
-    let r = s.curl(&["-H", "Content-Type: application/pkcs10", "--data-binary", &data, &url]);
+    let r = s.curl(&[
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
     assert_eq!(r.status, 401);
 }
 
@@ -237,11 +280,27 @@ fn malformed_base64_is_refused() {
     let token = s.token("SN-11");
     let user = "SN-11:".to_string() + &token;
     let url = s.url("/.well-known/est/simpleenroll");
-    let r = s.curl(&["-u", &user, "-H", "Content-Type: application/pkcs10", "--data-binary", "!!!this is not base64***", &url]);
+    let r = s.curl(&[
+        "-u",
+        &user,
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        "!!!this is not base64***",
+        &url,
+    ]);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("base64"));
     // Valid base64 that is not a CSR.
-    let r = s.curl(&["-u", &user, "-H", "Content-Type: application/pkcs10", "--data-binary", "aGVsbG8gd29ybGQ=", &url]);
+    let r = s.curl(&[
+        "-u",
+        &user,
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        "aGVsbG8gd29ybGQ=",
+        &url,
+    ]);
     assert_eq!(r.status, 400, "{}", r.text());
     assert_untouched(&s, "SN-11");
 }
@@ -254,7 +313,15 @@ fn an_oversize_body_is_refused() {
     let big = s.path("big.b64");
     std::fs::write(&big, "A".repeat(200 * 1024)).unwrap();
     let data = format!("@{}", big.display());
-    let r = s.curl(&["-u", &user, "-H", "Content-Type: application/pkcs10", "--data-binary", &data, &s.url("/.well-known/est/simpleenroll")]);
+    let r = s.curl(&[
+        "-u",
+        &user,
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &data,
+        &s.url("/.well-known/est/simpleenroll"),
+    ]);
     assert_eq!(r.status, 413, "{}", r.text());
     assert_untouched(&s, "SN-12");
 }
@@ -265,9 +332,18 @@ fn enrolment_without_credentials_gets_a_basic_challenge() {
     s.token("SN-13");
     let d = device_csr(s.dir.path(), "c", "/CN=SN-13");
     let data = format!("@{}", d.csr_b64.display());
-    let r = s.curl(&["-H", "Content-Type: application/pkcs10", "--data-binary", &data, &s.url("/.well-known/est/simpleenroll")]);
+    let r = s.curl(&[
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &data,
+        &s.url("/.well-known/est/simpleenroll"),
+    ]);
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("www-authenticate").as_deref(), Some("Basic realm=\"onramp-est\""));
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Basic realm=\"onramp-est\"")
+    );
     let r = s.enrol(&d, "SN-13", "ont_not-a-real-token");
     assert_eq!(r.status, 401);
     assert_untouched(&s, "SN-13");
@@ -317,11 +393,21 @@ fn csrattrs_and_cacerts_use_the_rfc_encodings() {
     let s = Server::start(Backend::Sqlite);
     let r = s.curl(&[&s.url("/.well-known/est/csrattrs")]);
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/csrattrs"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/csrattrs")
+    );
     let der = s.path("attrs.der");
     let b64 = s.path("attrs.b64");
     std::fs::write(&b64, &r.body).unwrap();
-    openssl(&["base64", "-d", "-in", b64.to_str().unwrap(), "-out", der.to_str().unwrap()]);
+    openssl(&[
+        "base64",
+        "-d",
+        "-in",
+        b64.to_str().unwrap(),
+        "-out",
+        der.to_str().unwrap(),
+    ]);
     let parsed = openssl(&["asn1parse", "-inform", "DER", "-in", der.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&parsed.stdout);
     assert!(text.contains("ecdsa-with-SHA256"), "{text}");
@@ -335,15 +421,65 @@ fn csrattrs_and_cacerts_use_the_rfc_encodings() {
 fn a_bootstrap_certificate_from_a_configured_ca_enrols() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-subj", "/CN=Factory Bootstrap CA", "-days", "30", "-keyout", &p("boot-ca.key"), "-out", &p("boot-ca.pem"),
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
-    openssl(&["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-subj", "/CN=SN-B1", "-keyout", &p("boot.key"), "-out", &p("boot.csr")]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=Factory Bootstrap CA",
+        "-days",
+        "30",
+        "-keyout",
+        &p("boot-ca.key"),
+        "-out",
+        &p("boot-ca.pem"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=SN-B1",
+        "-keyout",
+        &p("boot.key"),
+        "-out",
+        &p("boot.csr"),
+    ]);
     let ext = dir.path().join("ext.cnf");
-    std::fs::write(&ext, "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n").unwrap();
-    openssl(&["x509", "-req", "-in", &p("boot.csr"), "-CA", &p("boot-ca.pem"), "-CAkey", &p("boot-ca.key"),
-        "-CAcreateserial", "-days", "10", "-out", &p("boot.pem"), "-extfile", ext.to_str().unwrap()]);
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("boot.csr"),
+        "-CA",
+        &p("boot-ca.pem"),
+        "-CAkey",
+        &p("boot-ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "10",
+        "-out",
+        &p("boot.pem"),
+        "-extfile",
+        ext.to_str().unwrap(),
+    ]);
     let config = format!(
         "[enrolment]\nbootstrap_cas = [{{ cert = \"{}\", tenant = \"default\" }}]\n",
         p("boot-ca.pem")
@@ -352,13 +488,33 @@ fn a_bootstrap_certificate_from_a_configured_ca_enrols() {
     let d = device_csr(s.dir.path(), "b", "/CN=SN-B1");
     let data = format!("@{}", d.csr_b64.display());
     let url = s.url("/.well-known/est/simpleenroll");
-    let r = s.curl(&["--cert", &p("boot.pem"), "--key", &p("boot.key"), "-H", "Content-Type: application/pkcs10", "--data-binary", &data, &url]);
+    let r = s.curl(&[
+        "--cert",
+        &p("boot.pem"),
+        "--key",
+        &p("boot.key"),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.devices_json("SN-B1")["status"], "active");
     // The bootstrap identity only speaks for its own serial.
     let other = device_csr(s.dir.path(), "o", "/CN=SN-B2");
     let data = format!("@{}", other.csr_b64.display());
-    let r = s.curl(&["--cert", &p("boot.pem"), "--key", &p("boot.key"), "-H", "Content-Type: application/pkcs10", "--data-binary", &data, &url]);
+    let r = s.curl(&[
+        "--cert",
+        &p("boot.pem"),
+        "--key",
+        &p("boot.key"),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
     assert_eq!(r.status, 403, "{}", r.text());
 }
 
@@ -367,11 +523,36 @@ fn a_certificate_from_an_unknown_ca_cannot_even_connect() {
     let s = Server::start(Backend::Sqlite);
     let dir = s.dir.path();
     let p = |n: &str| dir.join(n).display().to_string();
-    openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-subj", "/CN=SN-X", "-days", "2", "-keyout", &p("rogue.key"), "-out", &p("rogue.pem")]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=SN-X",
+        "-days",
+        "2",
+        "-keyout",
+        &p("rogue.key"),
+        "-out",
+        &p("rogue.pem"),
+    ]);
     let d = device_csr(dir, "r", "/CN=SN-X");
     let data = format!("@{}", d.csr_b64.display());
-    let r = s.curl(&["--cert", &p("rogue.pem"), "--key", &p("rogue.key"), "-H", "Content-Type: application/pkcs10", "--data-binary", &data, &s.url("/.well-known/est/simplereenroll")]);
+    let r = s.curl(&[
+        "--cert",
+        &p("rogue.pem"),
+        "--key",
+        &p("rogue.key"),
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &data,
+        &s.url("/.well-known/est/simplereenroll"),
+    ]);
     assert_eq!(r.status, 0, "the TLS handshake itself fails: {}", r.stderr);
 }
 

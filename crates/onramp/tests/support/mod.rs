@@ -29,7 +29,10 @@ pub fn bin() -> &'static str {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 impl Server {
@@ -44,9 +47,14 @@ impl Server {
         let data = dir.path().join("data");
         let database_url = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(runtime().block_on(onramp_store::testing::scratch_postgres())),
+            Backend::Postgres => {
+                Some(runtime().block_on(onramp_store::testing::scratch_postgres()))
+            }
         };
-        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         if let Some(cfg) = config_toml {
             let path = dir.path().join("onramp.toml");
             std::fs::write(&path, cfg).unwrap();
@@ -64,7 +72,11 @@ impl Server {
         };
         s.spawn();
         let out = s.cli(&["ca", "export", "--out", s.root_pem.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         s
     }
 
@@ -104,7 +116,10 @@ impl Server {
                         break;
                     }
                 }
-                _ => panic!("server exited: {}", std::fs::read_to_string(&self.stderr_log).unwrap_or_default()),
+                _ => panic!(
+                    "server exited: {}",
+                    std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+                ),
             }
         }
         self.child = Some(child);
@@ -112,7 +127,10 @@ impl Server {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
     }
@@ -181,7 +199,10 @@ impl Server {
             .args(args)
             .output()
             .unwrap();
-        let status: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        let status: u16 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
         Curl {
             status,
             body: std::fs::read(&body).unwrap_or_default(),
@@ -207,9 +228,12 @@ impl Server {
         let user = format!("{serial}:{token}");
         let data = format!("@{}", device.csr_b64.display());
         self.curl(&[
-            "-u", &user,
-            "-H", "Content-Type: application/pkcs10",
-            "--data-binary", &data,
+            "-u",
+            &user,
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data,
             &url,
         ])
     }
@@ -219,10 +243,14 @@ impl Server {
         let url = self.url("/.well-known/est/simplereenroll");
         let data = format!("@{}", csr_b64.display());
         self.curl(&[
-            "--cert", cert.to_str().unwrap(),
-            "--key", key.to_str().unwrap(),
-            "-H", "Content-Type: application/pkcs10",
-            "--data-binary", &data,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &data,
             &url,
         ])
     }
@@ -266,7 +294,9 @@ impl Curl {
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 }
@@ -274,7 +304,11 @@ impl Curl {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A device's key and CSR made by `openssl req`.
@@ -286,7 +320,11 @@ pub struct Device {
 
 pub fn openssl(args: &[&str]) -> Output {
     let out = Command::new("openssl").args(args).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -295,8 +333,21 @@ pub fn device_csr(dir: &Path, name: &str, subject: &str) -> Device {
     let key = dir.join(format!("{name}.key"));
     let csr_der = dir.join(format!("{name}.csr.der"));
     openssl(&[
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-subj", subject, "-keyout", key.to_str().unwrap(), "-outform", "DER", "-out", csr_der.to_str().unwrap(),
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        key.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        csr_der.to_str().unwrap(),
     ]);
     with_csr_der(dir, name, key, csr_der)
 }
@@ -305,7 +356,15 @@ pub fn device_csr(dir: &Path, name: &str, subject: &str) -> Device {
 pub fn csr_for_key(dir: &Path, name: &str, key: &Path, subject: &str) -> Device {
     let csr_der = dir.join(format!("{name}.csr.der"));
     openssl(&[
-        "req", "-new", "-key", key.to_str().unwrap(), "-subj", subject, "-outform", "DER", "-out",
+        "req",
+        "-new",
+        "-key",
+        key.to_str().unwrap(),
+        "-subj",
+        subject,
+        "-outform",
+        "DER",
+        "-out",
         csr_der.to_str().unwrap(),
     ]);
     with_csr_der(dir, name, key.to_path_buf(), csr_der)
@@ -313,8 +372,18 @@ pub fn csr_for_key(dir: &Path, name: &str, key: &Path, subject: &str) -> Device 
 
 pub fn with_csr_der(dir: &Path, name: &str, key: PathBuf, csr_der: PathBuf) -> Device {
     let csr_b64 = dir.join(format!("{name}.csr.b64"));
-    openssl(&["base64", "-in", csr_der.to_str().unwrap(), "-out", csr_b64.to_str().unwrap()]);
-    Device { key, csr_der, csr_b64 }
+    openssl(&[
+        "base64",
+        "-in",
+        csr_der.to_str().unwrap(),
+        "-out",
+        csr_b64.to_str().unwrap(),
+    ]);
+    Device {
+        key,
+        csr_der,
+        csr_b64,
+    }
 }
 
 /// Turns an EST certs-only response (base64 PKCS#7) into PEM with openssl.
@@ -323,9 +392,23 @@ pub fn pkcs7_to_pem(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
     let der = dir.join(format!("{name}.p7.der"));
     let pem = dir.join(format!("{name}.pem"));
     std::fs::write(&b64, body).unwrap();
-    openssl(&["base64", "-d", "-in", b64.to_str().unwrap(), "-out", der.to_str().unwrap()]);
     openssl(&[
-        "pkcs7", "-inform", "DER", "-in", der.to_str().unwrap(), "-print_certs", "-out", pem.to_str().unwrap(),
+        "base64",
+        "-d",
+        "-in",
+        b64.to_str().unwrap(),
+        "-out",
+        der.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkcs7",
+        "-inform",
+        "DER",
+        "-in",
+        der.to_str().unwrap(),
+        "-print_certs",
+        "-out",
+        pem.to_str().unwrap(),
     ]);
     pem
 }
