@@ -142,3 +142,60 @@ pub struct FleetGauges {
     pub certs_expiring_14d: i64,
     pub certs_expiring_30d: i64,
 }
+
+/// A named, versioned policy document as stored (the JSON text as given).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    pub tenant: String,
+    pub name: String,
+    pub document: String,
+    pub version: i64,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+/// What a policy is attached to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum PolicyTarget {
+    /// One device, by thing name.
+    Device(String),
+    /// Every device of a device class.
+    Class(String),
+}
+
+impl PolicyTarget {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyTarget::Device(_) => "device",
+            PolicyTarget::Class(_) => "class",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            PolicyTarget::Device(n) | PolicyTarget::Class(n) => n,
+        }
+    }
+}
+
+/// A retained MQTT message as persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedRecord {
+    pub tenant: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+}
+
+/// A connection identity that must be cut: its certificate was revoked or
+/// superseded, or its device left the active state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedIdentity {
+    pub tenant: String,
+    pub thing_name: String,
+    /// The certificate, when the change was to one certificate.
+    pub certificate_serial: Option<String>,
+}

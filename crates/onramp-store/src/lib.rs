@@ -15,8 +15,8 @@ pub mod testing;
 use async_trait::async_trait;
 use onramp_domain::{
     AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CertStatus, Certificate, Device, DeviceFilter,
-    DeviceProfile, DeviceStatus, EnrolmentToken, FleetGauges, LifecycleAction, Page, Role,
-    TransitionError, UnixTime,
+    DeviceProfile, DeviceStatus, EnrolmentToken, FleetGauges, LifecycleAction, Page, PolicyTarget,
+    RetainedRecord, RevokedIdentity, Role, StoredPolicy, TransitionError, UnixTime,
 };
 use std::sync::Arc;
 
@@ -193,6 +193,56 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEntry,
         now: UnixTime,
     ) -> Result<ApiKey>;
+
+    // Policies.
+    /// Creates the policy, or stores a new version of it.
+    async fn put_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        document: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<StoredPolicy>;
+    async fn get_policy(&self, tenant: &str, name: &str) -> Result<Option<StoredPolicy>>;
+    async fn list_policies(&self, tenant: &str) -> Result<Vec<StoredPolicy>>;
+    async fn attach_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        target: &PolicyTarget,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<()>;
+    async fn detach_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        target: &PolicyTarget,
+        audit: &AuditEntry,
+    ) -> Result<()>;
+    async fn policy_targets(&self, tenant: &str, name: &str) -> Result<Vec<PolicyTarget>>;
+    /// Policies that apply to a device: attached to it or to its class.
+    async fn policies_for_device(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        device_class: Option<&str>,
+    ) -> Result<Vec<StoredPolicy>>;
+
+    // Gateway state.
+    async fn set_device_connected(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        connected: bool,
+        now: UnixTime,
+    ) -> Result<()>;
+    async fn put_retained(&self, record: &RetainedRecord, now: UnixTime) -> Result<()>;
+    async fn delete_retained(&self, tenant: &str, topic: &str) -> Result<()>;
+    async fn load_retained(&self) -> Result<Vec<RetainedRecord>>;
+    /// Identities revoked, superseded or no longer active since `since`.
+    async fn revoked_since(&self, since: UnixTime) -> Result<Vec<RevokedIdentity>>;
 
     // Audit and operations.
     /// Appends an entry that records no other change (typically a refusal).

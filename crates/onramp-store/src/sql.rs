@@ -11,8 +11,8 @@ use crate::{
 use async_trait::async_trait;
 use onramp_domain::{
     AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CertStatus, Certificate, Device, DeviceFilter,
-    DeviceStatus, EnrolmentToken, FleetGauges, LifecycleAction, Outcome, Page, UnixTime,
-    version_sort_key,
+    DeviceStatus, EnrolmentToken, FleetGauges, LifecycleAction, Outcome, Page, PolicyTarget,
+    RetainedRecord, RevokedIdentity, StoredPolicy, UnixTime, version_sort_key,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
@@ -199,6 +199,27 @@ fn api_key_from_row(row: &AnyRow) -> Result<ApiKey> {
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
     })
+}
+
+fn policy_from_row(row: &AnyRow) -> Result<StoredPolicy> {
+    Ok(StoredPolicy {
+        tenant: row.try_get("tenant")?,
+        name: row.try_get("name")?,
+        document: row.try_get("document")?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn target_from_row(row: &AnyRow) -> Result<PolicyTarget> {
+    let kind: String = row.try_get("target_kind")?;
+    let target: String = row.try_get("target")?;
+    match kind.as_str() {
+        "device" => Ok(PolicyTarget::Device(target)),
+        "class" => Ok(PolicyTarget::Class(target)),
+        other => Err(StoreError::Corrupt(format!("policy target kind `{other}`"))),
+    }
 }
 
 fn audit_from_row(row: &AnyRow) -> Result<AuditEntry> {
@@ -965,6 +986,255 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         api_key_from_row(&row)
+    }
+
+    async fn put_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        document: &str,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<StoredPolicy> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO policies (tenant, name, document, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, 1, $4, $4) \
+             ON CONFLICT (tenant, name) DO UPDATE SET document = $3, \
+             version = policies.version + 1, updated_at = $4",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(document)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => not_found("tenant", tenant),
+            other => other.into(),
+        })?;
+        insert_audit(&mut tx, audit).await?;
+        let row = sqlx::query(
+            "SELECT tenant, name, document, version, created_at, updated_at FROM policies \
+             WHERE tenant = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        policy_from_row(&row)
+    }
+
+    async fn get_policy(&self, tenant: &str, name: &str) -> Result<Option<StoredPolicy>> {
+        let row = sqlx::query(
+            "SELECT tenant, name, document, version, created_at, updated_at FROM policies \
+             WHERE tenant = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(policy_from_row).transpose()
+    }
+
+    async fn list_policies(&self, tenant: &str) -> Result<Vec<StoredPolicy>> {
+        let rows = sqlx::query(
+            "SELECT tenant, name, document, version, created_at, updated_at FROM policies \
+             WHERE tenant = $1 ORDER BY name",
+        )
+        .bind(tenant)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(policy_from_row).collect()
+    }
+
+    async fn attach_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        target: &PolicyTarget,
+        audit: &AuditEntry,
+        now: UnixTime,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM policies WHERE tenant = $1 AND name = $2")
+            .bind(tenant)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(not_found("policy", name));
+        }
+        let done = sqlx::query(
+            "INSERT INTO policy_attachments (tenant, policy, target_kind, target, attached_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(target.kind())
+        .bind(target.name())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn detach_policy(
+        &self,
+        tenant: &str,
+        name: &str,
+        target: &PolicyTarget,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "DELETE FROM policy_attachments WHERE tenant = $1 AND policy = $2 \
+             AND target_kind = $3 AND target = $4",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(target.kind())
+        .bind(target.name())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "attachment of policy `{name}` to {} `{}`",
+                target.kind(),
+                target.name()
+            )));
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn policy_targets(&self, tenant: &str, name: &str) -> Result<Vec<PolicyTarget>> {
+        let rows = sqlx::query(
+            "SELECT target_kind, target FROM policy_attachments WHERE tenant = $1 AND policy = $2 \
+             ORDER BY target_kind, target",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(target_from_row).collect()
+    }
+
+    async fn policies_for_device(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        device_class: Option<&str>,
+    ) -> Result<Vec<StoredPolicy>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.tenant, p.name, p.document, p.version, p.created_at, p.updated_at \
+             FROM policies p JOIN policy_attachments a ON a.tenant = p.tenant AND a.policy = p.name \
+             WHERE p.tenant = $1 AND ((a.target_kind = 'device' AND a.target = $2) \
+             OR (a.target_kind = 'class' AND a.target = $3)) ORDER BY p.name",
+        )
+        .bind(tenant)
+        .bind(thing_name)
+        .bind(device_class.unwrap_or(""))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(policy_from_row).collect()
+    }
+
+    async fn set_device_connected(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        connected: bool,
+        now: UnixTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE devices SET connected = $1, last_seen_at = $2 WHERE tenant = $3 AND thing_name = $4",
+        )
+        .bind(i64::from(connected))
+        .bind(now)
+        .bind(tenant)
+        .bind(thing_name)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn put_retained(&self, r: &RetainedRecord, now: UnixTime) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO retained_messages (tenant, topic, payload, qos, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, topic) DO UPDATE SET \
+             payload = $3, qos = $4, updated_at = $5",
+        )
+        .bind(&r.tenant)
+        .bind(&r.topic)
+        .bind(r.payload.clone())
+        .bind(i64::from(r.qos))
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_retained(&self, tenant: &str, topic: &str) -> Result<()> {
+        sqlx::query("DELETE FROM retained_messages WHERE tenant = $1 AND topic = $2")
+            .bind(tenant)
+            .bind(topic)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn load_retained(&self) -> Result<Vec<RetainedRecord>> {
+        let rows = sqlx::query("SELECT tenant, topic, payload, qos FROM retained_messages")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RetainedRecord {
+                    tenant: r.try_get("tenant")?,
+                    topic: r.try_get("topic")?,
+                    payload: r.try_get("payload")?,
+                    qos: u8::try_from(r.try_get::<i64, _>("qos")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn revoked_since(&self, since: UnixTime) -> Result<Vec<RevokedIdentity>> {
+        let certs = sqlx::query(
+            "SELECT tenant, thing_name, serial FROM certificates WHERE revoked_at >= $1",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        let devices = sqlx::query(
+            "SELECT tenant, thing_name FROM devices WHERE updated_at >= $1 AND status <> 'active'",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = Vec::with_capacity(certs.len() + devices.len());
+        for r in &certs {
+            out.push(RevokedIdentity {
+                tenant: r.try_get("tenant")?,
+                thing_name: r.try_get("thing_name")?,
+                certificate_serial: Some(r.try_get("serial")?),
+            });
+        }
+        for r in &devices {
+            out.push(RevokedIdentity {
+                tenant: r.try_get("tenant")?,
+                thing_name: r.try_get("thing_name")?,
+                certificate_serial: None,
+            });
+        }
+        Ok(out)
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {

@@ -709,6 +709,221 @@ async fn fleet_gauges_count_devices_and_expiring_certs(db: Db) {
     s.probe_writable(NOW + 1).await.unwrap();
 }
 
+async fn policies_are_versioned_attached_and_found_for_a_device(db: Db) {
+    let s = db.store.as_ref();
+    let mut t = token("t1", "SN1", "pump-1");
+    t.profile.device_class = Some("pump".into());
+    s.create_token(&t, &audit("default", "token.create", "t1"), NOW)
+        .await
+        .unwrap();
+    let p1 = s
+        .put_policy(
+            DEFAULT_TENANT,
+            "p",
+            "{}",
+            &audit("default", "policy.put", "p"),
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(p1.version, 1);
+    let p2 = s
+        .put_policy(
+            DEFAULT_TENANT,
+            "p",
+            "{\"v\":2}",
+            &audit("default", "policy.put", "p"),
+            NOW + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (p2.version, p2.created_at, p2.updated_at),
+        (2, NOW, NOW + 1)
+    );
+    s.put_policy(
+        DEFAULT_TENANT,
+        "q",
+        "{}",
+        &audit("default", "policy.put", "q"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.put_policy(
+        DEFAULT_TENANT,
+        "unused",
+        "{}",
+        &audit("default", "policy.put", "u"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let a = audit("default", "policy.attach", "p");
+    s.attach_policy(
+        DEFAULT_TENANT,
+        "p",
+        &PolicyTarget::Device("pump-1".into()),
+        &a,
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.attach_policy(
+        DEFAULT_TENANT,
+        "p",
+        &PolicyTarget::Device("pump-1".into()),
+        &a,
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.attach_policy(
+        DEFAULT_TENANT,
+        "q",
+        &PolicyTarget::Class("pump".into()),
+        &a,
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.attach_policy(
+            DEFAULT_TENANT,
+            "ghost",
+            &PolicyTarget::Class("pump".into()),
+            &a,
+            NOW
+        )
+        .await
+        .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    let names: Vec<String> = s
+        .policies_for_device(DEFAULT_TENANT, "pump-1", Some("pump"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["p", "q"]);
+    assert_eq!(
+        s.policies_for_device(DEFAULT_TENANT, "pump-1", None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.policies_for_device("other", "pump-1", Some("pump"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.policy_targets(DEFAULT_TENANT, "p").await.unwrap(),
+        [PolicyTarget::Device("pump-1".into())]
+    );
+    s.detach_policy(
+        DEFAULT_TENANT,
+        "p",
+        &PolicyTarget::Device("pump-1".into()),
+        &a,
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.detach_policy(
+            DEFAULT_TENANT,
+            "p",
+            &PolicyTarget::Device("pump-1".into()),
+            &a
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(s.list_policies(DEFAULT_TENANT).await.unwrap().len(), 3);
+    assert_eq!(
+        s.get_policy(DEFAULT_TENANT, "p")
+            .await
+            .unwrap()
+            .unwrap()
+            .document,
+        "{\"v\":2}"
+    );
+}
+
+async fn retained_messages_and_presence_persist(db: Db) {
+    let s = db.store.as_ref();
+    let r = RetainedRecord {
+        tenant: "default".into(),
+        topic: "things/a/state".into(),
+        payload: vec![0, 1, 2, 255],
+        qos: 1,
+    };
+    s.put_retained(&r, NOW).await.unwrap();
+    let mut r2 = r.clone();
+    r2.payload = b"new".to_vec();
+    s.put_retained(&r2, NOW).await.unwrap();
+    assert_eq!(s.load_retained().await.unwrap(), [r2]);
+    s.delete_retained("default", "things/a/state")
+        .await
+        .unwrap();
+    assert!(s.load_retained().await.unwrap().is_empty());
+
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
+    s.set_device_connected(DEFAULT_TENANT, "dev", true, NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_device(DEFAULT_TENANT, "dev")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at,
+        Some(NOW + 5)
+    );
+    assert!(s.revoked_since(NOW).await.unwrap().is_empty());
+    s.revoke_certificate(
+        DEFAULT_TENANT,
+        "c1",
+        "keyCompromise",
+        &audit("default", "certificate.revoke", "c1"),
+        NOW + 10,
+    )
+    .await
+    .unwrap();
+    let cut = s.revoked_since(NOW + 10).await.unwrap();
+    assert_eq!(
+        cut,
+        [RevokedIdentity {
+            tenant: "default".into(),
+            thing_name: "dev".into(),
+            certificate_serial: Some("c1".into())
+        }]
+    );
+    s.transition_device(
+        DEFAULT_TENANT,
+        "dev",
+        LifecycleAction::Suspend,
+        &audit("default", "device.suspend", "dev"),
+        NOW + 20,
+    )
+    .await
+    .unwrap();
+    let cut = s.revoked_since(NOW + 20).await.unwrap();
+    assert_eq!(
+        cut,
+        [RevokedIdentity {
+            tenant: "default".into(),
+            thing_name: "dev".into(),
+            certificate_serial: None
+        }]
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -742,4 +957,6 @@ suite!(
     api_keys_are_found_by_hash_and_revoked,
     the_audit_log_is_append_only_and_queryable,
     fleet_gauges_count_devices_and_expiring_certs,
+    policies_are_versioned_attached_and_found_for_a_device,
+    retained_messages_and_presence_persist,
 );
