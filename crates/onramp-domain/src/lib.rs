@@ -8,8 +8,10 @@ pub mod audit;
 pub mod enrolment;
 pub mod lifecycle;
 pub mod names;
+pub mod policy;
 pub mod registry;
 pub mod role;
+pub mod topic;
 pub mod version;
 
 pub use audit::{AuditEntry, Outcome};

@@ -26,6 +26,8 @@ pub enum Permission {
     RevokeCertificates,
     ReadAudit,
     ManageApiKeys,
+    /// Create, change, attach and detach MQTT policies.
+    ManagePolicies,
 }
 
 impl Role {
@@ -36,7 +38,7 @@ impl Role {
             ManageDevices | ManageEnrolment | RevokeCertificates | ReadAudit => {
                 self >= Role::Operator
             }
-            ManageApiKeys => self == Role::Admin,
+            ManageApiKeys | ManagePolicies => self == Role::Admin,
         }
     }
 

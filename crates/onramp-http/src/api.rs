@@ -11,7 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use onramp_domain::{
     AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CertStatus, Certificate, Device, DeviceFilter,
-    DeviceProfile, DeviceStatus, EnrolmentToken, LifecycleAction, Outcome, Page, Role,
+    DeviceProfile, DeviceStatus, EnrolmentToken, LifecycleAction, Outcome, Page, PolicyTarget,
+    Role, StoredPolicy,
 };
 use onramp_service::{Caller, CreatedApiKey, CreatedToken, ServiceError, TokenRequest};
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,13 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/api/v1/apikeys/{id}",
             axum::routing::delete(revoke_api_key),
+        )
+        .route("/api/v1/policies", get(list_policies))
+        .route("/api/v1/policies/{name}", get(get_policy).put(put_policy))
+        .route("/api/v1/policies/{name}/attachments", post(attach_policy))
+        .route(
+            "/api/v1/policies/{name}/attachments/{kind}/{target}",
+            axum::routing::delete(detach_policy),
         )
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
 }
@@ -553,6 +561,79 @@ pub async fn revoke_api_key(
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
     Ok(Json(s.onramp.revoke_api_key(&caller, &id).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/policies", responses((status = 200, body = [StoredPolicy])), security(("api_key" = [])))]
+pub async fn list_policies(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Vec<StoredPolicy>>, ApiError> {
+    Ok(Json(s.onramp.list_policies(&caller).await?))
+}
+
+/// A policy and what it is attached to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyView {
+    #[serde(flatten)]
+    pub policy: StoredPolicy,
+    pub targets: Vec<PolicyTarget>,
+}
+
+#[utoipa::path(get, path = "/api/v1/policies/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = PolicyView), (status = 404)), security(("api_key" = [])))]
+pub async fn get_policy(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let (policy, targets) = s.onramp.get_policy(&caller, &name).await?;
+    Ok(Json(PolicyView { policy, targets }))
+}
+
+#[utoipa::path(put, path = "/api/v1/policies/{name}", params(("name" = String, Path)),
+    request_body(content = Object, description = "an AWS IoT policy document (Version, Statement)"),
+    responses((status = 200, body = StoredPolicy, description = "created, or a new version stored"), (status = 400)),
+    security(("api_key" = [])))]
+pub async fn put_policy(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    body: String,
+) -> Result<Json<StoredPolicy>, ApiError> {
+    Ok(Json(s.onramp.put_policy(&caller, &name, &body).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/policies/{name}/attachments", params(("name" = String, Path)), request_body = PolicyTarget,
+    responses((status = 204), (status = 404)), security(("api_key" = [])))]
+pub async fn attach_policy(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    JsonBody(target): JsonBody<PolicyTarget>,
+) -> Result<StatusCode, ApiError> {
+    s.onramp.attach_policy(&caller, &name, &target).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/api/v1/policies/{name}/attachments/{kind}/{target}",
+    params(("name" = String, Path), ("kind" = String, Path, description = "device or class"), ("target" = String, Path)),
+    responses((status = 204), (status = 404)), security(("api_key" = [])))]
+pub async fn detach_policy(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((name, kind, target)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let target = match kind.as_str() {
+        "device" => PolicyTarget::Device(target),
+        "class" => PolicyTarget::Class(target),
+        _ => {
+            return Err(ApiError(ServiceError::BadRequest(
+                "kind must be device or class".into(),
+            )));
+        }
+    };
+    s.onramp.detach_policy(&caller, &name, &target).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Concrete listing types for the OpenAPI document.

@@ -7,12 +7,14 @@ mod admin;
 mod caller;
 mod enrolment;
 mod error;
+mod gateway;
 mod ratelimit;
 
 pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
 pub use caller::Caller;
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
+pub use gateway::{Authorizer, DeviceIdentity};
 pub use ratelimit::{RateLimit, RateLimiter};
 
 use onramp_pki::{CertificateAuthority, SecretHasher};
@@ -31,6 +33,8 @@ pub struct Settings {
     pub rate_per_source: RateLimit,
     pub rate_per_credential: RateLimit,
     pub bootstrap_cas: Vec<BootstrapCa>,
+    /// Devices with no attached policy get Onramp's least-privilege device policy.
+    pub default_device_policy: bool,
 }
 
 impl Default for Settings {
@@ -50,6 +54,7 @@ impl Default for Settings {
                 burst: 5,
             },
             bootstrap_cas: Vec::new(),
+            default_device_policy: true,
         }
     }
 }

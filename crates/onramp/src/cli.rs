@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use onramp_domain::{
     CertStatus, DEFAULT_TENANT, DeviceFilter, DeviceProfile, DeviceStatus, LifecycleAction, Page,
-    Role,
+    PolicyTarget, Role,
 };
 use onramp_service::{Caller, TokenRequest};
 use serde::Serialize;
@@ -62,6 +62,9 @@ enum Command {
     /// Tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// MQTT policies (AWS IoT policy grammar).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Query the audit log (newest first).
     Audit(AuditArgs),
 }
@@ -196,6 +199,50 @@ enum ApiKeyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Create a policy, or store a new version of it, from a JSON file (`-` for stdin).
+    Create {
+        name: String,
+        #[arg(long)]
+        document: PathBuf,
+    },
+    /// Attach to one device (--device) or a device class (--class).
+    Attach {
+        name: String,
+        #[command(flatten)]
+        target: PolicyTargetArgs,
+    },
+    Detach {
+        name: String,
+        #[command(flatten)]
+        target: PolicyTargetArgs,
+    },
+    Show {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct PolicyTargetArgs {
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    class: Option<String>,
+}
+
+impl PolicyTargetArgs {
+    fn target(self) -> PolicyTarget {
+        match (self.device, self.class) {
+            (Some(d), _) => PolicyTarget::Device(d),
+            (None, Some(c)) => PolicyTarget::Class(c),
+            (None, None) => PolicyTarget::Device(String::new()),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
 enum TenantCommand {
     Create { id: String },
     List,
@@ -292,6 +339,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 &format!("created tenant {id}"),
             )
         }
+        Command::Policy(cmd) => policy(&onramp, &caller, &out, cmd).await,
         Command::Tenant(TenantCommand::List) => {
             let tenants = onramp.list_tenants().await?;
             let rows = tenants.iter().map(|t| vec![t.clone()]).collect();
@@ -603,6 +651,76 @@ async fn apikey(
             let k = onramp.revoke_api_key(caller, &id).await?;
             let rows = vec![one(&k)];
             out.table_or_json(&k, &HEAD, rows)
+        }
+    }
+}
+
+async fn policy(
+    onramp: &onramp_service::Onramp,
+    caller: &Caller,
+    out: &Output,
+    cmd: PolicyCommand,
+) -> Result<()> {
+    match cmd {
+        PolicyCommand::Create { name, document } => {
+            let text = if document.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&document)
+                    .with_context(|| format!("reading {}", document.display()))?
+            };
+            let p = onramp.put_policy(caller, &name, &text).await?;
+            out.message(
+                &serde_json::to_value(&p)?,
+                &format!("policy {} version {}", p.name, p.version),
+            )
+        }
+        PolicyCommand::Attach { name, target } => {
+            let t = target.target();
+            onramp.attach_policy(caller, &name, &t).await?;
+            out.message(
+                &serde_json::json!({"attached": name, "to": t}),
+                &format!("attached {name} to {} {}", t.kind(), t.name()),
+            )
+        }
+        PolicyCommand::Detach { name, target } => {
+            let t = target.target();
+            onramp.detach_policy(caller, &name, &t).await?;
+            out.message(
+                &serde_json::json!({"detached": name, "from": t}),
+                &format!("detached {name} from {} {}", t.kind(), t.name()),
+            )
+        }
+        PolicyCommand::Show { name } => {
+            let (p, targets) = onramp.get_policy(caller, &name).await?;
+            if out.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"policy": p, "targets": targets})
+                    )?
+                );
+            } else {
+                println!(
+                    "policy {} version {} (updated {})",
+                    p.name,
+                    p.version,
+                    ts(p.updated_at)
+                );
+                for t in &targets {
+                    println!("attached to {} {}", t.kind(), t.name());
+                }
+                println!("{}", p.document);
+            }
+            Ok(())
+        }
+        PolicyCommand::List => {
+            let list = onramp.list_policies(caller).await?;
+            let rows = list
+                .iter()
+                .map(|p| vec![p.name.clone(), p.version.to_string(), ts(p.updated_at)])
+                .collect();
+            out.table_or_json(&list, &["NAME", "VERSION", "UPDATED"], rows)
         }
     }
 }

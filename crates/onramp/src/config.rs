@@ -16,7 +16,26 @@ pub struct Config {
     pub http: HttpConfig,
     pub ca: CaConfig,
     pub enrolment: EnrolmentConfig,
+    pub mqtt: MqttConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub enabled: bool,
+    pub listen: String,
+    pub max_connections: usize,
+    pub require_client_id_match: bool,
+    /// Devices without an attached policy get the built-in least-privilege one.
+    pub default_device_policy: bool,
+    pub max_payload_bytes: usize,
+    pub max_subscriptions: usize,
+    pub max_inflight: usize,
+    pub max_queued: usize,
+    pub session_expiry_default_secs: u64,
+    pub rate_per_source: RateConfig,
+    pub rate_per_identity: RateConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +106,20 @@ rate_per_source = { per_second = 100, burst = 200 }
 rate_per_credential = { per_second = 0, burst = 5 }
 bootstrap_cas = []
 
+[mqtt]
+enabled = true
+listen = "0.0.0.0:8883"
+max_connections = 500000
+require_client_id_match = true
+default_device_policy = true
+max_payload_bytes = 131072
+max_subscriptions = 50
+max_inflight = 100
+max_queued = 1000
+session_expiry_default_secs = 3600
+rate_per_source = { per_second = 500, burst = 1000 }
+rate_per_identity = { per_second = 1, burst = 5 }
+
 [log]
 format = "text"
 "#;
@@ -102,21 +135,26 @@ impl Config {
         }
         // Only variables that name a setting are read: ONRAMP_CONFIG names the
         // file itself, and a stray ONRAMP_SOMETHING of a user's shell must not
-        // stop the server.
-        const SETTINGS: [&str; 6] = [
-            "DATA_DIR",
-            "DATABASE_URL",
-            "HTTP__",
-            "CA__",
-            "ENROLMENT__",
-            "LOG__",
-        ];
+        // stop the server. The settings are the top-level keys of DEFAULTS.
+        let defaults = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()
+            .context("built-in defaults")?
+            .try_deserialize::<std::collections::HashMap<String, config::Value>>()
+            .context("built-in defaults")?;
+        let known: Vec<String> = defaults
+            .iter()
+            .map(|(key, value)| match value.kind {
+                config::ValueKind::Table(_) => format!("{}__", key.to_ascii_uppercase()),
+                _ => key.to_ascii_uppercase(),
+            })
+            .collect();
         let env: std::collections::HashMap<String, String> = std::env::vars()
             .filter(|(k, _)| {
                 k.strip_prefix("ONRAMP_").is_some_and(|rest| {
-                    SETTINGS
+                    known
                         .iter()
-                        .any(|s| rest == *s || (s.ends_with("__") && rest.starts_with(s)))
+                        .any(|s| rest == s || (s.ends_with("__") && rest.starts_with(s.as_str())))
                 })
             })
             .collect();

@@ -46,6 +46,7 @@ pub async fn open_onramp(cfg: &Config) -> Result<Onramp> {
             burst: e.rate_per_credential.burst,
         },
         bootstrap_cas,
+        default_device_policy: cfg.mqtt.default_device_policy,
     };
     Ok(Onramp::new(store, ca, hasher, settings))
 }
@@ -97,6 +98,63 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let tls = onramp_http::tls_config(&chain_pem, &key_pem, &client_roots)
         .map_err(|e| anyhow::anyhow!(e))?;
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let mqtt = if cfg.mqtt.enabled {
+        let m = &cfg.mqtt;
+        let settings = onramp_gateway::GatewaySettings {
+            max_connections: m.max_connections,
+            require_client_id_match: m.require_client_id_match,
+            max_payload_bytes: m.max_payload_bytes,
+            max_subscriptions: m.max_subscriptions,
+            session_expiry_default: Duration::from_secs(m.session_expiry_default_secs),
+            session_limits: onramp_broker::SessionLimits {
+                max_inflight: m.max_inflight,
+                max_queued: m.max_queued,
+            },
+            rate_per_source: RateLimit {
+                per_second: m.rate_per_source.per_second,
+                burst: m.rate_per_source.burst,
+            },
+            rate_per_identity: RateLimit {
+                per_second: m.rate_per_identity.per_second,
+                burst: m.rate_per_identity.burst,
+            },
+            ..Default::default()
+        };
+        let gateway = Arc::new(onramp_gateway::Gateway::new(onramp.clone(), settings));
+        let restored = gateway
+            .restore_retained()
+            .await
+            .map_err(|e| anyhow::anyhow!("loading retained messages: {e}"))?;
+        let mqtt_tls =
+            onramp_gateway::tls_config(&chain_pem, &key_pem, &[onramp.ca().issuing_der().to_vec()])
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let listener = tokio::net::TcpListener::bind(&m.listen)
+            .await
+            .with_context(|| format!("binding {}", m.listen))?;
+        let addr = listener.local_addr()?;
+        std::fs::write(cfg.data_dir.join("mqtt.addr"), addr.to_string())?;
+        tracing::info!(%addr, retained = restored, "onramp is serving MQTT over mutual TLS");
+        println!("onramp mqtt listening on {addr}");
+        let maintenance = tokio::spawn(gateway.clone().maintain());
+        let served = tokio::spawn(onramp_gateway::serve(
+            listener,
+            Arc::new(mqtt_tls),
+            gateway,
+            stopped(),
+        ));
+        Some((served, maintenance))
+    } else {
+        None
+    };
+
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .with_context(|| format!("binding {}", cfg.http.listen))?;
@@ -120,8 +178,16 @@ pub async fn serve(cfg: Config) -> Result<()> {
         onramp,
         metrics: Some(metrics),
     });
-    onramp_http::serve(listener, Arc::new(tls), app, shutdown_signal()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    onramp_http::serve(listener, Arc::new(tls), app, stopped()).await?;
     sweeper.abort();
+    if let Some((served, maintenance)) = mqtt {
+        maintenance.abort();
+        let _ = served.await;
+    }
     tracing::info!("onramp stopped");
     Ok(())
 }

@@ -17,6 +17,7 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub addr: String,
+    pub mqtt_port: u16,
     pub root_pem: PathBuf,
     pub database_url: Option<String>,
     pub env: Vec<(String, String)>,
@@ -66,6 +67,7 @@ impl Server {
             dir,
             data,
             addr: String::new(),
+            mqtt_port: 0,
             database_url,
             env,
             child: None,
@@ -99,6 +101,7 @@ impl Server {
             .command()
             .arg("serve")
             .env("ONRAMP_HTTP__LISTEN", "127.0.0.1:0")
+            .env("ONRAMP_MQTT__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "debug,sqlx=warn,hyper=info,rustls=info,h2=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -111,6 +114,9 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not start");
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("onramp mqtt listening on ") {
+                        self.mqtt_port = addr.rsplit(':').next().unwrap().trim().parse().unwrap();
+                    }
                     if let Some(url) = line.strip_prefix("onramp listening on https://") {
                         self.addr = url.trim().to_string();
                         break;
@@ -418,3 +424,166 @@ pub fn x509_field(pem: &Path, field: &str) -> String {
     let out = openssl(&["x509", "-in", pem.to_str().unwrap(), "-noout", field]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A device's certificate and key, enrolled through EST.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Server {
+    /// Enrols `serial` with a fresh token and returns its identity files.
+    pub fn device(&self, serial: &str) -> Identity {
+        let token = self.token(serial);
+        self.device_with_token(serial, &token)
+    }
+
+    pub fn device_with_token(&self, serial: &str, token: &str) -> Identity {
+        let d = device_csr(self.dir.path(), serial, &format!("/CN={serial}"));
+        let r = self.enrol(&d, serial, token);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let cert = pkcs7_to_pem(self.dir.path(), &format!("{serial}-cert"), &r.body);
+        Identity {
+            name: serial.to_string(),
+            cert,
+            key: d.key,
+        }
+    }
+
+    /// A back-end service identity: a device whose policy reads every
+    /// device's topics and events and may join shared subscriptions.
+    pub fn service(&self, serial: &str) -> Identity {
+        let id = self.device(serial);
+        let policy = self.path("backend-policy.json");
+        std::fs::write(&policy, BACKEND_POLICY).unwrap();
+        let out = self.cli(&[
+            "policy",
+            "create",
+            "backend",
+            "--document",
+            policy.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self.cli(&["policy", "attach", "backend", "--device", serial]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        id
+    }
+
+    fn mosquitto_args(&self, id: &Identity, client_id: &str) -> Vec<String> {
+        vec![
+            "-h".into(),
+            "localhost".into(),
+            "-p".into(),
+            self.mqtt_port.to_string(),
+            "--cafile".into(),
+            self.root_pem.display().to_string(),
+            "--cert".into(),
+            id.cert.display().to_string(),
+            "--key".into(),
+            id.key.display().to_string(),
+            "-i".into(),
+            client_id.into(),
+        ]
+    }
+
+    /// `mosquitto_pub` as `id`; returns its exit status and stderr.
+    pub fn mosquitto_pub(&self, id: &Identity, extra: &[&str]) -> (bool, String) {
+        let out = Command::new("mosquitto_pub")
+            .args(self.mosquitto_args(id, &id.name))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    /// Starts `mosquitto_sub` as `id` (printing `topic payload` lines).
+    pub fn mosquitto_sub(&self, id: &Identity, client_id: &str, extra: &[&str]) -> Subscriber {
+        let out_path = self.path(&format!("sub-{}-{}", client_id, uuid_like()));
+        let child = Command::new("mosquitto_sub")
+            .args(self.mosquitto_args(id, client_id))
+            .arg("-v")
+            .args(extra)
+            .stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Subscriber { child, out_path }
+    }
+}
+
+pub struct Subscriber {
+    pub child: Child,
+    out_path: PathBuf,
+}
+
+impl Subscriber {
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits for the process to end (its -C count or -W timeout); returns (success, stderr).
+    pub fn wait(mut self) -> (bool, Vec<String>, String) {
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.success(), self.lines(), err)
+    }
+
+    /// Waits until at least `n` lines arrived or `timeout` passed.
+    pub fn wait_for_lines(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let l = self.lines();
+            if l.len() >= n || Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Gives a subscriber time to have its SUBACK before the test publishes.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+pub const BACKEND_POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": [
+      "arn:aws:iot:*:*:topicfilter/things/*",
+      "arn:aws:iot:*:*:topicfilter/$share/*",
+      "arn:aws:iot:*:*:topicfilter/$aws/events/*"]},
+    {"Effect": "Allow", "Action": ["iot:Receive", "iot:Publish"], "Resource": [
+      "arn:aws:iot:*:*:topic/things/*",
+      "arn:aws:iot:*:*:topic/$aws/events/*"]}
+  ]
+}"#;

@@ -1,0 +1,414 @@
+//! The gateway's shared state: one broker per tenant (subscriptions, sessions,
+//! retained messages), and the channels to the live connections. Topics never
+//! cross tenants: each tenant has its own subscription table.
+
+use crate::wire::CloseReason;
+use onramp_broker::{
+    Message, Outgoing, QoS, RetainedStore, Session, SessionId, SessionLimits, SubscriptionTable,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Whether the session's owner may receive a message on a topic (`iot:Receive`).
+pub type ReceiveCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What the hub asks a connection task to do.
+#[derive(Debug)]
+pub enum ToConnection {
+    Deliver(Outgoing),
+    Close(CloseReason),
+}
+
+struct SessionEntry {
+    client_id: String,
+    thing_name: String,
+    certificate_serial: String,
+    session: Session,
+    subscriptions: HashMap<String, (String, Option<String>, QoS)>,
+    tx: Option<mpsc::Sender<ToConnection>>,
+    connection: u64,
+    receive: ReceiveCheck,
+    /// While disconnected: when the session is discarded.
+    expires_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct TenantBroker {
+    table: SubscriptionTable,
+    sessions: HashMap<SessionId, SessionEntry>,
+    by_client: HashMap<String, SessionId>,
+    retained: RetainedStore,
+    presence_version: HashMap<String, u64>,
+}
+
+impl TenantBroker {
+    fn drop_session(&mut self, id: SessionId) {
+        if let Some(entry) = self.sessions.remove(&id) {
+            for (_, (filter, group, _)) in entry.subscriptions {
+                self.table.unsubscribe(id, &filter, group.as_deref());
+            }
+            if self.by_client.get(&entry.client_id) == Some(&id) {
+                self.by_client.remove(&entry.client_id);
+            }
+        }
+    }
+}
+
+pub struct Attached {
+    pub session: SessionId,
+    pub session_present: bool,
+    /// Unacknowledged and queued messages to send first.
+    pub resend: Vec<Outgoing>,
+    /// Monotonic per client id, for presence events.
+    pub presence_version: u64,
+}
+
+pub struct Hub {
+    tenants: Mutex<HashMap<String, TenantBroker>>,
+    next_id: AtomicU64,
+    limits: SessionLimits,
+    dropped: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(limits: SessionLimits) -> Hub {
+        Hub {
+            tenants: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            limits,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, TenantBroker>> {
+        // A panic while holding the lock must not take the gateway down with it.
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Messages dropped because a connection could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Binds a connection to its client's session, taking it over from an
+    /// older connection (which is told to close) or starting afresh.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        thing_name: &str,
+        certificate_serial: &str,
+        clean_start: bool,
+        connection: u64,
+        tx: mpsc::Sender<ToConnection>,
+        receive: ReceiveCheck,
+        receive_max: Option<u16>,
+    ) -> Attached {
+        let mut limits = self.limits;
+        if let Some(m) = receive_max {
+            // The client's Receive Maximum (MQTT 5) caps the in-flight window.
+            limits.max_inflight = limits.max_inflight.min(usize::from(m.max(1)));
+        }
+        let mut tenants = self.lock();
+        let broker = tenants.entry(tenant.to_string()).or_default();
+        let version = {
+            let v = broker
+                .presence_version
+                .entry(client_id.to_string())
+                .or_insert(0);
+            *v += 1;
+            *v
+        };
+        if let Some(&old) = broker.by_client.get(client_id) {
+            if let Some(entry) = broker.sessions.get_mut(&old)
+                && let Some(old_tx) = entry.tx.take()
+            {
+                let _ = old_tx.try_send(ToConnection::Close(CloseReason::SessionTakenOver));
+            }
+            let same_owner = broker
+                .sessions
+                .get(&old)
+                .is_some_and(|e| e.thing_name == thing_name);
+            if clean_start || !same_owner {
+                broker.drop_session(old);
+            } else if let Some(entry) = broker.sessions.get_mut(&old) {
+                entry.tx = Some(tx);
+                entry.connection = connection;
+                entry.receive = receive;
+                entry.expires_at = None;
+                entry.certificate_serial = certificate_serial.to_string();
+                let resend = entry.session.on_reconnect();
+                return Attached {
+                    session: old,
+                    session_present: true,
+                    resend,
+                    presence_version: version,
+                };
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        broker.sessions.insert(
+            id,
+            SessionEntry {
+                client_id: client_id.to_string(),
+                thing_name: thing_name.to_string(),
+                certificate_serial: certificate_serial.to_string(),
+                session: Session::new(limits),
+                subscriptions: HashMap::new(),
+                tx: Some(tx),
+                connection,
+                receive,
+                expires_at: None,
+            },
+        );
+        broker.by_client.insert(client_id.to_string(), id);
+        Attached {
+            session: id,
+            session_present: false,
+            resend: Vec::new(),
+            presence_version: version,
+        }
+    }
+
+    /// The connection ended. A persistent session is kept for `keep`; a
+    /// clean one is dropped. Returns false when a newer connection already
+    /// owns the session (a takeover), so the caller publishes no presence event.
+    pub fn detach(
+        &self,
+        tenant: &str,
+        session: SessionId,
+        connection: u64,
+        keep: Option<Duration>,
+    ) -> bool {
+        let mut tenants = self.lock();
+        let Some(broker) = tenants.get_mut(tenant) else {
+            return false;
+        };
+        let Some(entry) = broker.sessions.get_mut(&session) else {
+            return false;
+        };
+        if entry.connection != connection {
+            return false;
+        }
+        entry.tx = None;
+        entry.session.on_disconnect();
+        match keep {
+            Some(d) if !d.is_zero() => entry.expires_at = Some(Instant::now() + d),
+            _ => broker.drop_session(session),
+        }
+        true
+    }
+
+    pub fn subscribe(
+        &self,
+        tenant: &str,
+        session: SessionId,
+        key: &str,
+        filter: &str,
+        group: Option<&str>,
+        qos: QoS,
+    ) {
+        let mut tenants = self.lock();
+        let Some(broker) = tenants.get_mut(tenant) else {
+            return;
+        };
+        broker.table.subscribe(session, filter, group, qos);
+        if let Some(e) = broker.sessions.get_mut(&session) {
+            e.subscriptions.insert(
+                key.to_string(),
+                (filter.to_string(), group.map(str::to_string), qos),
+            );
+        }
+    }
+
+    pub fn unsubscribe(&self, tenant: &str, session: SessionId, key: &str) -> bool {
+        let mut tenants = self.lock();
+        let Some(broker) = tenants.get_mut(tenant) else {
+            return false;
+        };
+        let Some(e) = broker.sessions.get_mut(&session) else {
+            return false;
+        };
+        let Some((filter, group, _)) = e.subscriptions.remove(key) else {
+            return false;
+        };
+        broker.table.unsubscribe(session, &filter, group.as_deref())
+    }
+
+    /// Routes a message to every subscriber allowed to receive it. Returns
+    /// how many sessions it was handed to.
+    pub fn publish(&self, tenant: &str, message: &Message) -> usize {
+        let mut tenants = self.lock();
+        let Some(broker) = tenants.get_mut(tenant) else {
+            return 0;
+        };
+        let routes = broker.table.route(&message.topic);
+        let mut delivered = 0;
+        for r in routes {
+            let Some(entry) = broker.sessions.get_mut(&r.session) else {
+                continue;
+            };
+            if !(entry.receive)(&message.topic) {
+                metrics::counter!("onramp_mqtt_policy_denials_total", "action" => "receive")
+                    .increment(1);
+                continue;
+            }
+            let mut copy = message.clone();
+            // Retain is cleared on normal delivery (MQTT 3.3.1-9).
+            copy.retain = false;
+            delivered += 1;
+            if let Some(out) = entry.session.deliver(&copy, r.qos) {
+                send(entry, out, &self.dropped);
+            }
+        }
+        delivered
+    }
+
+    /// Records the PUBACK; returns queued messages that now fit the window.
+    pub fn puback(&self, tenant: &str, session: SessionId, packet_id: u16) -> Vec<Outgoing> {
+        let mut tenants = self.lock();
+        tenants
+            .get_mut(tenant)
+            .and_then(|b| b.sessions.get_mut(&session))
+            .map(|e| e.session.on_puback(packet_id))
+            .unwrap_or_default()
+    }
+
+    /// Keeps or clears the retained message of its topic; returns whether it changed.
+    pub fn set_retained(&self, tenant: &str, message: &Message) -> bool {
+        let mut tenants = self.lock();
+        tenants
+            .entry(tenant.to_string())
+            .or_default()
+            .retained
+            .set(message)
+    }
+
+    pub fn retained_matching(&self, tenant: &str, filter: &str) -> Vec<Message> {
+        let tenants = self.lock();
+        tenants
+            .get(tenant)
+            .map(|b| {
+                b.retained
+                    .matching(|t| onramp_domain::topic::filter_matches(filter, t))
+            })
+            .unwrap_or_default()
+    }
+
+    /// Closes the live connections of a thing (all, or those using one certificate).
+    pub fn close_identity(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        certificate_serial: Option<&str>,
+        why: CloseReason,
+    ) -> usize {
+        let mut tenants = self.lock();
+        let Some(broker) = tenants.get_mut(tenant) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for e in broker.sessions.values_mut() {
+            let matches = e.thing_name == thing_name
+                && certificate_serial.is_none_or(|s| s == e.certificate_serial);
+            if matches && let Some(tx) = e.tx.take() {
+                let _ = tx.try_send(ToConnection::Close(why));
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes every live connection (server shutdown).
+    pub fn close_all(&self, why: CloseReason) {
+        let mut tenants = self.lock();
+        for broker in tenants.values_mut() {
+            for e in broker.sessions.values_mut() {
+                if let Some(tx) = e.tx.take() {
+                    let _ = tx.try_send(ToConnection::Close(why));
+                }
+            }
+        }
+    }
+
+    /// Sends the retained messages matching a new subscription to its session.
+    pub fn deliver_retained(
+        &self,
+        tenant: &str,
+        session: SessionId,
+        filter: &str,
+        qos: QoS,
+    ) -> usize {
+        let mut tenants = self.lock();
+        let Some(broker) = tenants.get_mut(tenant) else {
+            return 0;
+        };
+        let messages = broker
+            .retained
+            .matching(|t| onramp_domain::topic::filter_matches(filter, t));
+        let Some(entry) = broker.sessions.get_mut(&session) else {
+            return 0;
+        };
+        let mut n = 0;
+        for m in messages {
+            if !(entry.receive)(&m.topic) {
+                continue;
+            }
+            n += 1;
+            if let Some(out) = entry.session.deliver(&m, qos) {
+                send(entry, out, &self.dropped);
+            }
+        }
+        n
+    }
+
+    /// Discards persistent sessions whose expiry has passed.
+    pub fn sweep_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut tenants = self.lock();
+        let mut n = 0;
+        for broker in tenants.values_mut() {
+            let expired: Vec<SessionId> = broker
+                .sessions
+                .iter()
+                .filter(|(_, e)| e.tx.is_none() && e.expires_at.is_some_and(|t| t <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            n += expired.len();
+            for id in expired {
+                broker.drop_session(id);
+            }
+        }
+        n
+    }
+
+    /// Live connections and sessions held, for metrics.
+    pub fn counts(&self) -> (usize, usize) {
+        let tenants = self.lock();
+        let sessions: usize = tenants.values().map(|b| b.sessions.len()).sum();
+        let connected: usize = tenants
+            .values()
+            .map(|b| b.sessions.values().filter(|e| e.tx.is_some()).count())
+            .sum();
+        (connected, sessions)
+    }
+}
+
+fn send(entry: &mut SessionEntry, out: Outgoing, dropped: &AtomicU64) {
+    if let Some(tx) = &entry.tx
+        && tx.try_send(ToConnection::Deliver(out)).is_err()
+    {
+        // The connection is not keeping up. QoS 1 stays in the session's
+        // in-flight window and is sent again when the client reconnects.
+        dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("onramp_mqtt_messages_dropped_total").increment(1);
+    }
+}

@@ -1,0 +1,257 @@
+//! The TLS listener, connection limits and the gateway's background duties
+//! (cutting revoked identities, expiring sessions, gauges).
+
+use crate::hub::Hub;
+use onramp_broker::SessionLimits;
+use onramp_service::{Onramp, RateLimit, RateLimiter};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Gateway tunables; the defaults follow AWS IoT Core's documented limits.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted or sent.
+    pub max_packet_bytes: u32,
+    /// Largest PUBLISH payload (AWS: 128 KiB).
+    pub max_payload_bytes: usize,
+    /// Longest topic name (AWS: 256 bytes).
+    pub max_topic_bytes: usize,
+    /// Subscriptions one connection may hold (AWS: 50).
+    pub max_subscriptions: usize,
+    /// A connection whose certificate is bound to a thing must use the thing
+    /// name as its client id (as on AWS IoT).
+    pub require_client_id_match: bool,
+    pub handshake_timeout: Duration,
+    /// Time allowed between the TLS handshake and CONNECT.
+    pub connect_timeout: Duration,
+    /// How long an MQTT 3.1.1 persistent session outlives its connection.
+    pub session_expiry_default: Duration,
+    /// Upper bound for an MQTT 5 session expiry interval.
+    pub session_expiry_max: Duration,
+    pub session_limits: SessionLimits,
+    /// CONNECT attempts per source address.
+    pub rate_per_source: RateLimit,
+    /// CONNECT attempts per thing (AWS: 1 per second per client id).
+    pub rate_per_identity: RateLimit,
+    /// Failed authentications per source address before answers slow down.
+    pub auth_failures_per_source: RateLimit,
+    /// How often revocations and suspensions are looked for.
+    pub revocation_poll: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            max_connections: 500_000,
+            max_packet_bytes: 256 * 1024,
+            max_payload_bytes: 128 * 1024,
+            max_topic_bytes: 256,
+            max_subscriptions: 50,
+            require_client_id_match: true,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            session_expiry_default: Duration::from_secs(3600),
+            session_expiry_max: Duration::from_secs(7 * 86_400),
+            session_limits: SessionLimits::default(),
+            rate_per_source: RateLimit {
+                per_second: 500,
+                burst: 1000,
+            },
+            rate_per_identity: RateLimit {
+                per_second: 1,
+                burst: 5,
+            },
+            auth_failures_per_source: RateLimit {
+                per_second: 1,
+                burst: 10,
+            },
+            revocation_poll: Duration::from_millis(250),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub onramp: Onramp,
+    pub hub: Arc<Hub>,
+    pub settings: GatewaySettings,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) source_limiter: RateLimiter,
+    pub(crate) identity_limiter: RateLimiter,
+    pub(crate) failure_limiter: RateLimiter,
+}
+
+impl Gateway {
+    pub fn new(onramp: Onramp, settings: GatewaySettings) -> Gateway {
+        Gateway {
+            hub: Arc::new(Hub::new(settings.session_limits)),
+            source_limiter: RateLimiter::new(settings.rate_per_source),
+            identity_limiter: RateLimiter::new(settings.rate_per_identity),
+            failure_limiter: RateLimiter::new(settings.auth_failures_per_source),
+            connections: AtomicUsize::new(0),
+            onramp,
+            settings,
+        }
+    }
+
+    /// Loads persisted retained messages into the brokers.
+    pub async fn restore_retained(&self) -> Result<usize, String> {
+        let records = self
+            .onramp
+            .store()
+            .load_retained()
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = records.len();
+        for r in records {
+            let qos = if r.qos == 0 {
+                onramp_broker::QoS::AtMostOnce
+            } else {
+                onramp_broker::QoS::AtLeastOnce
+            };
+            self.hub.set_retained(
+                &r.tenant,
+                &onramp_broker::Message::new(&r.topic, r.payload, qos, true),
+            );
+        }
+        Ok(n)
+    }
+
+    /// Cuts live connections of revoked certificates and of devices that
+    /// left the active state, expires sessions, and keeps gauges current.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.revocation_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since = onramp_service::now() - 2;
+        let mut last_sweep = std::time::Instant::now();
+        loop {
+            tick.tick().await;
+            let now = onramp_service::now();
+            match self.onramp.store().revoked_since(since).await {
+                Ok(list) => {
+                    for r in list {
+                        let n = self.hub.close_identity(
+                            &r.tenant,
+                            &r.thing_name,
+                            r.certificate_serial.as_deref(),
+                            crate::wire::CloseReason::NotAuthorized,
+                        );
+                        if n > 0 {
+                            tracing::info!(tenant = %r.tenant, thing = %r.thing_name, "closed connections of a revoked or inactive identity");
+                        }
+                    }
+                    // Timestamps are whole seconds: look back over the last two.
+                    since = now - 2;
+                }
+                Err(e) => tracing::warn!(error = %e, "revocation check failed"),
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(10) {
+                last_sweep = std::time::Instant::now();
+                self.hub.sweep_expired();
+                self.source_limiter.sweep();
+                self.identity_limiter.sweep();
+                self.failure_limiter.sweep();
+            }
+            let (connected, sessions) = self.hub.counts();
+            metrics::gauge!("onramp_mqtt_connections").set(connected as f64);
+            metrics::gauge!("onramp_mqtt_sessions").set(sessions as f64);
+        }
+    }
+}
+
+/// Gateway TLS: the server certificate chain and key; a client certificate
+/// is required and must chain to one of `client_roots`.
+pub fn tls_config(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    client_roots: &[Vec<u8>],
+) -> Result<rustls::ServerConfig, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("server certificate: {e:?}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("server key: {e:?}"))?;
+    let mut roots = RootCertStore::empty();
+    for der in client_roots {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| format!("client trust anchor: {e}"))?;
+    }
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("server TLS: {e}"))?;
+    // AWS IoT devices connect on 8883 with ALPN "x-amzn-mqtt-ca" or none.
+    config.alpn_protocols = vec![b"mqtt".to_vec(), b"x-amzn-mqtt-ca".to_vec()];
+    Ok(config)
+}
+
+/// Accepts MQTT-over-TLS connections until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "MQTT accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if gateway.connections.load(Ordering::Relaxed) >= gateway.settings.max_connections {
+            metrics::counter!("onramp_mqtt_connects_total", "outcome" => "over_capacity")
+                .increment(1);
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(gw.settings.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        metrics::counter!("onramp_mqtt_connects_total", "outcome" => "tls_refused")
+                            .increment(1);
+                        tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!("onramp_mqtt_connects_total", "outcome" => "tls_timeout")
+                            .increment(1);
+                        return;
+                    }
+                };
+            gw.connections.fetch_add(1, Ordering::Relaxed);
+            crate::connection::run(gw.clone(), tls, peer).await;
+            gw.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    // Tell every live connection the server is going away.
+    gateway
+        .hub
+        .close_all(crate::wire::CloseReason::ShuttingDown);
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Device connections to the MQTT gateway: who is connecting, and what their
+//! policies allow. Policy management lives here too, so the REST API and the
+//! CLI share it.
+
+use crate::{Caller, Onramp, Result, ServiceError, now};
+use onramp_domain::policy::{
+    Action, PolicyContext, PolicyDocument, Resource, default_device_policy, evaluate,
+};
+use onramp_domain::{
+    CertStatus, DeviceStatus, Permission, PolicyTarget, StoredPolicy, validate_thing_name,
+};
+use onramp_pki::parse_cert;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// An authenticated device connection: its registry identity and the
+/// policies in force for it (read once, at connect).
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    pub tenant: String,
+    pub thing_name: String,
+    pub device_class: Option<String>,
+    pub certificate_serial: String,
+    /// SHA-256 of the certificate, lowercase hex (AWS's certificate id).
+    pub certificate_id: String,
+    pub subject_cn: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub policies: Arc<Vec<PolicyDocument>>,
+}
+
+/// Decides one connection's actions against its policies.
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    policies: Arc<Vec<PolicyDocument>>,
+    context: PolicyContext,
+}
+
+impl Authorizer {
+    pub fn allows(&self, action: Action, resource: Resource<'_>) -> bool {
+        let allowed = evaluate(&self.policies, action, &resource, &self.context).is_allowed();
+        if !allowed {
+            let name = match action {
+                Action::Connect => "connect",
+                Action::Publish => "publish",
+                Action::Subscribe => "subscribe",
+                Action::Receive => "receive",
+                Action::RetainPublish => "retain_publish",
+            };
+            metrics::counter!("onramp_mqtt_policy_denials_total", "action" => name).increment(1);
+        }
+        allowed
+    }
+}
+
+fn policy_name_ok(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+impl Onramp {
+    /// Identifies the device behind a TLS client certificate (already
+    /// chain-verified by the TLS layer): the certificate must be known and
+    /// active, and its device active.
+    pub async fn authenticate_device(&self, chain: &[Vec<u8>]) -> Result<DeviceIdentity> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| ServiceError::Unauthorized("a client certificate is required".into()))?;
+        let info = parse_cert(leaf)
+            .map_err(|_| ServiceError::Unauthorized("unreadable client certificate".into()))?;
+        let store = &self.inner.store;
+        let cert = store
+            .get_certificate(&info.serial)
+            .await?
+            .filter(|c| c.fingerprint == info.fingerprint)
+            .ok_or_else(|| {
+                ServiceError::Unauthorized("the client certificate is not registered".into())
+            })?;
+        if cert.status != CertStatus::Active {
+            return Err(ServiceError::Forbidden(format!(
+                "the client certificate is {}",
+                cert.status
+            )));
+        }
+        let device = store
+            .get_device(&cert.tenant, &cert.thing_name)
+            .await?
+            .ok_or_else(|| ServiceError::Forbidden("the device is not registered".into()))?;
+        if device.status != DeviceStatus::Active {
+            return Err(ServiceError::Forbidden(format!(
+                "device `{}` is {}",
+                device.thing_name, device.status
+            )));
+        }
+        let stored = store
+            .policies_for_device(
+                &device.tenant,
+                &device.thing_name,
+                device.device_class.as_deref(),
+            )
+            .await?;
+        let mut policies = Vec::with_capacity(stored.len().max(1));
+        for p in &stored {
+            match PolicyDocument::parse(&p.document) {
+                Ok(doc) => policies.push(doc),
+                Err(e) => {
+                    tracing::error!(policy = %p.name, error = %e, "stored policy no longer parses; ignored")
+                }
+            }
+        }
+        if stored.is_empty() && self.inner.settings.default_device_policy {
+            policies.push(default_device_policy());
+        }
+        let attributes = device
+            .attributes
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect();
+        Ok(DeviceIdentity {
+            tenant: device.tenant,
+            thing_name: device.thing_name,
+            device_class: device.device_class,
+            certificate_serial: cert.serial,
+            certificate_id: cert.fingerprint,
+            subject_cn: info.subject_cn,
+            attributes,
+            policies: Arc::new(policies),
+        })
+    }
+
+    /// The authorizer of one connection, once its client id is known.
+    pub fn authorizer(&self, identity: &DeviceIdentity, client_id: &str) -> Authorizer {
+        Authorizer {
+            policies: identity.policies.clone(),
+            context: PolicyContext {
+                client_id: client_id.to_string(),
+                thing_name: Some(identity.thing_name.clone()),
+                thing_type_name: identity.device_class.clone(),
+                thing_attributes: identity.attributes.clone(),
+                cert_subject_cn: identity.subject_cn.clone(),
+                cert_id: Some(identity.certificate_id.clone()),
+            },
+        }
+    }
+
+    /// Records that a device connected or disconnected (also its last-seen time).
+    pub async fn device_presence(&self, tenant: &str, thing_name: &str, connected: bool) {
+        if let Err(e) = self
+            .inner
+            .store
+            .set_device_connected(tenant, thing_name, connected, now())
+            .await
+        {
+            tracing::warn!(error = %e, thing = thing_name, "could not record presence");
+        }
+    }
+
+    // ---- policy management ----
+
+    /// Creates a policy or stores a new version; the document must parse.
+    pub async fn put_policy(
+        &self,
+        caller: &Caller,
+        name: &str,
+        document: &str,
+    ) -> Result<StoredPolicy> {
+        caller.require(Permission::ManagePolicies)?;
+        if !policy_name_ok(name) {
+            return Err(ServiceError::BadRequest(
+                "a policy name is 1 to 128 of letters, digits and +=,.@_-".into(),
+            ));
+        }
+        PolicyDocument::parse(document)
+            .map_err(|e| ServiceError::BadRequest(format!("policy document: {e}")))?;
+        let now = now();
+        let audit = caller.audit("policy.put", format!("policy:{name}"), String::new(), now);
+        Ok(self
+            .inner
+            .store
+            .put_policy(&caller.tenant, name, document, &audit, now)
+            .await?)
+    }
+
+    pub async fn get_policy(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<(StoredPolicy, Vec<PolicyTarget>)> {
+        caller.require(Permission::ReadRegistry)?;
+        let policy = self
+            .inner
+            .store
+            .get_policy(&caller.tenant, name)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("policy `{name}` not found")))?;
+        let targets = self
+            .inner
+            .store
+            .policy_targets(&caller.tenant, name)
+            .await?;
+        Ok((policy, targets))
+    }
+
+    pub async fn list_policies(&self, caller: &Caller) -> Result<Vec<StoredPolicy>> {
+        caller.require(Permission::ReadRegistry)?;
+        Ok(self.inner.store.list_policies(&caller.tenant).await?)
+    }
+
+    pub async fn attach_policy(
+        &self,
+        caller: &Caller,
+        name: &str,
+        target: &PolicyTarget,
+    ) -> Result<()> {
+        caller.require(Permission::ManagePolicies)?;
+        validate_thing_name(target.name()).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let now = now();
+        let audit = caller.audit(
+            "policy.attach",
+            format!("policy:{name}"),
+            format!("{} {}", target.kind(), target.name()),
+            now,
+        );
+        Ok(self
+            .inner
+            .store
+            .attach_policy(&caller.tenant, name, target, &audit, now)
+            .await?)
+    }
+
+    pub async fn detach_policy(
+        &self,
+        caller: &Caller,
+        name: &str,
+        target: &PolicyTarget,
+    ) -> Result<()> {
+        caller.require(Permission::ManagePolicies)?;
+        let audit = caller.audit(
+            "policy.detach",
+            format!("policy:{name}"),
+            format!("{} {}", target.kind(), target.name()),
+            now(),
+        );
+        Ok(self
+            .inner
+            .store
+            .detach_policy(&caller.tenant, name, target, &audit)
+            .await?)
+    }
+}
