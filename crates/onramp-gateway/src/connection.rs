@@ -320,9 +320,11 @@ impl Session {
                 packet = read => match packet {
                     Err(()) => return End::Closed(CloseReason::KeepAliveTimeout),
                     Ok(None) => return End::Lost,
+                    // A socket error (a reset, a close without close_notify) is a lost connection.
+                    Ok(Some(Err(rmqtt_codec::error::DecodeError::Io(_)))) => return End::Lost,
                     Ok(Some(Err(e))) => {
                         tracing::debug!(client = %self.client_id, error = %e, "undecodable MQTT packet");
-                        let too_large = format!("{e:?}").contains("MaxSize");
+                        let too_large = matches!(e, rmqtt_codec::error::DecodeError::MaxSizeExceeded { .. });
                         return End::Closed(if too_large { CloseReason::PacketTooLarge } else { CloseReason::MalformedPacket });
                     }
                     Ok(Some(Ok((packet, _)))) => {

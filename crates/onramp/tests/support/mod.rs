@@ -509,6 +509,24 @@ impl Server {
         )
     }
 
+    /// Publishes each line of `lines` as one QoS 1 message over one connection.
+    pub fn mosquitto_pub_lines(&self, id: &Identity, topic: &str, lines: &str) -> bool {
+        use std::io::Write;
+        let mut child = Command::new("mosquitto_pub")
+            .args(self.mosquitto_args(id, &id.name))
+            .args(["-t", topic, "-q", "1", "-l"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        child.wait().unwrap().success()
+    }
+
     /// Starts `mosquitto_sub` as `id` (printing `topic payload` lines).
     pub fn mosquitto_sub(&self, id: &Identity, client_id: &str, extra: &[&str]) -> Subscriber {
         let out_path = self.path(&format!("sub-{}-{}", client_id, uuid_like()));
