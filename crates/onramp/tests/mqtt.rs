@@ -16,15 +16,13 @@ fn devices_publish_to_their_own_topics_and_services_receive_qos0_and_qos1() {
         &["-t", "things/+/telemetry", "-q", "1", "-C", "2", "-W", "10"],
     );
     settle();
-    assert_eq!(
+    assert!(
         s.mosquitto_pub(&d1, &["-t", "things/D1/telemetry", "-m", "t0", "-q", "0"])
-            .0,
-        true
+            .0
     );
-    assert_eq!(
+    assert!(
         s.mosquitto_pub(&d1, &["-t", "things/D1/telemetry", "-m", "t1", "-q", "1"])
-            .0,
-        true
+            .0
     );
     let (ok, lines, err) = sub.wait();
     assert!(ok, "{err}");
