@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Makes sure the services the test suite talks to are up: PostgreSQL on
-# 127.0.0.1:5432 (trust auth, database `test`), plus the openssl and curl
-# clients the EST tests drive. Starts what is down; fails loudly otherwise.
+# 127.0.0.1:5432 (trust auth, database `test`), plus the clients the tests
+# drive: openssl and curl (EST), mosquitto_pub/mosquitto_sub and Python
+# paho-mqtt (MQTT). Starts or installs what is missing; fails loudly otherwise.
 set -euo pipefail
 
 need_pkgs=()
 command -v openssl >/dev/null || need_pkgs+=(openssl)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v psql >/dev/null || need_pkgs+=(postgresql-client)
+command -v mosquitto_pub >/dev/null || need_pkgs+=(mosquitto-clients)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing ${need_pkgs[*]}"
   apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}"
+fi
+
+# Python test clients, pinned.
+req="$(dirname "$0")/../tests/requirements.txt"
+if [ -f "$req" ] && ! python3 -c 'import sys; import paho.mqtt; sys.exit(0 if paho.mqtt.__version__ == "2.1.0" else 1)' 2>/dev/null; then
+  python3 -m pip install -q --disable-pip-version-check -r "$req"
 fi
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q; }

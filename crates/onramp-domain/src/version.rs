@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 
 /// A parsed firmware version: numeric release components and an optional
 /// pre-release tag (`2.5.0-rc.1`). Build metadata after `+` is ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FirmwareVersion {
     pub release: Vec<u64>,
     pub pre: Option<String>,
@@ -24,7 +24,7 @@ impl FirmwareVersion {
     /// count (`3b` is 3); missing components are zero (`2.5` is `2.5.0`).
     pub fn parse(input: &str) -> FirmwareVersion {
         let s = input.trim();
-        let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
+        let s = s.strip_prefix(['v', 'V']).unwrap_or(s).trim_start();
         let s = s.split('+').next().unwrap_or("");
         let (release, pre) = match s.split_once('-') {
             Some((r, p)) => (r, Some(p.to_string())),
@@ -59,13 +59,35 @@ impl FirmwareVersion {
             // A pre-release sorts before its release: '-' < '~'.
             Some(pre) => {
                 key.push('-');
-                key.push_str(pre);
+                // Numeric identifiers compare as numbers (rc.9 < rc.10), and
+                // sort before alphanumeric ones as semver wants ('0'..'9' < 'A').
+                for (i, ident) in pre.split('.').enumerate() {
+                    if i > 0 {
+                        key.push('.');
+                    }
+                    match ident.parse::<u64>() {
+                        Ok(n) if ident.chars().all(|c| c.is_ascii_digit()) => {
+                            key.push_str(&format!("{n:0width$}", width = KEY_WIDTH));
+                        }
+                        _ => key.push_str(ident),
+                    }
+                }
             }
             None => key.push('~'),
         }
         key
     }
 }
+
+/// Versions are equal when they sort equal (2.5 == 2.5.0), so that `Eq` and
+/// `Ord` agree.
+impl PartialEq for FirmwareVersion {
+    fn eq(&self, other: &Self) -> bool {
+        self.sort_key() == other.sort_key()
+    }
+}
+
+impl Eq for FirmwareVersion {}
 
 impl PartialOrd for FirmwareVersion {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
@@ -112,6 +134,15 @@ mod tests {
     fn a_pre_release_sorts_before_its_release() {
         assert!(lt("2.5.0-rc.1", "2.5.0"));
         assert!(lt("2.4.9", "2.5.0-rc.1"));
+    }
+
+    #[test]
+    fn numeric_pre_release_parts_compare_as_numbers() {
+        assert!(lt("1.0.0-rc.9", "1.0.0-rc.10"));
+        assert!(lt("1.0.0-alpha", "1.0.0-beta"));
+        assert!(lt("1.0.0-1", "1.0.0-alpha"), "numeric identifiers sort first");
+        assert_eq!(FirmwareVersion::parse("2.5"), FirmwareVersion::parse("2.5.0"));
+        assert_eq!(version_sort_key("v 2.5"), version_sort_key("2.5.0"));
     }
 
     #[test]

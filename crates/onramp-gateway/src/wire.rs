@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use onramp_broker::{Outgoing, QoS};
 use rmqtt_codec::types::QoS as WireQoS;
-use rmqtt_codec::{MqttPacket, v3, v5};
+use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
 use std::num::NonZeroU16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,4 +405,28 @@ pub fn disconnect(version: Version, why: CloseReason) -> Option<MqttPacket> {
             },
         )))),
     }
+}
+
+/// Runs bytes through the gateway's decoding path exactly as a connection
+/// does (version probe on CONNECT, then the version's codec, then the
+/// translation to [`Inbound`]) and returns how many packets were decoded.
+/// Decoding stops at the first error. Exists for the fuzz targets.
+pub fn decode_all(bytes: &[u8], max_packet_bytes: u32) -> usize {
+    use rmqtt_codec::version::ProtocolVersion;
+    use tokio_util::codec::Decoder;
+    let mut buf = bytes::BytesMut::from(bytes);
+    let version = match rmqtt_codec::version::VersionCodec.decode(&mut buf) {
+        Ok(Some(v)) => v,
+        _ => return 0,
+    };
+    let mut codec = match version {
+        ProtocolVersion::MQTT3 => MqttCodec::V3(v3::Codec::new(max_packet_bytes)),
+        ProtocolVersion::MQTT5 => MqttCodec::V5(v5::Codec::new(max_packet_bytes, max_packet_bytes)),
+    };
+    let mut n = 0;
+    while let Ok(Some((packet, _))) = codec.decode(&mut buf) {
+        let _ = inbound(packet);
+        n += 1;
+    }
+    n
 }

@@ -393,12 +393,15 @@ impl CertificateAuthority {
 
 /// Whether `cert_der` is signed by the key of `issuer_der` (and names it as issuer).
 pub fn signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
-    let (Ok((_, cert)), Ok((_, issuer))) = (
+    let (Ok((rest, cert)), Ok((_, issuer))) = (
         X509Certificate::from_der(cert_der),
         X509Certificate::from_der(issuer_der),
     ) else {
         return false;
     };
+    if !rest.is_empty() {
+        return false;
+    }
     cert.issuer() == issuer.subject() && cert.verify_signature(Some(issuer.public_key())).is_ok()
 }
 

@@ -95,8 +95,12 @@ pub struct CertInfo {
 }
 
 pub fn parse_cert(der: &[u8]) -> Result<CertInfo> {
-    let (_, cert) = X509Certificate::from_der(der)
+    let (rest, cert) = X509Certificate::from_der(der)
         .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+    // Trailing bytes would change the fingerprint but not the certificate.
+    if !rest.is_empty() {
+        return Err(PkiError::Invalid("certificate: trailing bytes".into()));
+    }
     let first = |name: &X509Name<'_>, oid| {
         name.iter_by_oid(oid)
             .next()
