@@ -34,6 +34,8 @@ pub struct MqttConfig {
     pub max_inflight: usize,
     pub max_queued: usize,
     pub session_expiry_default_secs: u64,
+    /// Time allowed for the TLS handshake, and then for CONNECT.
+    pub handshake_timeout_secs: u64,
     pub rate_per_source: RateConfig,
     pub rate_per_identity: RateConfig,
 }
@@ -117,6 +119,7 @@ max_subscriptions = 50
 max_inflight = 100
 max_queued = 1000
 session_expiry_default_secs = 3600
+handshake_timeout_secs = 10
 rate_per_source = { per_second = 500, burst = 1000 }
 rate_per_identity = { per_second = 1, burst = 5 }
 

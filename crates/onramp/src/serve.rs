@@ -114,6 +114,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
             max_payload_bytes: m.max_payload_bytes,
             max_subscriptions: m.max_subscriptions,
             session_expiry_default: Duration::from_secs(m.session_expiry_default_secs),
+            handshake_timeout: Duration::from_secs(m.handshake_timeout_secs),
+            connect_timeout: Duration::from_secs(m.handshake_timeout_secs),
             session_limits: onramp_broker::SessionLimits {
                 max_inflight: m.max_inflight,
                 max_queued: m.max_queued,

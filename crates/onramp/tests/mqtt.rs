@@ -664,3 +664,107 @@ fn garbage_on_the_mqtt_port_is_dropped_without_harm() {
             .0
     );
 }
+
+#[test]
+fn an_oversize_payload_closes_the_connection_and_is_not_delivered() {
+    let s = Server::start(Backend::Sqlite);
+    let svc = s.service("svc-1");
+    let d1 = s.device("D1");
+    let sub = s.mosquitto_sub(&svc, "svc-1", &["-t", "things/#", "-W", "3"]);
+    settle();
+    let big = s.path("big.bin");
+    std::fs::write(&big, vec![b'x'; 200 * 1024]).unwrap();
+    let _ = s.mosquitto_pub(
+        &d1,
+        &[
+            "-V",
+            "mqttv5",
+            "-t",
+            "things/D1/blob",
+            "-f",
+            big.to_str().unwrap(),
+            "-q",
+            "1",
+        ],
+    );
+    let (_, lines, _) = sub.wait();
+    assert!(lines.is_empty(), "an oversize message was delivered");
+    // A payload within the limit goes through.
+    let ok = s.path("ok.bin");
+    std::fs::write(&ok, vec![b'y'; 100 * 1024]).unwrap();
+    let sub = s.mosquitto_sub(
+        &svc,
+        "svc-1",
+        &["-t", "things/#", "-C", "1", "-W", "5", "-N"],
+    );
+    settle();
+    assert!(
+        s.mosquitto_pub(
+            &d1,
+            &[
+                "-t",
+                "things/D1/blob",
+                "-f",
+                ok.to_str().unwrap(),
+                "-q",
+                "1"
+            ]
+        )
+        .0
+    );
+    let (done, lines, err) = sub.wait();
+    assert!(done, "{err}");
+    assert_eq!(lines.len(), 1);
+}
+
+#[test]
+fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[("ONRAMP_MQTT__HANDSHAKE_TIMEOUT_SECS", "1")],
+        None,
+    );
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", s.mqtt_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    use std::io::Read;
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closes the silent connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn gateway_metrics_count_connections_messages_and_denials() {
+    let s = Server::start(Backend::Sqlite);
+    let svc = s.service("svc-1");
+    let d1 = s.device("D1");
+    let sub = s.mosquitto_sub(
+        &svc,
+        "svc-1",
+        &["-t", "things/#", "-q", "1", "-C", "1", "-W", "5"],
+    );
+    settle();
+    assert!(
+        s.mosquitto_pub(&d1, &["-t", "things/D1/t", "-m", "x", "-q", "1"])
+            .0
+    );
+    assert!(sub.wait().0);
+    let _ = s
+        .mosquitto_sub(&d1, "D1", &["-t", "things/D2/#", "-W", "1"])
+        .wait();
+    let m = s.curl(&[&s.url("/metrics")]).text();
+    for needle in [
+        "onramp_mqtt_connects_total{outcome=\"accepted\"}",
+        "onramp_mqtt_messages_in_total{qos=\"1\"}",
+        "onramp_mqtt_messages_out_total{qos=\"1\"}",
+        "onramp_mqtt_policy_denials_total{action=\"subscribe\"}",
+        "onramp_mqtt_connections",
+    ] {
+        assert!(m.contains(needle), "{needle} missing from\n{m}");
+    }
+}
