@@ -178,7 +178,6 @@ struct Session {
     will: Option<wire::Will>,
     persistent: bool,
     session_expiry: Option<Duration>,
-    subscriptions: usize,
     presence_version: u64,
 }
 
@@ -252,7 +251,6 @@ impl Session {
             will: connect.will.clone(),
             persistent,
             session_expiry,
-            subscriptions: 0,
             presence_version: attached.presence_version,
             gw,
         };
@@ -482,9 +480,7 @@ impl Session {
             Inbound::Unsubscribe { packet_id, filters } => {
                 let n = filters.len();
                 for f in filters {
-                    if self.gw.hub.unsubscribe(&self.tenant, self.session, &f) {
-                        self.subscriptions = self.subscriptions.saturating_sub(1);
-                    }
+                    self.gw.hub.unsubscribe(&self.tenant, self.session, &f);
                 }
                 sink.send(wire::unsuback(v, packet_id, n))
                     .await
@@ -525,24 +521,25 @@ impl Session {
             tracing::info!(client = %self.client_id, filter = %text, "subscribe denied by policy");
             return Err(SubscribeRefusal::NotAuthorized);
         }
-        if self.subscriptions >= self.gw.settings.max_subscriptions {
-            return Err(SubscribeRefusal::QuotaExceeded);
-        }
         // QoS 2 is granted as QoS 1.
         let q = if qos == 0 {
             QoS::AtMostOnce
         } else {
             QoS::AtLeastOnce
         };
-        self.gw.hub.subscribe(
+        // The hub counts the session's subscriptions, so a resumed session
+        // and a repeated filter are counted right.
+        if !self.gw.hub.subscribe(
             &self.tenant,
             self.session,
             text,
             &sub.filter,
             sub.share_group.as_deref(),
             q,
-        );
-        self.subscriptions += 1;
+            self.gw.settings.max_subscriptions,
+        ) {
+            return Err(SubscribeRefusal::QuotaExceeded);
+        }
         Ok(q)
     }
 

@@ -207,6 +207,9 @@ impl Hub {
         true
     }
 
+    /// Adds or replaces the session's subscription `key` (the filter as the
+    /// client sent it). A new key beyond `max` subscriptions is refused.
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &self,
         tenant: &str,
@@ -215,18 +218,24 @@ impl Hub {
         filter: &str,
         group: Option<&str>,
         qos: QoS,
-    ) {
+        max: usize,
+    ) -> bool {
         let mut tenants = self.lock();
         let Some(broker) = tenants.get_mut(tenant) else {
-            return;
+            return false;
         };
-        broker.table.subscribe(session, filter, group, qos);
-        if let Some(e) = broker.sessions.get_mut(&session) {
-            e.subscriptions.insert(
-                key.to_string(),
-                (filter.to_string(), group.map(str::to_string), qos),
-            );
+        let Some(e) = broker.sessions.get_mut(&session) else {
+            return false;
+        };
+        if !e.subscriptions.contains_key(key) && e.subscriptions.len() >= max {
+            return false;
         }
+        e.subscriptions.insert(
+            key.to_string(),
+            (filter.to_string(), group.map(str::to_string), qos),
+        );
+        broker.table.subscribe(session, filter, group, qos);
+        true
     }
 
     pub fn unsubscribe(&self, tenant: &str, session: SessionId, key: &str) -> bool {
@@ -410,5 +419,80 @@ fn send(entry: &mut SessionEntry, out: Outgoing, dropped: &AtomicU64) {
         // in-flight window and is sent again when the client reconnects.
         dropped.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("onramp_mqtt_messages_dropped_total").increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attach(hub: &Hub, client: &str, clean: bool) -> (Attached, mpsc::Receiver<ToConnection>) {
+        let (tx, rx) = mpsc::channel(16);
+        let a = hub.attach(
+            "t",
+            client,
+            client,
+            "serial",
+            clean,
+            hub.next_connection_id(),
+            tx,
+            Arc::new(|_| true),
+            None,
+        );
+        (a, rx)
+    }
+
+    #[test]
+    fn the_subscription_quota_counts_distinct_filters_of_the_session() {
+        let hub = Hub::new(SessionLimits::default());
+        let (a, _rx) = attach(&hub, "c", false);
+        assert!(hub.subscribe("t", a.session, "a/#", "a/#", None, QoS::AtMostOnce, 2));
+        assert!(
+            hub.subscribe("t", a.session, "a/#", "a/#", None, QoS::AtLeastOnce, 2),
+            "a repeat replaces"
+        );
+        assert!(hub.subscribe("t", a.session, "b", "b", None, QoS::AtMostOnce, 2));
+        assert!(!hub.subscribe("t", a.session, "c", "c", None, QoS::AtMostOnce, 2));
+        // A resumed persistent session still holds its two.
+        let (b, _rx2) = attach(&hub, "c", false);
+        assert!(b.session_present);
+        assert!(!hub.subscribe("t", b.session, "c", "c", None, QoS::AtMostOnce, 2));
+    }
+
+    #[test]
+    fn a_takeover_tells_the_old_connection_to_close() {
+        let hub = Hub::new(SessionLimits::default());
+        let (_a, mut old) = attach(&hub, "c", true);
+        let (_b, _new) = attach(&hub, "c", true);
+        assert!(matches!(
+            old.try_recv(),
+            Ok(ToConnection::Close(CloseReason::SessionTakenOver))
+        ));
+    }
+
+    #[test]
+    fn a_message_reaches_only_sessions_allowed_to_receive_it() {
+        let hub = Hub::new(SessionLimits::default());
+        let (tx1, mut rx1) = mpsc::channel(16);
+        let (tx2, mut rx2) = mpsc::channel(16);
+        let s1 = hub
+            .attach("t", "a", "a", "s", true, 1, tx1, Arc::new(|_| true), None)
+            .session;
+        let s2 = hub
+            .attach("t", "b", "b", "s", true, 2, tx2, Arc::new(|_| false), None)
+            .session;
+        hub.subscribe("t", s1, "x", "x", None, QoS::AtMostOnce, 10);
+        hub.subscribe("t", s2, "x", "x", None, QoS::AtMostOnce, 10);
+        assert_eq!(
+            hub.publish("t", &Message::new("x", "hi", QoS::AtMostOnce, false)),
+            1
+        );
+        assert!(rx1.try_recv().is_ok());
+        assert!(rx2.try_recv().is_err());
+        // Another tenant's broker sees nothing.
+        assert_eq!(
+            hub.publish("other", &Message::new("x", "hi", QoS::AtMostOnce, false)),
+            0
+        );
     }
 }

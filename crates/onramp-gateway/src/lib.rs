@@ -12,5 +12,5 @@ mod listener;
 mod wire;
 
 pub use hub::Hub;
-pub use wire::decode_all;
 pub use listener::{Gateway, GatewaySettings, serve, tls_config};
+pub use wire::decode_all;
