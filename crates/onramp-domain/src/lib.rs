@@ -11,6 +11,7 @@ pub mod names;
 pub mod policy;
 pub mod registry;
 pub mod role;
+pub mod shadow;
 pub mod topic;
 pub mod version;
 

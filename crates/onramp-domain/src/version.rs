@@ -140,8 +140,14 @@ mod tests {
     fn numeric_pre_release_parts_compare_as_numbers() {
         assert!(lt("1.0.0-rc.9", "1.0.0-rc.10"));
         assert!(lt("1.0.0-alpha", "1.0.0-beta"));
-        assert!(lt("1.0.0-1", "1.0.0-alpha"), "numeric identifiers sort first");
-        assert_eq!(FirmwareVersion::parse("2.5"), FirmwareVersion::parse("2.5.0"));
+        assert!(
+            lt("1.0.0-1", "1.0.0-alpha"),
+            "numeric identifiers sort first"
+        );
+        assert_eq!(
+            FirmwareVersion::parse("2.5"),
+            FirmwareVersion::parse("2.5.0")
+        );
         assert_eq!(version_sort_key("v 2.5"), version_sort_key("2.5.0"));
     }
 
