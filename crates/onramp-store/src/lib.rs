@@ -79,6 +79,14 @@ pub struct EnrolmentCommit {
     pub now: UnixTime,
 }
 
+/// A shadow as stored: its document (None when deleted) and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredShadow {
+    pub document: Option<String>,
+    pub version: i64,
+    pub updated_at: UnixTime,
+}
+
 /// A new enrolment token (its hash; the token itself is never stored).
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -243,6 +251,39 @@ pub trait Store: Send + Sync + 'static {
     async fn load_retained(&self) -> Result<Vec<RetainedRecord>>;
     /// Identities revoked, superseded or no longer active since `since`.
     async fn revoked_since(&self, since: UnixTime) -> Result<Vec<RevokedIdentity>>;
+
+    // Shadows.
+    /// The stored shadow (its JSON document, or None when deleted) and its version.
+    async fn get_shadow(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        shadow_name: &str,
+    ) -> Result<Option<StoredShadow>>;
+    /// Writes a shadow if its stored version is still `expected_version`
+    /// (None: no row yet); records the version in the history. Returns false
+    /// when another writer got there first.
+    async fn put_shadow(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        shadow_name: &str,
+        expected_version: Option<i64>,
+        write: &StoredShadow,
+        now: UnixTime,
+    ) -> Result<bool>;
+    /// Names of the thing's existing (not deleted) shadows; "" is the classic one.
+    async fn list_shadows(&self, tenant: &str, thing_name: &str) -> Result<Vec<String>>;
+    /// Recent versions of a shadow, newest first.
+    async fn shadow_history(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        shadow_name: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredShadow>>;
+    /// Drops history older than `before` beyond the newest `keep` versions of each shadow.
+    async fn compact_shadow_history(&self, before: UnixTime, keep: i64) -> Result<u64>;
 
     // Audit and operations.
     /// Appends an entry that records no other change (typically a refusal).

@@ -6,7 +6,8 @@
 //! SQLite binds `$n` by position of first use, PostgreSQL by number.
 
 use crate::{
-    EnrolmentCommit, NewToken, Result, Store, StoreError, Supersede, parse_role, parse_status,
+    EnrolmentCommit, NewToken, Result, Store, StoreError, StoredShadow, Supersede, parse_role,
+    parse_status,
 };
 use async_trait::async_trait;
 use onramp_domain::{
@@ -1235,6 +1236,154 @@ impl Store for SqlStore {
             });
         }
         Ok(out)
+    }
+
+    async fn get_shadow(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        shadow_name: &str,
+    ) -> Result<Option<StoredShadow>> {
+        let row = sqlx::query(
+            "SELECT document, version, updated_at FROM shadows \
+             WHERE tenant = $1 AND thing_name = $2 AND shadow_name = $3",
+        )
+        .bind(tenant)
+        .bind(thing_name)
+        .bind(shadow_name)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(StoredShadow {
+                document: r.try_get("document")?,
+                version: r.try_get("version")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_shadow(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        shadow_name: &str,
+        expected_version: Option<i64>,
+        write: &StoredShadow,
+        now: UnixTime,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let written = match expected_version {
+            Some(v) => {
+                sqlx::query(
+                    "UPDATE shadows SET document = $1, version = $2, updated_at = $3 \
+                     WHERE tenant = $4 AND thing_name = $5 AND shadow_name = $6 AND version = $7",
+                )
+                .bind(write.document.as_deref())
+                .bind(write.version)
+                .bind(now)
+                .bind(tenant)
+                .bind(thing_name)
+                .bind(shadow_name)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO shadows (tenant, thing_name, shadow_name, document, version, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(tenant)
+                .bind(thing_name)
+                .bind(shadow_name)
+                .bind(write.document.as_deref())
+                .bind(write.version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            }
+        };
+        if written != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO shadow_history (tenant, thing_name, shadow_name, version, document, at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(thing_name)
+        .bind(shadow_name)
+        .bind(write.version)
+        .bind(write.document.as_deref())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_shadows(&self, tenant: &str, thing_name: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT shadow_name FROM shadows WHERE tenant = $1 AND thing_name = $2 \
+             AND document IS NOT NULL ORDER BY shadow_name",
+        )
+        .bind(tenant)
+        .bind(thing_name)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                r.try_get::<String, _>("shadow_name")
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
+    async fn shadow_history(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        shadow_name: &str,
+        limit: u32,
+    ) -> Result<Vec<StoredShadow>> {
+        let rows = sqlx::query(
+            "SELECT document, version, at FROM shadow_history WHERE tenant = $1 AND thing_name = $2 \
+             AND shadow_name = $3 ORDER BY version DESC LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(thing_name)
+        .bind(shadow_name)
+        .bind(i64::from(limit.clamp(1, Page::MAX_LIMIT)))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredShadow {
+                    document: r.try_get("document")?,
+                    version: r.try_get("version")?,
+                    updated_at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn compact_shadow_history(&self, before: UnixTime, keep: i64) -> Result<u64> {
+        // A version is dropped when it is older than the window AND not among
+        // the newest `keep` versions of its shadow.
+        let done = sqlx::query(
+            "DELETE FROM shadow_history WHERE at < $1 AND version <= ( \
+               SELECT s.version - $2 FROM shadows s WHERE s.tenant = shadow_history.tenant \
+               AND s.thing_name = shadow_history.thing_name \
+               AND s.shadow_name = shadow_history.shadow_name)",
+        )
+        .bind(before)
+        .bind(keep)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {

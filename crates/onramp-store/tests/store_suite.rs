@@ -924,6 +924,72 @@ async fn retained_messages_and_presence_persist(db: Db) {
     );
 }
 
+async fn shadows_are_written_with_compare_and_set_and_keep_history(db: Db) {
+    let s = db.store.as_ref();
+    let w = |doc: Option<&str>, v: i64| StoredShadow {
+        document: doc.map(str::to_string),
+        version: v,
+        updated_at: NOW,
+    };
+    assert!(s.get_shadow("default", "D1", "").await.unwrap().is_none());
+    assert!(
+        s.put_shadow("default", "D1", "", None, &w(Some("{\"v\":1}"), 1), NOW)
+            .await
+            .unwrap()
+    );
+    // A second creator loses.
+    assert!(
+        !s.put_shadow("default", "D1", "", None, &w(Some("{\"v\":9}"), 1), NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.put_shadow("default", "D1", "", Some(1), &w(Some("{\"v\":2}"), 2), NOW)
+            .await
+            .unwrap()
+    );
+    // A writer that read version 1 loses against the one that wrote 2.
+    assert!(
+        !s.put_shadow("default", "D1", "", Some(1), &w(Some("{\"v\":3}"), 2), NOW)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.get_shadow("default", "D1", "")
+            .await
+            .unwrap()
+            .unwrap()
+            .document
+            .as_deref(),
+        Some("{\"v\":2}")
+    );
+    // Delete keeps the version for the next creation.
+    assert!(
+        s.put_shadow("default", "D1", "", Some(2), &w(None, 2), NOW + 1)
+            .await
+            .unwrap()
+    );
+    assert!(s.list_shadows("default", "D1").await.unwrap().is_empty());
+    assert!(
+        s.put_shadow("default", "D1", "cfg", None, &w(Some("{}"), 1), NOW)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.list_shadows("default", "D1").await.unwrap(), ["cfg"]);
+    assert!(s.get_shadow("acme", "D1", "cfg").await.unwrap().is_none());
+    let h = s.shadow_history("default", "D1", "", 10).await.unwrap();
+    assert_eq!(h.iter().map(|x| x.version).collect::<Vec<_>>(), [2, 1]);
+    // Compaction keeps the newest version even when all are old.
+    assert_eq!(s.compact_shadow_history(NOW + 100, 1).await.unwrap(), 1);
+    assert_eq!(
+        s.shadow_history("default", "D1", "", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -959,4 +1025,5 @@ suite!(
     fleet_gauges_count_devices_and_expiring_certs,
     policies_are_versioned_attached_and_found_for_a_device,
     retained_messages_and_presence_persist,
+    shadows_are_written_with_compare_and_set_and_keep_history,
 );

@@ -1,0 +1,22 @@
+-- Device shadows. A deleted shadow keeps its row (document NULL) so that its
+-- version numbering continues when it is created again.
+CREATE TABLE shadows (
+    tenant TEXT NOT NULL,
+    thing_name TEXT NOT NULL,
+    shadow_name TEXT NOT NULL,
+    document TEXT,
+    version BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, thing_name, shadow_name)
+);
+
+CREATE TABLE shadow_history (
+    tenant TEXT NOT NULL,
+    thing_name TEXT NOT NULL,
+    shadow_name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    document TEXT,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, thing_name, shadow_name, version)
+);
+CREATE INDEX shadow_history_by_time ON shadow_history (at);
