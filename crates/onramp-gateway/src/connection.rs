@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use onramp_broker::{Message, QoS, SessionId};
 use onramp_domain::policy::{Action, Resource};
 use onramp_domain::topic::{parse_subscription, validate_topic_name};
-use onramp_service::{Authorizer, DeviceIdentity, ServiceError};
+use onramp_service::{Authorizer, DeviceIdentity, ServiceError, ShadowTopic};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
 use std::net::SocketAddr;
@@ -426,6 +426,23 @@ impl Session {
                     QoS::AtMostOnce
                 };
                 metrics::counter!("onramp_mqtt_messages_in_total", "qos" => if qos == QoS::AtLeastOnce { "1" } else { "0" }).increment(1);
+                // Shadow requests go to the shadow service, which answers on
+                // the /accepted and /rejected topics once the write is durable.
+                if let Some(request) = ShadowTopic::parse(&topic) {
+                    let _ = self
+                        .gw
+                        .onramp
+                        .shadow_request(&self.tenant, &request, &payload)
+                        .await;
+                    return match packet_id {
+                        Some(id) if qos == QoS::AtLeastOnce => sink
+                            .send(wire::puback(v, id, false))
+                            .await
+                            .err()
+                            .map(|_| End::Lost),
+                        _ => None,
+                    };
+                }
                 let message = Message::new(&topic, payload, qos, retain);
                 if retain && !self.retain(&message).await {
                     return Some(End::Closed(CloseReason::QuotaExceeded));

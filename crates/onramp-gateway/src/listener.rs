@@ -91,8 +91,10 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(onramp: Onramp, settings: GatewaySettings) -> Gateway {
+        let hub = Arc::new(Hub::new(settings.session_limits));
+        onramp.set_message_sink(Arc::new(HubSink(hub.clone())));
         Gateway {
-            hub: Arc::new(Hub::new(settings.session_limits)),
+            hub,
             source_limiter: RateLimiter::new(settings.rate_per_source),
             identity_limiter: RateLimiter::new(settings.rate_per_identity),
             failure_limiter: RateLimiter::new(settings.auth_failures_per_source),
@@ -132,6 +134,7 @@ impl Gateway {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut since = onramp_service::now() - 2;
         let mut last_sweep = std::time::Instant::now();
+        let mut last_compaction = std::time::Instant::now();
         loop {
             tick.tick().await;
             let now = onramp_service::now();
@@ -153,6 +156,14 @@ impl Gateway {
                 }
                 Err(e) => tracing::warn!(error = %e, "revocation check failed"),
             }
+            if last_compaction.elapsed() >= Duration::from_secs(600) {
+                last_compaction = std::time::Instant::now();
+                match self.onramp.compact_shadow_history(7 * 86_400, 100).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "compacted shadow history"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "shadow history compaction failed"),
+                }
+            }
             if last_sweep.elapsed() >= Duration::from_secs(10) {
                 last_sweep = std::time::Instant::now();
                 self.hub.sweep_expired();
@@ -164,6 +175,18 @@ impl Gateway {
             metrics::gauge!("onramp_mqtt_connections").set(connected as f64);
             metrics::gauge!("onramp_mqtt_sessions").set(sessions as f64);
         }
+    }
+}
+
+/// Server-originated messages (shadow replies and deltas) enter the broker
+/// like any publish, so policies and subscriptions apply to them.
+struct HubSink(Arc<Hub>);
+
+impl onramp_service::MessageSink for HubSink {
+    fn publish(&self, tenant: &str, topic: &str, payload: Vec<u8>) {
+        let message =
+            onramp_broker::Message::new(topic, payload, onramp_broker::QoS::AtLeastOnce, false);
+        self.0.publish(tenant, &message);
     }
 }
 

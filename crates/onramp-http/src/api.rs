@@ -14,7 +14,9 @@ use onramp_domain::{
     DeviceProfile, DeviceStatus, EnrolmentToken, LifecycleAction, Outcome, Page, PolicyTarget,
     Role, StoredPolicy,
 };
-use onramp_service::{Caller, CreatedApiKey, CreatedToken, ServiceError, TokenRequest};
+use onramp_service::{
+    Caller, CreatedApiKey, CreatedToken, ServiceError, ShadowOp, ShadowTopic, TokenRequest,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -62,6 +64,12 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/apikeys/{id}",
             axum::routing::delete(revoke_api_key),
         )
+        .route(
+            "/api/v1/things/{thing}/shadow",
+            get(shadow_get).post(shadow_update).delete(shadow_delete),
+        )
+        .route("/api/v1/things/{thing}/shadows", get(shadow_list))
+        .route("/api/v1/things/{thing}/shadow/history", get(shadow_history))
         .route("/api/v1/policies", get(list_policies))
         .route("/api/v1/policies/{name}", get(get_policy).put(put_policy))
         .route("/api/v1/policies/{name}/attachments", post(attach_policy))
@@ -634,6 +642,115 @@ pub async fn detach_policy(
     };
     s.onramp.detach_policy(&caller, &name, &target).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ShadowParams {
+    /// A named shadow; absent for the classic shadow.
+    pub name: Option<String>,
+    pub limit: Option<u32>,
+}
+
+async fn shadow_call(
+    s: AppState,
+    caller: Caller,
+    thing: String,
+    name: Option<String>,
+    op: ShadowOp,
+    body: &[u8],
+) -> Response {
+    let topic = ShadowTopic {
+        thing_name: thing,
+        shadow_name: name,
+        op,
+    };
+    match s.onramp.shadow_for_caller(&caller, &topic, body).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let token = onramp_domain::shadow::client_token_for_reply(body, &Default::default());
+            (
+                status,
+                Json(e.to_reject_json(token.as_deref(), onramp_service::now())),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/things/{thing}/shadow", params(("thing" = String, Path), ShadowParams),
+    responses((status = 200, description = "the shadow document with state, metadata, version"), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn shadow_get(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(thing): Path<String>,
+    Params(p): Params<ShadowParams>,
+) -> Response {
+    shadow_call(s, caller, thing, p.name, ShadowOp::Get, b"").await
+}
+
+#[utoipa::path(post, path = "/api/v1/things/{thing}/shadow", params(("thing" = String, Path), ShadowParams),
+    request_body(content = Object, description = "{\"state\": {\"desired\": {...}}, \"version\"?, \"clientToken\"?}"),
+    responses((status = 200, description = "accepted (as /update/accepted)"), (status = 400), (status = 409), (status = 413)),
+    security(("api_key" = [])))]
+pub async fn shadow_update(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(thing): Path<String>,
+    Params(p): Params<ShadowParams>,
+    body: axum::body::Bytes,
+) -> Response {
+    shadow_call(s, caller, thing, p.name, ShadowOp::Update, &body).await
+}
+
+#[utoipa::path(delete, path = "/api/v1/things/{thing}/shadow", params(("thing" = String, Path), ShadowParams),
+    responses((status = 200), (status = 404)), security(("api_key" = [])))]
+pub async fn shadow_delete(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(thing): Path<String>,
+    Params(p): Params<ShadowParams>,
+) -> Response {
+    shadow_call(s, caller, thing, p.name, ShadowOp::Delete, b"").await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShadowNames {
+    /// Named shadows of the thing.
+    pub results: Vec<String>,
+    /// Whether the classic (unnamed) shadow exists.
+    pub classic: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/things/{thing}/shadows", params(("thing" = String, Path)),
+    responses((status = 200, body = ShadowNames)), security(("api_key" = [])))]
+pub async fn shadow_list(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(thing): Path<String>,
+) -> Result<Json<ShadowNames>, ApiError> {
+    let names = s.onramp.list_shadows(&caller, &thing).await?;
+    Ok(Json(ShadowNames {
+        classic: names.iter().any(String::is_empty),
+        results: names.into_iter().filter(|n| !n.is_empty()).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/things/{thing}/shadow/history", params(("thing" = String, Path), ShadowParams),
+    responses((status = 200, description = "versions, newest first")), security(("api_key" = [])))]
+pub async fn shadow_history(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(thing): Path<String>,
+    Params(p): Params<ShadowParams>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    Ok(Json(
+        s.onramp
+            .shadow_history(&caller, &thing, p.name.as_deref(), p.limit.unwrap_or(100))
+            .await?,
+    ))
 }
 
 /// Concrete listing types for the OpenAPI document.

@@ -26,7 +26,8 @@ impl Modify for ApiKeyAuth {
         api::allowlist_remove, api::list_certificates, api::get_certificate,
         api::revoke_certificate, api::ca_chain, api::query_audit, api::list_api_keys,
         api::create_api_key, api::revoke_api_key, api::list_policies, api::get_policy,
-        api::put_policy, api::attach_policy, api::detach_policy,
+        api::put_policy, api::attach_policy, api::detach_policy, api::shadow_get,
+        api::shadow_update, api::shadow_delete, api::shadow_list, api::shadow_history,
     ),
     modifiers(&ApiKeyAuth)
 )]

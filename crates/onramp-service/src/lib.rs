@@ -9,6 +9,7 @@ mod enrolment;
 mod error;
 mod gateway;
 mod ratelimit;
+mod shadow;
 
 pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
 pub use caller::Caller;
@@ -16,6 +17,7 @@ pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
 pub use gateway::{Authorizer, DeviceIdentity};
 pub use ratelimit::{RateLimit, RateLimiter};
+pub use shadow::{MessageSink, ShadowOp, ShadowTopic};
 
 use onramp_pki::{CertificateAuthority, SecretHasher};
 use onramp_store::Store;
@@ -72,6 +74,8 @@ struct Inner {
     settings: Settings,
     source_limiter: RateLimiter,
     credential_limiter: RateLimiter,
+    /// Where shadow replies are published; set by the gateway when it starts.
+    sink: std::sync::OnceLock<Arc<dyn MessageSink>>,
 }
 
 impl Onramp {
@@ -85,6 +89,7 @@ impl Onramp {
             inner: Arc::new(Inner {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
+                sink: std::sync::OnceLock::new(),
                 store,
                 ca,
                 hasher,

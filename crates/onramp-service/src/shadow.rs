@@ -1,0 +1,355 @@
+//! Device shadows: the one implementation behind the MQTT topics
+//! (`$aws/things/{thing}/shadow/...`) and the REST API. The merge, delta and
+//! errors are decided by `onramp_domain::shadow`; this module reads, writes
+//! with compare-and-set (so concurrent MQTT and REST updates never lose one),
+//! and publishes the replies and the delta.
+
+use crate::{Caller, Onramp, now};
+use onramp_domain::Permission;
+use onramp_domain::shadow::{
+    ShadowDocument, ShadowError, ShadowLimits, apply_update, client_token_for_reply,
+    delete_response, get_response, parse_client_token, parse_update_request, validate_shadow_name,
+};
+use onramp_store::StoredShadow;
+use serde_json::Value;
+
+/// Publishes server-originated messages (shadow replies, deltas) to MQTT subscribers.
+pub trait MessageSink: Send + Sync {
+    fn publish(&self, tenant: &str, topic: &str, payload: Vec<u8>);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowOp {
+    Get,
+    Update,
+    Delete,
+}
+
+impl ShadowOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            ShadowOp::Get => "get",
+            ShadowOp::Update => "update",
+            ShadowOp::Delete => "delete",
+        }
+    }
+}
+
+/// A request topic: `$aws/things/{thing}/shadow[/name/{shadow}]/{get|update|delete}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowTopic {
+    pub thing_name: String,
+    /// None for the classic (unnamed) shadow.
+    pub shadow_name: Option<String>,
+    pub op: ShadowOp,
+}
+
+impl ShadowTopic {
+    pub fn parse(topic: &str) -> Option<ShadowTopic> {
+        let rest = topic.strip_prefix("$aws/things/")?;
+        let (thing, rest) = rest.split_once("/shadow/")?;
+        let (shadow_name, op) = match rest.strip_prefix("name/") {
+            Some(named) => {
+                let (name, op) = named.split_once('/')?;
+                (Some(name.to_string()), op)
+            }
+            None => (None, rest),
+        };
+        let op = match op {
+            "get" => ShadowOp::Get,
+            "update" => ShadowOp::Update,
+            "delete" => ShadowOp::Delete,
+            _ => return None,
+        };
+        Some(ShadowTopic {
+            thing_name: thing.to_string(),
+            shadow_name,
+            op,
+        })
+    }
+
+    fn base(&self) -> String {
+        match &self.shadow_name {
+            Some(n) => format!("$aws/things/{}/shadow/name/{n}", self.thing_name),
+            None => format!("$aws/things/{}/shadow", self.thing_name),
+        }
+    }
+}
+
+/// Attempts at a compare-and-set write before giving up on a very hot shadow.
+const CAS_ATTEMPTS: usize = 32;
+
+fn internal(e: impl std::fmt::Display) -> ShadowError {
+    tracing::error!(error = %e, "shadow storage failed");
+    ShadowError::internal()
+}
+
+fn decode(stored: &StoredShadow) -> Result<Option<ShadowDocument>, ShadowError> {
+    match &stored.document {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(text).map(Some).map_err(internal),
+    }
+}
+
+impl Onramp {
+    /// Registers where shadow replies and deltas are published (the gateway).
+    pub fn set_message_sink(&self, sink: std::sync::Arc<dyn MessageSink>) {
+        let _ = self.inner.sink.set(sink);
+    }
+
+    fn publish(&self, tenant: &str, topic: String, payload: &Value) {
+        if let Some(sink) = self.inner.sink.get() {
+            sink.publish(tenant, &topic, payload.to_string().into_bytes());
+        }
+    }
+
+    fn shadow_limits(&self) -> ShadowLimits {
+        ShadowLimits::default()
+    }
+
+    async fn require_thing(
+        &self,
+        tenant: &str,
+        thing: &str,
+        shadow: Option<&str>,
+    ) -> Result<(), ShadowError> {
+        if let Some(name) = shadow {
+            validate_shadow_name(name).map_err(|_| ShadowError::no_shadow(name))?;
+        }
+        match self.inner.store.get_device(tenant, thing).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ShadowError::thing_not_found()),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Handles one shadow request from MQTT or REST, publishes the replies
+    /// (`/accepted` or `/rejected`, and for updates `/update/delta` and
+    /// `/update/documents`) and returns the accepted payload.
+    pub async fn shadow_request(
+        &self,
+        tenant: &str,
+        topic: &ShadowTopic,
+        payload: &[u8],
+    ) -> Result<Value, ShadowError> {
+        let limits = self.shadow_limits();
+        let base = topic.base();
+        let op = topic.op.as_str();
+        let result = self
+            .shadow_request_inner(tenant, topic, payload, &limits)
+            .await;
+        match &result {
+            Ok((accepted, extra)) => {
+                self.publish(tenant, format!("{base}/{op}/accepted"), accepted);
+                for (suffix, body) in extra {
+                    self.publish(tenant, format!("{base}/{suffix}"), body);
+                }
+                metrics::counter!("onramp_shadow_requests_total", "op" => op, "outcome" => "accepted").increment(1);
+            }
+            Err(e) => {
+                let token = client_token_for_reply(payload, &limits);
+                self.publish(
+                    tenant,
+                    format!("{base}/{op}/rejected"),
+                    &e.to_reject_json(token.as_deref(), now()),
+                );
+                metrics::counter!("onramp_shadow_requests_total", "op" => op, "outcome" => "rejected").increment(1);
+            }
+        }
+        result.map(|(accepted, _)| accepted)
+    }
+
+    async fn shadow_request_inner(
+        &self,
+        tenant: &str,
+        topic: &ShadowTopic,
+        payload: &[u8],
+        limits: &ShadowLimits,
+    ) -> Result<(Value, Vec<(&'static str, Value)>), ShadowError> {
+        let thing = &topic.thing_name;
+        let name = topic.shadow_name.as_deref();
+        let key = name.unwrap_or("");
+        self.require_thing(tenant, thing, name).await?;
+        let missing = || match name {
+            Some(n) => ShadowError::no_shadow(n),
+            None => ShadowError::no_shadow(thing),
+        };
+        let store = &self.inner.store;
+        match topic.op {
+            ShadowOp::Get => {
+                let token = parse_client_token(payload, limits)?;
+                let stored = store
+                    .get_shadow(tenant, thing, key)
+                    .await
+                    .map_err(internal)?;
+                let doc = stored
+                    .as_ref()
+                    .map(decode)
+                    .transpose()?
+                    .flatten()
+                    .ok_or_else(missing)?;
+                Ok((get_response(&doc, token.as_deref(), now()), Vec::new()))
+            }
+            ShadowOp::Delete => {
+                let token = parse_client_token(payload, limits)?;
+                for _ in 0..CAS_ATTEMPTS {
+                    let stored = store
+                        .get_shadow(tenant, thing, key)
+                        .await
+                        .map_err(internal)?;
+                    let Some(stored) = stored.filter(|s| s.document.is_some()) else {
+                        return Err(missing());
+                    };
+                    let tombstone = StoredShadow {
+                        document: None,
+                        version: stored.version,
+                        updated_at: now(),
+                    };
+                    if store
+                        .put_shadow(tenant, thing, key, Some(stored.version), &tombstone, now())
+                        .await
+                        .map_err(internal)?
+                    {
+                        let version = u64::try_from(stored.version).unwrap_or(0);
+                        return Ok((
+                            delete_response(version, token.as_deref(), now()),
+                            Vec::new(),
+                        ));
+                    }
+                }
+                Err(ShadowError::too_many_requests())
+            }
+            ShadowOp::Update => {
+                let request = parse_update_request(payload, limits)?;
+                for _ in 0..CAS_ATTEMPTS {
+                    let stored = store
+                        .get_shadow(tenant, thing, key)
+                        .await
+                        .map_err(internal)?;
+                    let current = stored.as_ref().map(decode).transpose()?.flatten();
+                    let floor = stored
+                        .as_ref()
+                        .map_or(0, |s| u64::try_from(s.version).unwrap_or(0));
+                    let outcome = apply_update(current.as_ref(), floor, &request, limits, now())?;
+                    let write = StoredShadow {
+                        document: Some(serde_json::to_string(&outcome.document).map_err(internal)?),
+                        version: i64::try_from(outcome.document.version).map_err(internal)?,
+                        updated_at: now(),
+                    };
+                    let expected = stored.as_ref().map(|s| s.version);
+                    // The reply goes out only after this write is durable.
+                    if store
+                        .put_shadow(tenant, thing, key, expected, &write, now())
+                        .await
+                        .map_err(internal)?
+                    {
+                        let mut extra = Vec::new();
+                        if let Some(delta) = outcome.delta {
+                            extra.push(("update/delta", delta));
+                        }
+                        extra.push(("update/documents", outcome.documents));
+                        return Ok((outcome.accepted, extra));
+                    }
+                }
+                Err(ShadowError::too_many_requests())
+            }
+        }
+    }
+
+    /// REST door: the caller's tenant, read or write permission, then the same request.
+    pub async fn shadow_for_caller(
+        &self,
+        caller: &Caller,
+        topic: &ShadowTopic,
+        payload: &[u8],
+    ) -> Result<Value, ShadowError> {
+        let permission = match topic.op {
+            ShadowOp::Get => Permission::ReadRegistry,
+            ShadowOp::Update | ShadowOp::Delete => Permission::ManageDevices,
+        };
+        if caller.require(permission).is_err() {
+            return Err(ShadowError::forbidden());
+        }
+        self.shadow_request(&caller.tenant, topic, payload).await
+    }
+
+    /// Names of a thing's shadows ("" is the classic shadow).
+    pub async fn list_shadows(&self, caller: &Caller, thing: &str) -> crate::Result<Vec<String>> {
+        caller.require(Permission::ReadRegistry)?;
+        Ok(self.inner.store.list_shadows(&caller.tenant, thing).await?)
+    }
+
+    /// Recent versions of a shadow, newest first (deleted versions have no document).
+    pub async fn shadow_history(
+        &self,
+        caller: &Caller,
+        thing: &str,
+        name: Option<&str>,
+        limit: u32,
+    ) -> crate::Result<Vec<Value>> {
+        caller.require(Permission::ReadRegistry)?;
+        let rows = self
+            .inner
+            .store
+            .shadow_history(&caller.tenant, thing, name.unwrap_or(""), limit)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let doc: Value = r
+                    .document
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str(d).ok())
+                    .unwrap_or(Value::Null);
+                serde_json::json!({"version": r.version, "at": r.updated_at, "document": doc})
+            })
+            .collect())
+    }
+
+    /// Drops shadow history beyond the window (default 7 days) and the newest 100 versions.
+    pub async fn compact_shadow_history(
+        &self,
+        window_secs: i64,
+        keep_versions: i64,
+    ) -> crate::Result<u64> {
+        Ok(self
+            .inner
+            .store
+            .compact_shadow_history(now() - window_secs, keep_versions)
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_topics_parse_for_classic_and_named_shadows() {
+        assert_eq!(
+            ShadowTopic::parse("$aws/things/D1/shadow/update"),
+            Some(ShadowTopic {
+                thing_name: "D1".into(),
+                shadow_name: None,
+                op: ShadowOp::Update
+            })
+        );
+        assert_eq!(
+            ShadowTopic::parse("$aws/things/D1/shadow/name/cfg/get"),
+            Some(ShadowTopic {
+                thing_name: "D1".into(),
+                shadow_name: Some("cfg".into()),
+                op: ShadowOp::Get
+            })
+        );
+        for not_a_request in [
+            "$aws/things/D1/shadow/update/accepted",
+            "$aws/things/D1/shadow/update/delta",
+            "$aws/things/D1/shadow/name/cfg",
+            "things/D1/shadow/update",
+            "$aws/things/D1/jobs/get",
+        ] {
+            assert_eq!(ShadowTopic::parse(not_a_request), None, "{not_a_request}");
+        }
+    }
+}
