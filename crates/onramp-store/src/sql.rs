@@ -603,9 +603,23 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await?;
         insert_audit(&mut tx, &c.audit).await?;
-        let stored = cert_in_tx(&mut tx, &cert.serial).await?;
         tx.commit().await?;
-        Ok(stored)
+        // Built from what was written rather than read back: one round trip
+        // less while holding the (SQLite: only) writer.
+        Ok(Certificate {
+            serial: cert.serial.clone(),
+            tenant: c.tenant.clone(),
+            thing_name: c.thing_name.clone(),
+            fingerprint: cert.fingerprint.clone(),
+            pem: cert.pem.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            status: CertStatus::Active,
+            issued_at: c.now,
+            revoked_at: None,
+            revocation_reason: None,
+            superseded_by: None,
+        })
     }
 
     async fn get_certificate(&self, serial: &str) -> Result<Option<Certificate>> {
