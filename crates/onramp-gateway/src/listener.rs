@@ -156,6 +156,10 @@ impl Gateway {
                 }
                 Err(e) => tracing::warn!(error = %e, "revocation check failed"),
             }
+            // Shadows written by the CLI or another node: their deltas go out from here.
+            if let Err(e) = self.onramp.publish_shadow_changes(now - 2).await {
+                tracing::warn!(error = %e, "shadow change check failed");
+            }
             if last_compaction.elapsed() >= Duration::from_secs(600) {
                 last_compaction = std::time::Instant::now();
                 match self.onramp.compact_shadow_history(7 * 86_400, 100).await {

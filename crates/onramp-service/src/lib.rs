@@ -76,6 +76,11 @@ struct Inner {
     credential_limiter: RateLimiter,
     /// Where shadow replies are published; set by the gateway when it starts.
     sink: std::sync::OnceLock<Arc<dyn MessageSink>>,
+    /// Names this process as a shadow writer, so it skips its own writes when
+    /// watching for changes made elsewhere.
+    node_id: String,
+    /// Shadow versions whose replies this process published (tenant, thing, shadow).
+    published_shadows: std::sync::Mutex<std::collections::HashMap<(String, String, String), i64>>,
 }
 
 impl Onramp {
@@ -90,6 +95,8 @@ impl Onramp {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
                 sink: std::sync::OnceLock::new(),
+                published_shadows: std::sync::Mutex::new(std::collections::HashMap::new()),
+                node_id: uuid::Uuid::new_v4().simple().to_string(),
                 store,
                 ca,
                 hasher,

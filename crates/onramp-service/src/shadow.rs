@@ -140,6 +140,16 @@ impl Onramp {
             .await;
         match &result {
             Ok((accepted, extra)) => {
+                if topic.op == ShadowOp::Update
+                    && let Some(v) = accepted.get("version").and_then(Value::as_i64)
+                {
+                    self.note_published(
+                        tenant,
+                        &topic.thing_name,
+                        topic.shadow_name.as_deref().unwrap_or(""),
+                        v,
+                    );
+                }
                 self.publish(tenant, format!("{base}/{op}/accepted"), accepted);
                 for (suffix, body) in extra {
                     self.publish(tenant, format!("{base}/{suffix}"), body);
@@ -206,7 +216,15 @@ impl Onramp {
                         updated_at: now(),
                     };
                     if store
-                        .put_shadow(tenant, thing, key, Some(stored.version), &tombstone, now())
+                        .put_shadow(
+                            tenant,
+                            thing,
+                            key,
+                            Some(stored.version),
+                            &tombstone,
+                            &self.inner.node_id,
+                            now(),
+                        )
                         .await
                         .map_err(internal)?
                     {
@@ -239,7 +257,15 @@ impl Onramp {
                     let expected = stored.as_ref().map(|s| s.version);
                     // The reply goes out only after this write is durable.
                     if store
-                        .put_shadow(tenant, thing, key, expected, &write, now())
+                        .put_shadow(
+                            tenant,
+                            thing,
+                            key,
+                            expected,
+                            &write,
+                            &self.inner.node_id,
+                            now(),
+                        )
                         .await
                         .map_err(internal)?
                     {
@@ -254,6 +280,72 @@ impl Onramp {
                 Err(ShadowError::too_many_requests())
             }
         }
+    }
+
+    fn note_published(&self, tenant: &str, thing: &str, shadow: &str, version: i64) {
+        let mut seen = self
+            .inner
+            .published_shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Bounded: forgetting only risks one repeated delta, which AWS allows too.
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
+        let slot = seen
+            .entry((tenant.to_string(), thing.to_string(), shadow.to_string()))
+            .or_insert(version);
+        *slot = (*slot).max(version);
+    }
+
+    /// Publishes the delta of shadows changed elsewhere (the CLI, another
+    /// node) since `since`, once per version. Returns how many were published.
+    pub async fn publish_shadow_changes(&self, since: i64) -> crate::Result<usize> {
+        let changes = self
+            .inner
+            .store
+            .shadows_updated_since(since, &self.inner.node_id)
+            .await?;
+        let mut published = 0;
+        for c in changes {
+            let key = (
+                c.tenant.clone(),
+                c.thing_name.clone(),
+                c.shadow_name.clone(),
+            );
+            let known = {
+                let seen = self
+                    .inner
+                    .published_shadows
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                seen.get(&key).copied()
+            };
+            if known.is_some_and(|v| v >= c.shadow.version) {
+                continue;
+            }
+            self.note_published(&c.tenant, &c.thing_name, &c.shadow_name, c.shadow.version);
+            let Ok(Some(doc)) = decode(&c.shadow) else {
+                continue;
+            };
+            let Some(delta) = doc.delta() else { continue };
+            let topic = ShadowTopic {
+                thing_name: c.thing_name.clone(),
+                shadow_name: (!c.shadow_name.is_empty()).then(|| c.shadow_name.clone()),
+                op: ShadowOp::Update,
+            };
+            let metadata =
+                onramp_domain::shadow::delta_metadata(&delta, doc.metadata.desired.as_ref());
+            let body = serde_json::json!({
+                "state": delta,
+                "metadata": metadata,
+                "version": doc.version,
+                "timestamp": now(),
+            });
+            self.publish(&c.tenant, format!("{}/update/delta", topic.base()), &body);
+            published += 1;
+        }
+        Ok(published)
     }
 
     /// REST door: the caller's tenant, read or write permission, then the same request.

@@ -87,6 +87,15 @@ pub struct StoredShadow {
     pub updated_at: UnixTime,
 }
 
+/// A shadow write seen by the change watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowChange {
+    pub tenant: String,
+    pub thing_name: String,
+    pub shadow_name: String,
+    pub shadow: StoredShadow,
+}
+
 /// A new enrolment token (its hash; the token itself is never stored).
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -263,6 +272,7 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a shadow if its stored version is still `expected_version`
     /// (None: no row yet); records the version in the history. Returns false
     /// when another writer got there first.
+    #[allow(clippy::too_many_arguments)]
     async fn put_shadow(
         &self,
         tenant: &str,
@@ -270,6 +280,7 @@ pub trait Store: Send + Sync + 'static {
         shadow_name: &str,
         expected_version: Option<i64>,
         write: &StoredShadow,
+        writer: &str,
         now: UnixTime,
     ) -> Result<bool>;
     /// Names of the thing's existing (not deleted) shadows; "" is the classic one.
@@ -282,6 +293,12 @@ pub trait Store: Send + Sync + 'static {
         shadow_name: &str,
         limit: u32,
     ) -> Result<Vec<StoredShadow>>;
+    /// Shadows written at or after `since` by a writer other than `except_writer`.
+    async fn shadows_updated_since(
+        &self,
+        since: UnixTime,
+        except_writer: &str,
+    ) -> Result<Vec<ShadowChange>>;
     /// Drops history older than `before` beyond the newest `keep` versions of each shadow.
     async fn compact_shadow_history(&self, before: UnixTime, keep: i64) -> Result<u64>;
 

@@ -6,8 +6,8 @@
 //! SQLite binds `$n` by position of first use, PostgreSQL by number.
 
 use crate::{
-    EnrolmentCommit, NewToken, Result, Store, StoreError, StoredShadow, Supersede, parse_role,
-    parse_status,
+    EnrolmentCommit, NewToken, Result, ShadowChange, Store, StoreError, StoredShadow, Supersede,
+    parse_role, parse_status,
 };
 use async_trait::async_trait;
 use onramp_domain::{
@@ -1284,18 +1284,20 @@ impl Store for SqlStore {
         shadow_name: &str,
         expected_version: Option<i64>,
         write: &StoredShadow,
+        writer: &str,
         now: UnixTime,
     ) -> Result<bool> {
         let mut tx = self.begin().await?;
         let written = match expected_version {
             Some(v) => {
                 sqlx::query(
-                    "UPDATE shadows SET document = $1, version = $2, updated_at = $3 \
-                     WHERE tenant = $4 AND thing_name = $5 AND shadow_name = $6 AND version = $7",
+                    "UPDATE shadows SET document = $1, version = $2, updated_at = $3, writer = $4 \
+                     WHERE tenant = $5 AND thing_name = $6 AND shadow_name = $7 AND version = $8",
                 )
                 .bind(write.document.as_deref())
                 .bind(write.version)
                 .bind(now)
+                .bind(writer)
                 .bind(tenant)
                 .bind(thing_name)
                 .bind(shadow_name)
@@ -1306,8 +1308,8 @@ impl Store for SqlStore {
             }
             None => {
                 sqlx::query(
-                    "INSERT INTO shadows (tenant, thing_name, shadow_name, document, version, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    "INSERT INTO shadows (tenant, thing_name, shadow_name, document, version, updated_at, writer) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                 )
                 .bind(tenant)
                 .bind(thing_name)
@@ -1315,6 +1317,7 @@ impl Store for SqlStore {
                 .bind(write.document.as_deref())
                 .bind(write.version)
                 .bind(now)
+                .bind(writer)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
@@ -1379,6 +1382,35 @@ impl Store for SqlStore {
                     document: r.try_get("document")?,
                     version: r.try_get("version")?,
                     updated_at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn shadows_updated_since(
+        &self,
+        since: UnixTime,
+        except_writer: &str,
+    ) -> Result<Vec<ShadowChange>> {
+        let rows = sqlx::query(
+            "SELECT tenant, thing_name, shadow_name, document, version, updated_at FROM shadows \
+             WHERE updated_at >= $1 AND writer <> $2",
+        )
+        .bind(since)
+        .bind(except_writer)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ShadowChange {
+                    tenant: r.try_get("tenant")?,
+                    thing_name: r.try_get("thing_name")?,
+                    shadow_name: r.try_get("shadow_name")?,
+                    shadow: StoredShadow {
+                        document: r.try_get("document")?,
+                        version: r.try_get("version")?,
+                        updated_at: r.try_get("updated_at")?,
+                    },
                 })
             })
             .collect()

@@ -933,26 +933,58 @@ async fn shadows_are_written_with_compare_and_set_and_keep_history(db: Db) {
     };
     assert!(s.get_shadow("default", "D1", "").await.unwrap().is_none());
     assert!(
-        s.put_shadow("default", "D1", "", None, &w(Some("{\"v\":1}"), 1), NOW)
-            .await
-            .unwrap()
+        s.put_shadow(
+            "default",
+            "D1",
+            "",
+            None,
+            &w(Some("{\"v\":1}"), 1),
+            "node-a",
+            NOW
+        )
+        .await
+        .unwrap()
     );
     // A second creator loses.
     assert!(
-        !s.put_shadow("default", "D1", "", None, &w(Some("{\"v\":9}"), 1), NOW)
-            .await
-            .unwrap()
+        !s.put_shadow(
+            "default",
+            "D1",
+            "",
+            None,
+            &w(Some("{\"v\":9}"), 1),
+            "node-a",
+            NOW
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        s.put_shadow("default", "D1", "", Some(1), &w(Some("{\"v\":2}"), 2), NOW)
-            .await
-            .unwrap()
+        s.put_shadow(
+            "default",
+            "D1",
+            "",
+            Some(1),
+            &w(Some("{\"v\":2}"), 2),
+            "node-a",
+            NOW
+        )
+        .await
+        .unwrap()
     );
     // A writer that read version 1 loses against the one that wrote 2.
     assert!(
-        !s.put_shadow("default", "D1", "", Some(1), &w(Some("{\"v\":3}"), 2), NOW)
-            .await
-            .unwrap()
+        !s.put_shadow(
+            "default",
+            "D1",
+            "",
+            Some(1),
+            &w(Some("{\"v\":3}"), 2),
+            "node-a",
+            NOW
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(
         s.get_shadow("default", "D1", "")
@@ -965,20 +997,36 @@ async fn shadows_are_written_with_compare_and_set_and_keep_history(db: Db) {
     );
     // Delete keeps the version for the next creation.
     assert!(
-        s.put_shadow("default", "D1", "", Some(2), &w(None, 2), NOW + 1)
+        s.put_shadow("default", "D1", "", Some(2), &w(None, 2), "node-a", NOW + 1)
             .await
             .unwrap()
     );
     assert!(s.list_shadows("default", "D1").await.unwrap().is_empty());
     assert!(
-        s.put_shadow("default", "D1", "cfg", None, &w(Some("{}"), 1), NOW)
-            .await
-            .unwrap()
+        s.put_shadow(
+            "default",
+            "D1",
+            "cfg",
+            None,
+            &w(Some("{}"), 1),
+            "node-a",
+            NOW
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(s.list_shadows("default", "D1").await.unwrap(), ["cfg"]);
     assert!(s.get_shadow("acme", "D1", "cfg").await.unwrap().is_none());
     let h = s.shadow_history("default", "D1", "", 10).await.unwrap();
     assert_eq!(h.iter().map(|x| x.version).collect::<Vec<_>>(), [2, 1]);
+    // The change watch skips the node's own writes.
+    assert!(
+        s.shadows_updated_since(NOW, "node-a")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.shadows_updated_since(NOW, "cli").await.unwrap().len(), 2);
     // Compaction keeps the newest version even when all are old.
     assert_eq!(s.compact_shadow_history(NOW + 100, 1).await.unwrap(), 1);
     assert_eq!(

@@ -65,6 +65,9 @@ enum Command {
     /// MQTT policies (AWS IoT policy grammar).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Device shadows (the classic one, or a named one with --name).
+    #[command(subcommand)]
+    Shadow(ShadowCommand),
     /// Query the audit log (newest first).
     Audit(AuditArgs),
 }
@@ -223,6 +226,29 @@ enum PolicyCommand {
     List,
 }
 
+#[derive(Debug, Subcommand)]
+enum ShadowCommand {
+    Get {
+        thing_name: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Apply an update document (`{"state": {"desired": {...}}}`) from a file or `-`.
+    /// A running server publishes the resulting delta to the device.
+    Update {
+        thing_name: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        document: PathBuf,
+    },
+    Delete {
+        thing_name: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 struct PolicyTargetArgs {
@@ -340,6 +366,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Policy(cmd) => policy(&onramp, &caller, &out, cmd).await,
+        Command::Shadow(cmd) => shadow(&onramp, &caller, cmd).await,
         Command::Tenant(TenantCommand::List) => {
             let tenants = onramp.list_tenants().await?;
             let rows = tenants.iter().map(|t| vec![t.clone()]).collect();
@@ -722,6 +749,45 @@ async fn policy(
                 .collect();
             out.table_or_json(&list, &["NAME", "VERSION", "UPDATED"], rows)
         }
+    }
+}
+
+async fn shadow(
+    onramp: &onramp_service::Onramp,
+    caller: &Caller,
+    cmd: ShadowCommand,
+) -> Result<()> {
+    use onramp_service::{ShadowOp, ShadowTopic};
+    let (thing_name, shadow_name, op, body) = match cmd {
+        ShadowCommand::Get { thing_name, name } => (thing_name, name, ShadowOp::Get, Vec::new()),
+        ShadowCommand::Delete { thing_name, name } => {
+            (thing_name, name, ShadowOp::Delete, Vec::new())
+        }
+        ShadowCommand::Update {
+            thing_name,
+            name,
+            document,
+        } => {
+            let body = if document.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?.into_bytes()
+            } else {
+                std::fs::read(&document)
+                    .with_context(|| format!("reading {}", document.display()))?
+            };
+            (thing_name, name, ShadowOp::Update, body)
+        }
+    };
+    let topic = ShadowTopic {
+        thing_name,
+        shadow_name,
+        op,
+    };
+    match onramp.shadow_for_caller(caller, &topic, &body).await {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{} {}", e.code, e.message),
     }
 }
 

@@ -297,3 +297,48 @@ fn concurrent_updates_from_many_writers_lose_nothing() {
         assert_eq!(doc["state"]["reported"][format!("w{w}")], 4, "{doc}");
     }
 }
+
+#[test]
+fn the_cli_updates_a_shadow_and_the_running_server_sends_the_delta() {
+    let s = Server::start(Backend::Sqlite);
+    let d1 = s.device("D1");
+    let delta = s.mosquitto_sub(
+        &d1,
+        "D1",
+        &[
+            "-t",
+            "$aws/things/D1/shadow/update/delta",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ],
+    );
+    settle();
+    let doc = s.path("desired.json");
+    std::fs::write(&doc, r#"{"state":{"desired":{"interval":60}}}"#).unwrap();
+    let out = s.cli(&[
+        "shadow",
+        "update",
+        "D1",
+        "--document",
+        doc.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accepted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(accepted["version"], 1);
+    let (ok, lines, err) = delta.wait();
+    assert!(ok, "the server published no delta for a CLI update: {err}");
+    assert_eq!(payload(&lines[0])["state"], json!({"interval": 60}));
+    let out = s.cli(&["shadow", "get", "D1", "--name", "missing"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    let out = s.cli(&["shadow", "delete", "D1"]);
+    assert!(out.status.success());
+}
