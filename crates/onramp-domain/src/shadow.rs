@@ -847,3 +847,111 @@ mod tests {
         );
     }
 }
+
+/// A comparison in a fleet query on reported values.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Comparison {
+    Eq,
+    Ne,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+}
+
+/// A fleet query on reported state, such as `firmware lt 2.5.0`: `path` is a
+/// dot-separated member path inside `reported`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedQuery {
+    pub path: Vec<String>,
+    pub comparison: Comparison,
+    pub value: String,
+}
+
+impl ReportedQuery {
+    pub fn new(path: &str, comparison: Comparison, value: &str) -> Option<ReportedQuery> {
+        let path: Vec<String> = path.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) || path.len() > 8 {
+            return None;
+        }
+        Some(ReportedQuery {
+            path,
+            comparison,
+            value: value.to_string(),
+        })
+    }
+
+    /// The reported value at the path, if any.
+    pub fn value_in<'a>(&self, doc: &'a ShadowDocument) -> Option<&'a Value> {
+        let mut current = doc.state.reported.as_ref()?.get(self.path.first()?)?;
+        for key in &self.path[1..] {
+            current = current.as_object()?.get(key)?;
+        }
+        Some(current)
+    }
+
+    /// Whether a shadow matches. Numbers compare as numbers; strings compare as
+    /// versions (2.10.0 > 2.9.0), so `firmware lt 2.5.0` means what it says.
+    /// A shadow without the member never matches.
+    pub fn matches(&self, doc: &ShadowDocument) -> bool {
+        let Some(found) = self.value_in(doc) else {
+            return false;
+        };
+        let order = match found {
+            Value::Number(n) => match (n.as_f64(), self.value.parse::<f64>()) {
+                (Some(a), Ok(b)) => a.partial_cmp(&b),
+                _ => None,
+            },
+            Value::String(s) => {
+                Some(crate::version_sort_key(s).cmp(&crate::version_sort_key(&self.value)))
+            }
+            Value::Bool(b) => match self.value.as_str() {
+                "true" => Some(b.cmp(&true)),
+                "false" => Some(b.cmp(&false)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(order) = order else { return false };
+        use std::cmp::Ordering::*;
+        match self.comparison {
+            Comparison::Eq => order == Equal,
+            Comparison::Ne => order != Equal,
+            Comparison::Lt => order == Less,
+            Comparison::Lte => order != Greater,
+            Comparison::Gt => order == Greater,
+            Comparison::Gte => order != Less,
+        }
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    fn doc(reported: Value) -> ShadowDocument {
+        ShadowDocument {
+            state: ShadowState {
+                desired: None,
+                reported: reported.as_object().cloned(),
+            },
+            metadata: ShadowMetadata::default(),
+            version: 1,
+            timestamp: 0,
+        }
+    }
+
+    #[test]
+    fn reported_firmware_compares_as_a_version() {
+        let q = ReportedQuery::new("firmware", Comparison::Lt, "2.5.0").unwrap();
+        assert!(q.matches(&doc(json!({"firmware": "2.4.9"}))));
+        assert!(!q.matches(&doc(json!({"firmware": "2.10.0"}))));
+        assert!(!q.matches(&doc(json!({"other": 1}))), "no member, no match");
+        let n = ReportedQuery::new("sensors.temp", Comparison::Gte, "20").unwrap();
+        assert!(n.matches(&doc(json!({"sensors": {"temp": 21.5}}))));
+        assert!(!n.matches(&doc(json!({"sensors": {"temp": 19}}))));
+        assert!(ReportedQuery::new("a..b", Comparison::Eq, "1").is_none());
+    }
+}

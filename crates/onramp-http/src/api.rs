@@ -69,6 +69,7 @@ pub fn routes() -> Router<AppState> {
             get(shadow_get).post(shadow_update).delete(shadow_delete),
         )
         .route("/api/v1/things/{thing}/shadows", get(shadow_list))
+        .route("/api/v1/shadows/query", get(shadow_query))
         .route("/api/v1/things/{thing}/shadow/history", get(shadow_history))
         .route("/api/v1/policies", get(list_policies))
         .route("/api/v1/policies/{name}", get(get_policy).put(put_policy))
@@ -749,6 +750,46 @@ pub async fn shadow_history(
     Ok(Json(
         s.onramp
             .shadow_history(&caller, &thing, p.name.as_deref(), p.limit.unwrap_or(100))
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ShadowQueryParams {
+    /// Dot-separated member path inside `reported`, e.g. `firmware` or `sensors.temp`.
+    pub path: String,
+    /// eq, ne, lt, lte, gt, gte. Strings compare as versions, numbers as numbers.
+    pub op: onramp_domain::shadow::Comparison,
+    pub value: String,
+    /// A named shadow; absent for the classic shadow.
+    pub name: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/shadows/query", params(ShadowQueryParams),
+    responses((status = 200, description = "matching things: thing_name, value, version")), security(("api_key" = [])))]
+pub async fn shadow_query(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Params(p): Params<ShadowQueryParams>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let query =
+        onramp_domain::shadow::ReportedQuery::new(&p.path, p.op, &p.value).ok_or_else(|| {
+            ApiError(ServiceError::BadRequest(
+                "path must be 1 to 8 non-empty members".into(),
+            ))
+        })?;
+    Ok(Json(
+        s.onramp
+            .query_shadows(
+                &caller,
+                p.name.as_deref(),
+                &query,
+                p.after,
+                p.limit.unwrap_or(100),
+            )
             .await?,
     ))
 }

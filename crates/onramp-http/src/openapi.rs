@@ -28,6 +28,7 @@ impl Modify for ApiKeyAuth {
         api::create_api_key, api::revoke_api_key, api::list_policies, api::get_policy,
         api::put_policy, api::attach_policy, api::detach_policy, api::shadow_get,
         api::shadow_update, api::shadow_delete, api::shadow_list, api::shadow_history,
+        api::shadow_query,
     ),
     modifiers(&ApiKeyAuth)
 )]

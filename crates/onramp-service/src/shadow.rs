@@ -398,6 +398,55 @@ impl Onramp {
             .collect())
     }
 
+    /// Things whose shadow's reported state matches `query` (for example
+    /// `firmware lt 2.5.0`), in thing-name order after `after`. Scans the
+    /// tenant's shadows page by page; returns at most `limit` matches.
+    pub async fn query_shadows(
+        &self,
+        caller: &Caller,
+        shadow_name: Option<&str>,
+        query: &onramp_domain::shadow::ReportedQuery,
+        after: Option<String>,
+        limit: u32,
+    ) -> crate::Result<Vec<Value>> {
+        caller.require(Permission::ReadRegistry)?;
+        let limit = limit.clamp(1, 1000) as usize;
+        let mut cursor = after;
+        let mut found = Vec::new();
+        loop {
+            let page = self
+                .inner
+                .store
+                .list_shadow_documents(
+                    &caller.tenant,
+                    shadow_name.unwrap_or(""),
+                    cursor.as_deref(),
+                    500,
+                )
+                .await?;
+            let done = page.len() < 500;
+            for (thing, stored) in &page {
+                let Ok(Some(doc)) = decode(stored) else {
+                    continue;
+                };
+                if query.matches(&doc) {
+                    found.push(serde_json::json!({
+                        "thing_name": thing,
+                        "value": query.value_in(&doc),
+                        "version": doc.version,
+                    }));
+                    if found.len() == limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            cursor = page.last().map(|(t, _)| t.clone());
+            if done || cursor.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
     /// Drops shadow history beyond the window (default 7 days) and the newest 100 versions.
     pub async fn compact_shadow_history(
         &self,

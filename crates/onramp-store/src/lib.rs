@@ -293,6 +293,14 @@ pub trait Store: Send + Sync + 'static {
         shadow_name: &str,
         limit: u32,
     ) -> Result<Vec<StoredShadow>>;
+    /// Existing shadows of one name across a tenant's things, by thing name after `after`.
+    async fn list_shadow_documents(
+        &self,
+        tenant: &str,
+        shadow_name: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, StoredShadow)>>;
     /// Shadows written at or after `since` by a writer other than `except_writer`.
     async fn shadows_updated_since(
         &self,

@@ -1387,6 +1387,38 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn list_shadow_documents(
+        &self,
+        tenant: &str,
+        shadow_name: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, StoredShadow)>> {
+        let rows = sqlx::query(
+            "SELECT thing_name, document, version, updated_at FROM shadows \
+             WHERE tenant = $1 AND shadow_name = $2 AND document IS NOT NULL AND thing_name > $3 \
+             ORDER BY thing_name LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(shadow_name)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit.clamp(1, Page::MAX_LIMIT)))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("thing_name")?,
+                    StoredShadow {
+                        document: r.try_get("document")?,
+                        version: r.try_get("version")?,
+                        updated_at: r.try_get("updated_at")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     async fn shadows_updated_since(
         &self,
         since: UnixTime,

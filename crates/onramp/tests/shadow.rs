@@ -342,3 +342,52 @@ fn the_cli_updates_a_shadow_and_the_running_server_sends_the_delta() {
     let out = s.cli(&["shadow", "delete", "D1"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn a_fleet_query_finds_devices_by_reported_firmware_version() {
+    let s = Server::start(Backend::Sqlite);
+    let key = s.api_key("operator");
+    for (thing, fw) in [
+        ("A", "2.4.9"),
+        ("B", "2.10.0"),
+        ("C", "2.5.0"),
+        ("D", "1.9"),
+    ] {
+        s.device(thing);
+        let body = format!(r#"{{"state":{{"reported":{{"firmware":"{fw}"}}}}}}"#);
+        assert_eq!(
+            rest(
+                &s,
+                &key,
+                "POST",
+                &format!("/api/v1/things/{thing}/shadow"),
+                Some(&body)
+            )
+            .0,
+            200
+        );
+    }
+    let (status, found) = rest(
+        &s,
+        &key,
+        "GET",
+        "/api/v1/shadows/query?path=firmware&op=lt&value=2.5.0",
+        None,
+    );
+    assert_eq!(status, 200, "{found}");
+    let things: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["thing_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(things, ["A", "D"]);
+    let (status, _) = rest(
+        &s,
+        &key,
+        "GET",
+        "/api/v1/shadows/query?path=firmware&op=older&value=1",
+        None,
+    );
+    assert_eq!(status, 400);
+}
