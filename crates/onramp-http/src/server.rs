@@ -3,10 +3,6 @@
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,24 +30,8 @@ pub fn tls_config(
     key_pem: &[u8],
     client_roots: &[Vec<u8>],
 ) -> Result<rustls::ServerConfig, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("server certificate: {e:?}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("server key: {e:?}"))?;
-    let mut roots = RootCertStore::empty();
-    for der in client_roots {
-        roots
-            .add(CertificateDer::from(der.clone()))
-            .map_err(|e| format!("client trust anchor: {e}"))?;
-    }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| format!("client verifier: {e}"))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("server TLS: {e}"))?;
+    use onramp_pki::tls::{ClientCerts, server_config};
+    let mut config = server_config(chain_pem, key_pem, client_roots, ClientCerts::Optional)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -11,6 +11,7 @@ mod csr;
 mod encoding;
 mod files;
 mod secrets;
+pub mod tls;
 
 pub use ca::signed_by;
 pub use ca::{CaKeyAlgorithm, CertificateAuthority, IssuedCert, ServerIdentity};
