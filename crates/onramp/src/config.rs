@@ -145,12 +145,14 @@ impl Config {
             .context("built-in defaults")?
             .try_deserialize::<std::collections::HashMap<String, config::Value>>()
             .context("built-in defaults")?;
+        // `database_url` has no default, so it is named here explicitly.
         let known: Vec<String> = defaults
             .iter()
             .map(|(key, value)| match value.kind {
                 config::ValueKind::Table(_) => format!("{}__", key.to_ascii_uppercase()),
                 _ => key.to_ascii_uppercase(),
             })
+            .chain(std::iter::once("DATABASE_URL".to_string()))
             .collect();
         let env: std::collections::HashMap<String, String> = std::env::vars()
             .filter(|(k, _)| {

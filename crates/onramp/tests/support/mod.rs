@@ -129,6 +129,21 @@ impl Server {
             }
         }
         self.child = Some(child);
+        // The server must run on the backend the test asked for.
+        let want = if self.database_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let log = self.server_log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving HTTPS"))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&format!("\"{want}\"")),
+            "the server is not on {want}: {line}"
+        );
     }
 
     pub fn stop(&mut self) {
