@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-const ENROL_PATH: &str = "/.well-known/est/simpleenroll";
+pub(crate) const ENROL_PATH: &str = "/.well-known/est/simpleenroll";
 const TOKENS_PATH: &str = "/api/v1/tokens";
 const METRICS_PATH: &str = "/metrics";
 /// Connections used to create the tokens before the timed phase.
@@ -100,17 +100,7 @@ async fn measure(args: &EstArgs, server: &Server) -> Result<Report> {
     let n = args.enrolments;
     let root_pem = server.admin(["ca", "export"]).await?;
     let client = Client::new(server.addr, &root_pem)?;
-    let key_json = server
-        .admin([
-            "--json", "apikey", "create", "--name", "bench", "--role", "admin",
-        ])
-        .await?;
-    let key: serde_json::Value =
-        serde_json::from_str(&key_json).context("the output of `onramp apikey create`")?;
-    let api_key = key["secret"]
-        .as_str()
-        .context("`onramp apikey create` printed no secret")?
-        .to_string();
+    let api_key = admin_api_key(server).await?;
 
     let started = Instant::now();
     let (tokens, tls) = create_tokens(&client, &api_key, n).await?;
@@ -178,6 +168,21 @@ async fn measure(args: &EstArgs, server: &Server) -> Result<Report> {
     ))
 }
 
+/// Creates an admin API key with the CLI and returns its secret.
+pub(crate) async fn admin_api_key(server: &Server) -> Result<String> {
+    let key_json = server
+        .admin([
+            "--json", "apikey", "create", "--name", "bench", "--role", "admin",
+        ])
+        .await?;
+    let key: serde_json::Value =
+        serde_json::from_str(&key_json).context("the output of `onramp apikey create`")?;
+    Ok(key["secret"]
+        .as_str()
+        .context("`onramp apikey create` printed no secret")?
+        .to_string())
+}
+
 /// Creates one token per device through the management API, over a few
 /// keep-alive connections. Returns the tokens (index = device) and the TLS
 /// parameters the server negotiated.
@@ -215,7 +220,11 @@ async fn create_tokens(client: &Client, api_key: &str, n: usize) -> Result<(Vec<
     Ok((tokens, tls))
 }
 
-async fn create_token(conn: &mut Connection, bearer: &HeaderValue, serial: &str) -> Result<String> {
+pub(crate) async fn create_token(
+    conn: &mut Connection,
+    bearer: &HeaderValue,
+    serial: &str,
+) -> Result<String> {
     let body = serde_json::json!({ "serial_number": serial }).to_string();
     let request = Request::post(TOKENS_PATH)
         .header(HOST, "localhost")
@@ -271,13 +280,19 @@ fn make_csrs(n: usize) -> Result<Vec<Vec<u8>>> {
 }
 
 fn csr(i: usize) -> Result<Vec<u8>> {
+    Ok(csr_with_key(&serial(i))?.1)
+}
+
+/// A fresh P-256 key and a CSR (DER) for it with `common_name` as subject.
+pub(crate) fn csr_with_key(common_name: &str) -> Result<(KeyPair, Vec<u8>)> {
     let key = KeyPair::generate().context("generating a P-256 key")?;
     let mut params = CertificateParams::new(Vec::<String>::new()).context("CSR parameters")?;
     let mut subject = DistinguishedName::new();
-    subject.push(DnType::CommonName, serial(i));
+    subject.push(DnType::CommonName, common_name);
     params.distinguished_name = subject;
     let request = params.serialize_request(&key).context("signing the CSR")?;
-    Ok(request.der().to_vec())
+    let der = request.der().to_vec();
+    Ok((key, der))
 }
 
 /// The timed phase: `clients` tasks take the next device until none is left.

@@ -5,8 +5,11 @@
 
 mod est;
 mod https;
+mod mqtt;
 mod report;
 mod server;
+mod shadow_bench;
+mod sys;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +33,21 @@ enum Command {
     /// EST token enrolment: every enrolment is a fresh TCP and TLS connection
     /// and one `POST /.well-known/est/simpleenroll`.
     Est(est::EstArgs),
+    /// MQTT connection set-up: TCP, mutual TLS, CONNECT/CONNACK and
+    /// DISCONNECT, Onramp and Mosquitto side by side.
+    MqttConnect(mqtt::connect::ConnectArgs),
+    /// MQTT idle connections: how many each broker holds and the memory
+    /// each takes, Onramp and Mosquitto side by side.
+    MqttIdle(mqtt::idle::IdleArgs),
+    /// MQTT fan-in: many publishers, one subscriber, QoS 0 and 1, Onramp and
+    /// Mosquitto side by side.
+    MqttFanin(mqtt::fanin::FaninArgs),
+    /// Holds connections for `mqtt-idle` (started by it).
+    #[command(hide = true)]
+    MqttIdleWorker(mqtt::idle::WorkerArgs),
+    /// Device shadows: MQTT shadow updates per second, and the time a
+    /// desired-state change made over REST takes to reach the device.
+    Shadow(shadow_bench::ShadowArgs),
 }
 
 #[tokio::main]
@@ -37,6 +55,19 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Est(args) => est::run(args).await,
+        Command::MqttConnect(args) => mqtt::connect::run(args).await,
+        Command::MqttIdle(args) => mqtt::idle::run(args).await,
+        Command::MqttFanin(args) => mqtt::fanin::run(args).await,
+        Command::Shadow(args) => shadow_bench::run(args).await,
+        Command::MqttIdleWorker(args) => {
+            return match mqtt::idle::worker(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("onramp-bench mqtt-idle-worker: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result.and_then(|report| report.print(cli.json).map(|()| report.failed)) {
         Ok(0) => ExitCode::SUCCESS,

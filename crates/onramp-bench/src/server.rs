@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// What `onramp serve` prints once it accepts connections.
 const LISTENING: &str = "onramp listening on https://";
+/// What `onramp serve` prints once its MQTT gateway accepts connections.
+const MQTT_LISTENING: &str = "onramp mqtt listening on ";
 /// Linux reports process CPU times in USER_HZ ticks, 100 per second.
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -68,12 +70,19 @@ pub struct Server {
     /// Holds the data directory and the server log; removed on drop.
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The MQTT gateway's address, when it printed one.
+    pub mqtt_addr: Option<SocketAddr>,
 }
 
 impl Server {
     /// Starts the server with enrolment rate limits raised out of the way,
     /// and waits until it listens.
     pub fn start(args: &ServerArgs) -> Result<Server> {
+        Server::start_with(args, &[])
+    }
+
+    /// Like [`Server::start`], with further `ONRAMP_*` settings.
+    pub fn start_with(args: &ServerArgs, env: &[(&str, &str)]) -> Result<Server> {
         let bin = args.binary()?;
         let dir = tempfile::Builder::new()
             .prefix("onramp-bench-")
@@ -89,6 +98,7 @@ impl Server {
         cmd.env("ONRAMP_HTTP__LISTEN", "127.0.0.1:0")
             .env("ONRAMP_ENROLMENT__RATE_PER_SOURCE__PER_SECOND", "1000000")
             .env("ONRAMP_ENROLMENT__RATE_PER_SOURCE__BURST", "1000000")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -105,6 +115,7 @@ impl Server {
             database_url: args.database_url.clone(),
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt_addr: None,
         };
         server.addr = server.wait_listening(stdout)?;
         Ok(server)
@@ -116,30 +127,22 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.trim().strip_prefix(LISTENING) {
-                    let _ = tx.send(addr.to_string());
+                let line = line.trim();
+                if let Some(addr) = line.strip_prefix(LISTENING) {
+                    let _ = tx.send((false, addr.to_string()));
+                } else if let Some(addr) = line.strip_prefix(MQTT_LISTENING) {
+                    let _ = tx.send((true, addr.to_string()));
                 }
             }
         });
         let started = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(addr) => {
-                    let addr: SocketAddr = addr
-                        .parse()
-                        .with_context(|| format!("the server printed `{LISTENING}{addr}`"))?;
-                    let file = self.data_dir().join("https.addr");
-                    let written = std::fs::read_to_string(&file)
-                        .with_context(|| format!("reading {}", file.display()))?;
-                    if written.trim() != addr.to_string() {
-                        bail!(
-                            "the server printed {addr} but wrote {} to {}",
-                            written.trim(),
-                            file.display()
-                        );
-                    }
-                    return Ok(addr);
+                Ok((true, addr)) => {
+                    self.mqtt_addr =
+                        Some(self.check_address(MQTT_LISTENING, &addr, "mqtt.addr")?);
                 }
+                Ok((false, addr)) => return self.check_address(LISTENING, &addr, "https.addr"),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().context("waiting for the server")?;
@@ -162,6 +165,24 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// The address the server printed, checked against the file it wrote.
+    fn check_address(&self, printed: &str, addr: &str, file: &str) -> Result<SocketAddr> {
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("the server printed `{printed}{addr}`"))?;
+        let file = self.data_dir().join(file);
+        let written = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        if written.trim() != addr.to_string() {
+            bail!(
+                "the server printed {addr} but wrote {} to {}",
+                written.trim(),
+                file.display()
+            );
+        }
+        Ok(addr)
     }
 
     pub fn data_dir(&self) -> PathBuf {
