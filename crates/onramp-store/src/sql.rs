@@ -213,6 +213,15 @@ fn policy_from_row(row: &AnyRow) -> Result<StoredPolicy> {
     })
 }
 
+/// A shadow row; history rows name their time column `at`.
+fn shadow_from_row(row: &AnyRow, time_column: &str) -> Result<StoredShadow> {
+    Ok(StoredShadow {
+        document: row.try_get("document")?,
+        version: row.try_get("version")?,
+        updated_at: row.try_get(time_column)?,
+    })
+}
+
 fn target_from_row(row: &AnyRow) -> Result<PolicyTarget> {
     let kind: String = row.try_get("target_kind")?;
     let target: String = row.try_get("target")?;
@@ -1267,14 +1276,7 @@ impl Store for SqlStore {
         .bind(shadow_name)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| {
-            Ok(StoredShadow {
-                document: r.try_get("document")?,
-                version: r.try_get("version")?,
-                updated_at: r.try_get("updated_at")?,
-            })
-        })
-        .transpose()
+        row.map(|r| shadow_from_row(&r, "updated_at")).transpose()
     }
 
     async fn put_shadow(
@@ -1376,15 +1378,7 @@ impl Store for SqlStore {
         .bind(i64::from(limit.clamp(1, Page::MAX_LIMIT)))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredShadow {
-                    document: r.try_get("document")?,
-                    version: r.try_get("version")?,
-                    updated_at: r.try_get("at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| shadow_from_row(r, "at")).collect()
     }
 
     async fn list_shadow_documents(
@@ -1406,16 +1400,7 @@ impl Store for SqlStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("thing_name")?,
-                    StoredShadow {
-                        document: r.try_get("document")?,
-                        version: r.try_get("version")?,
-                        updated_at: r.try_get("updated_at")?,
-                    },
-                ))
-            })
+            .map(|r| Ok((r.try_get("thing_name")?, shadow_from_row(r, "updated_at")?)))
             .collect()
     }
 
@@ -1438,11 +1423,7 @@ impl Store for SqlStore {
                     tenant: r.try_get("tenant")?,
                     thing_name: r.try_get("thing_name")?,
                     shadow_name: r.try_get("shadow_name")?,
-                    shadow: StoredShadow {
-                        document: r.try_get("document")?,
-                        version: r.try_get("version")?,
-                        updated_at: r.try_get("updated_at")?,
-                    },
+                    shadow: shadow_from_row(r, "updated_at")?,
                 })
             })
             .collect()
