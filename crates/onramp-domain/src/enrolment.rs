@@ -57,6 +57,9 @@ pub enum CertStatus {
     /// Replaced by a newer certificate through re-enrolment; no longer accepted.
     Superseded,
     Revoked,
+    /// Registered but switched off (a provisioning template said `INACTIVE`);
+    /// refused until an operator activates it.
+    Inactive,
 }
 
 impl CertStatus {
@@ -65,6 +68,7 @@ impl CertStatus {
             CertStatus::Active => "active",
             CertStatus::Superseded => "superseded",
             CertStatus::Revoked => "revoked",
+            CertStatus::Inactive => "inactive",
         }
     }
 }
@@ -82,6 +86,7 @@ impl FromStr for CertStatus {
             "active" => Ok(CertStatus::Active),
             "superseded" => Ok(CertStatus::Superseded),
             "revoked" => Ok(CertStatus::Revoked),
+            "inactive" => Ok(CertStatus::Inactive),
             other => Err(format!("unknown certificate status `{other}`")),
         }
     }

@@ -9,9 +9,11 @@ pub mod enrolment;
 pub mod lifecycle;
 pub mod names;
 pub mod policy;
+pub mod provisioning;
 pub mod registry;
 pub mod role;
 pub mod shadow;
+pub mod template;
 pub mod topic;
 pub mod version;
 

@@ -264,6 +264,15 @@ pub struct PolicyDocument {
     statements: Vec<Statement>,
 }
 
+impl PolicyDocument {
+    /// A document with no statements: everything is denied by default.
+    pub fn deny_all() -> PolicyDocument {
+        PolicyDocument {
+            statements: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Effect {
     Allow,

@@ -15,6 +15,9 @@ pub struct Device {
     pub hardware_revision: Option<String>,
     pub firmware_version: Option<String>,
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// Thing groups the device belongs to (set by provisioning templates).
+    #[serde(default)]
+    pub thing_groups: Vec<String>,
     pub status: DeviceStatus,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
@@ -45,6 +48,9 @@ pub struct Certificate {
     pub revoked_at: Option<UnixTime>,
     pub revocation_reason: Option<String>,
     pub superseded_by: Option<String>,
+    /// The registered manufacturer CA that issued it (JITP); `None` for Onramp's own CA.
+    #[serde(default)]
+    pub issuer_ca: Option<String>,
 }
 
 /// An enrolment token as listed: everything but the secret, which is shown once.
@@ -198,4 +204,145 @@ pub struct RevokedIdentity {
     pub thing_name: String,
     /// The certificate, when the change was to one certificate.
     pub certificate_serial: Option<String>,
+}
+
+/// What a provisioning template is for: devices presenting a claim
+/// certificate (fleet provisioning) or a certificate of a registered
+/// manufacturer CA (just-in-time provisioning).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateKind {
+    Fleet,
+    Jitp,
+}
+
+impl TemplateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TemplateKind::Fleet => "fleet",
+            TemplateKind::Jitp => "jitp",
+        }
+    }
+}
+
+/// A named provisioning template with its settings; the body of each
+/// version is stored separately and one version is the default.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisioningTemplateRecord {
+    pub tenant: String,
+    pub name: String,
+    pub kind: TemplateKind,
+    pub description: String,
+    pub enabled: bool,
+    pub default_version: i64,
+    pub latest_version: i64,
+    /// Serial numbers allowed to provision; `None` means any serial not denied.
+    pub serial_allow: Option<Vec<String>>,
+    pub serial_deny: Vec<String>,
+    /// Pre-provisioning webhook, called before every RegisterThing.
+    pub hook_url: Option<String>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+/// One stored version of a template body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateVersion {
+    pub version: i64,
+    pub body: String,
+    pub created_at: UnixTime,
+}
+
+/// A claim certificate: shared by a production batch, bound to one fleet
+/// template, allowed only to obtain a device's own identity.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimCertificate {
+    pub serial: String,
+    pub tenant: String,
+    pub template: String,
+    /// SHA-256 of the certificate (the id devices and hooks see).
+    pub certificate_id: String,
+    pub pem: String,
+    pub not_before: UnixTime,
+    pub not_after: UnixTime,
+    pub status: CertStatus,
+    pub created_at: UnixTime,
+    pub revoked_at: Option<UnixTime>,
+    pub created_by: String,
+    /// When this claim certificate was rotated, the one that replaced it.
+    pub replaced_by: Option<String>,
+}
+
+/// Lifecycle of a registered manufacturer CA.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaStatus {
+    Active,
+    /// Switched off; may be activated again.
+    Inactive,
+    /// Withdrawn for good.
+    Revoked,
+}
+
+impl CaStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaStatus::Active => "active",
+            CaStatus::Inactive => "inactive",
+            CaStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CaStatus> {
+        match s {
+            "active" => Some(CaStatus::Active),
+            "inactive" => Some(CaStatus::Inactive),
+            "revoked" => Some(CaStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A manufacturer CA whose device certificates Onramp accepts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredCa {
+    /// SHA-256 of the CA certificate.
+    pub id: String,
+    pub tenant: String,
+    pub pem: String,
+    pub subject: String,
+    pub not_after: UnixTime,
+    pub status: CaStatus,
+    /// Unknown certificates of this CA are provisioned on first connection.
+    pub auto_registration: bool,
+    /// The JITP template run for them.
+    pub template: Option<String>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+/// A certificate made by CreateKeysAndCertificate or CreateCertificateFromCsr,
+/// waiting for RegisterThing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCertificate {
+    pub serial: String,
+    pub tenant: String,
+    pub certificate_id: String,
+    pub pem: String,
+    pub not_before: UnixTime,
+    pub not_after: UnixTime,
+    pub claim_serial: String,
+    pub token_expires_at: UnixTime,
+    pub created_at: UnixTime,
+    /// Set once RegisterThing committed: when, a digest of the request, and
+    /// the reply, so that a retry of the same request gets the same answer.
+    pub registered_at: Option<UnixTime>,
+    pub request_digest: Option<String>,
+    pub response: Option<String>,
 }

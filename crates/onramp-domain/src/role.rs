@@ -28,6 +28,9 @@ pub enum Permission {
     ManageApiKeys,
     /// Create, change, attach and detach MQTT policies.
     ManagePolicies,
+    /// Provisioning templates and registered manufacturer CAs: both can
+    /// create things and policies on their own, so they are an admin's.
+    ManageProvisioning,
 }
 
 impl Role {
@@ -38,7 +41,7 @@ impl Role {
             ManageDevices | ManageEnrolment | RevokeCertificates | ReadAudit => {
                 self >= Role::Operator
             }
-            ManageApiKeys | ManagePolicies => self == Role::Admin,
+            ManageApiKeys | ManagePolicies | ManageProvisioning => self == Role::Admin,
         }
     }
 

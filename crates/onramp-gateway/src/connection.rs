@@ -9,8 +9,9 @@ use crate::wire::{
 use futures_util::{SinkExt, StreamExt};
 use onramp_broker::{Message, QoS, SessionId};
 use onramp_domain::policy::{Action, Resource};
+use onramp_domain::provisioning::{ProvisioningRejection, ProvisioningTopic};
 use onramp_domain::topic::{parse_subscription, validate_topic_name};
-use onramp_service::{Authorizer, DeviceIdentity, ServiceError, ShadowTopic};
+use onramp_service::{Authorizer, ClaimContext, DeviceIdentity, ServiceError, ShadowTopic};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
 use std::net::SocketAddr;
@@ -119,22 +120,30 @@ async fn admit(
         }
     })?;
     let (client_id, assigned) = if connect.client_id.is_empty() {
-        // An empty client id gets the thing name (MQTT 5 returns it in CONNACK).
-        (identity.thing_name.clone(), true)
+        // An empty client id gets the thing name (MQTT 5 returns it in CONNACK);
+        // a claim connection, which has no thing yet, a fresh one.
+        match identity.claim {
+            Some(_) => (format!("claim-{}", uuid::Uuid::new_v4().simple()), true),
+            None => (identity.thing_name.clone(), true),
+        }
     } else {
         (connect.client_id.clone(), false)
     };
     if client_id.len() > 128 || client_id.contains(['\0', '+', '#']) {
         return Err(ConnectRefusal::BadClientId);
     }
-    if gw.settings.require_client_id_match && client_id != identity.thing_name {
+    // A claim certificate is shared by a whole batch: any client id, and its
+    // operations are rate-limited per claim by the provisioning service.
+    let is_claim = identity.claim.is_some();
+    if !is_claim && gw.settings.require_client_id_match && client_id != identity.thing_name {
         tracing::info!(%source, thing = %identity.thing_name, "MQTT client id is not the thing name");
         return Err(ConnectRefusal::BadClientId);
     }
-    if gw
-        .identity_limiter
-        .check(&format!("{}/{}", identity.tenant, identity.thing_name))
-        .is_err()
+    if !is_claim
+        && gw
+            .identity_limiter
+            .check(&format!("{}/{}", identity.tenant, identity.thing_name))
+            .is_err()
     {
         return Err(ConnectRefusal::RateExceeded);
     }
@@ -179,6 +188,9 @@ struct Session {
     persistent: bool,
     session_expiry: Option<Duration>,
     presence_version: u64,
+    /// Set on a claim-certificate connection: it may only provision.
+    claim: Option<ClaimContext>,
+    source: String,
 }
 
 enum End {
@@ -252,6 +264,8 @@ impl Session {
             persistent,
             session_expiry,
             presence_version: attached.presence_version,
+            claim: a.identity.claim.clone(),
+            source: peer.ip().to_string(),
             gw,
         };
         if sink.send(wire::connack_ok(version, &info)).await.is_err() {
@@ -260,8 +274,8 @@ impl Session {
         }
         metrics::counter!("onramp_mqtt_connects_total", "outcome" => "accepted").increment(1);
         tracing::debug!(client = %s.client_id, %peer, ?version, "MQTT client connected");
-        s.presence(true, Some(&peer.ip().to_string()), None);
-        {
+        if s.claim.is_none() {
+            s.presence(true, Some(&peer.ip().to_string()), None);
             let onramp = s.gw.onramp.clone();
             let (t, n) = (s.tenant.clone(), s.thing_name.clone());
             tokio::spawn(async move { onramp.device_presence(&t, &n, true).await });
@@ -426,6 +440,17 @@ impl Session {
                     QoS::AtMostOnce
                 };
                 metrics::counter!("onramp_mqtt_messages_in_total", "qos" => if qos == QoS::AtLeastOnce { "1" } else { "0" }).increment(1);
+                // Fleet-provisioning requests are answered on this connection
+                // only: the replies carry private keys and tokens.
+                if let Some(request) = ProvisioningTopic::parse(&topic) {
+                    if let Some(id) = packet_id
+                        && qos == QoS::AtLeastOnce
+                        && sink.send(wire::puback(v, id, false)).await.is_err()
+                    {
+                        return Some(End::Lost);
+                    }
+                    return self.provision(sink, &request, &payload).await;
+                }
                 // Shadow requests go to the shadow service, which answers on
                 // the /accepted and /rejected topics once the write is durable.
                 if let Some(request) = ShadowTopic::parse(&topic) {
@@ -527,6 +552,53 @@ impl Session {
                 }))
             }
         }
+    }
+
+    async fn provision(
+        &mut self,
+        sink: &mut Sink,
+        request: &ProvisioningTopic,
+        payload: &[u8],
+    ) -> Option<End> {
+        let reply = match &self.claim {
+            Some(claim) => {
+                self.gw
+                    .onramp
+                    .provisioning_request(
+                        claim,
+                        &self.tenant,
+                        &self.client_id,
+                        &self.source,
+                        request,
+                        payload,
+                    )
+                    .await
+            }
+            None => onramp_service::ProvisioningReply {
+                topic: request.rejected(),
+                payload: ProvisioningRejection::access_denied(
+                    "only a claim certificate may use fleet provisioning",
+                )
+                .to_json(),
+                accepted: false,
+            },
+        };
+        if !self
+            .authorizer
+            .allows(Action::Receive, Resource::Topic(&reply.topic))
+        {
+            return None;
+        }
+        let out = onramp_broker::Outgoing {
+            message: Message::new(&reply.topic, reply.payload, QoS::AtMostOnce, false),
+            packet_id: None,
+            dup: false,
+        };
+        count_out(&out);
+        sink.send(wire::publish(self.version, &out))
+            .await
+            .err()
+            .map(|_| End::Lost)
     }
 
     fn subscribe_one(&mut self, text: &str, qos: u8) -> Result<QoS, SubscribeRefusal> {
@@ -653,10 +725,11 @@ impl Session {
             .gw
             .hub
             .detach(&self.tenant, self.session, self.connection, keep);
-        if detached || matches!(end, End::Closed(CloseReason::SessionTakenOver)) {
+        let device = self.claim.is_none();
+        if device && (detached || matches!(end, End::Closed(CloseReason::SessionTakenOver))) {
             self.presence(false, None, Some(&end));
         }
-        if detached {
+        if device && detached {
             self.gw
                 .onramp
                 .device_presence(&self.tenant, &self.thing_name, false)

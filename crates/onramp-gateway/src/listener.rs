@@ -83,6 +83,9 @@ pub struct Gateway {
     pub(crate) source_limiter: RateLimiter,
     pub(crate) identity_limiter: RateLimiter,
     pub(crate) failure_limiter: RateLimiter,
+    /// The TLS layer's trust anchors, refreshed as manufacturer CAs are
+    /// registered, deactivated or revoked.
+    client_roots: std::sync::OnceLock<onramp_pki::ClientRoots>,
 }
 
 impl Gateway {
@@ -95,8 +98,42 @@ impl Gateway {
             identity_limiter: RateLimiter::new(settings.rate_per_identity),
             failure_limiter: RateLimiter::new(settings.auth_failures_per_source),
             connections: AtomicUsize::new(0),
+            client_roots: std::sync::OnceLock::new(),
             onramp,
             settings,
+        }
+    }
+
+    /// Hands the gateway the trust anchors its TLS configuration verifies
+    /// client certificates against, and loads the registered CAs into them.
+    pub async fn use_client_roots(&self, roots: onramp_pki::ClientRoots) -> Result<(), String> {
+        let cas = self
+            .onramp
+            .active_registered_ca_ders()
+            .await
+            .map_err(|e| e.to_string())?;
+        roots.set_registered(cas)?;
+        let _ = self.client_roots.set(roots);
+        Ok(())
+    }
+
+    async fn refresh_client_roots(&self, last: &mut Vec<Vec<u8>>) {
+        let Some(roots) = self.client_roots.get() else {
+            return;
+        };
+        match self.onramp.active_registered_ca_ders().await {
+            Ok(cas) if cas != *last => match roots.set_registered(cas.clone()) {
+                Ok(()) => {
+                    tracing::info!(
+                        count = cas.len(),
+                        "registered CAs trusted for client certificates"
+                    );
+                    *last = cas;
+                }
+                Err(e) => tracing::error!(error = %e, "could not load registered CAs"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "registered CA check failed"),
         }
     }
 
@@ -131,9 +168,38 @@ impl Gateway {
         let mut since = onramp_service::now() - 2;
         let mut last_sweep = std::time::Instant::now();
         let mut last_compaction = std::time::Instant::now();
+        let mut last_roots = std::time::Instant::now();
+        let mut trusted: Vec<Vec<u8>> = match self.onramp.active_registered_ca_ders().await {
+            Ok(cas) => cas,
+            Err(_) => Vec::new(),
+        };
+        let mut last_pending_purge = std::time::Instant::now();
+        // The first claim-expiry check runs a minute after start.
+        let mut last_claim_check = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(86_400 - 60))
+            .unwrap_or_else(std::time::Instant::now);
         loop {
             tick.tick().await;
             let now = onramp_service::now();
+            if last_roots.elapsed() >= Duration::from_secs(1) {
+                last_roots = std::time::Instant::now();
+                self.refresh_client_roots(&mut trusted).await;
+            }
+            // Expired ownership tokens are looked for at least twice per token lifetime.
+            let ttl = self.onramp.settings().provisioning.ownership_token_ttl_secs;
+            let purge_every = Duration::from_secs((ttl / 2).clamp(1, 60) as u64);
+            if last_pending_purge.elapsed() >= purge_every {
+                last_pending_purge = std::time::Instant::now();
+                if let Err(e) = self.onramp.purge_expired_pending_certificates().await {
+                    tracing::warn!(error = %e, "pending certificate purge failed");
+                }
+            }
+            if last_claim_check.elapsed() >= Duration::from_secs(86_400) {
+                last_claim_check = std::time::Instant::now();
+                if let Err(e) = self.onramp.check_claim_expiry().await {
+                    tracing::warn!(error = %e, "claim certificate expiry check failed");
+                }
+            }
             match self.onramp.store().revoked_since(since).await {
                 Ok(list) => {
                     for r in list {
@@ -191,14 +257,16 @@ impl onramp_service::MessageSink for HubSink {
 }
 
 /// Gateway TLS: the server certificate chain and key; a client certificate
-/// is required and must chain to one of `client_roots`.
+/// is required and must chain to `client_roots` (Onramp's CA, plus the
+/// registered manufacturer CAs once [`Gateway::use_client_roots`] is called).
 pub fn tls_config(
     chain_pem: &[u8],
     key_pem: &[u8],
-    client_roots: &[Vec<u8>],
+    client_roots: onramp_pki::ClientRoots,
 ) -> Result<rustls::ServerConfig, String> {
-    use onramp_pki::tls::{ClientCerts, server_config};
-    let mut config = server_config(chain_pem, key_pem, client_roots, ClientCerts::Required)?;
+    use onramp_pki::tls::{ClientCerts, server_config_with_roots};
+    let mut config =
+        server_config_with_roots(chain_pem, key_pem, client_roots, ClientCerts::Required)?;
     // AWS IoT devices connect on 8883 with ALPN "x-amzn-mqtt-ca" or none.
     config.alpn_protocols = vec![b"mqtt".to_vec(), b"x-amzn-mqtt-ca".to_vec()];
     Ok(config)

@@ -285,14 +285,64 @@ impl CertificateAuthority {
         now: i64,
     ) -> Result<IssuedCert> {
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)?;
+        self.issue_client_cert(
+            &public_key,
+            thing_name,
+            Some(serial_number),
+            validity_days,
+            now,
+        )
+    }
+
+    /// Issues a client certificate for a CSR with only `common_name` in the
+    /// subject (fleet provisioning's create-from-CSR). As with
+    /// [`Self::issue_device_cert`], only the public key comes from the CSR.
+    pub fn issue_for_csr(
+        &self,
+        csr: &VerifiedCsr,
+        common_name: &str,
+        validity_days: u32,
+        now: i64,
+    ) -> Result<IssuedCert> {
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)?;
+        self.issue_client_cert(&public_key, common_name, None, validity_days, now)
+    }
+
+    /// Issues a client certificate with CN = `common_name` for a fresh ECDSA
+    /// P-256 key generated here, for devices that cannot make their own
+    /// (`$aws/certificates/create`) and for claim certificates.
+    /// Returns the certificate and the key as PKCS#8 PEM; the key is not kept.
+    pub fn issue_with_generated_key(
+        &self,
+        common_name: &str,
+        validity_days: u32,
+        now: i64,
+    ) -> Result<(IssuedCert, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = self.issue_client_cert(&key, common_name, None, validity_days, now)?;
+        Ok((cert, key.serialize_pem()))
+    }
+
+    /// The common part of client certificate issuance: digitalSignature,
+    /// clientAuth, random 128-bit serial, a minute of back-dating.
+    fn issue_client_cert(
+        &self,
+        public_key: &impl PublicKeyData,
+        common_name: &str,
+        subject_serial: Option<&str>,
+        validity_days: u32,
+        now: i64,
+    ) -> Result<IssuedCert> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, thing_name);
-        params
-            .distinguished_name
-            .push(DnType::CustomDnType(vec![2, 5, 4, 5]), serial_number);
+            .push(DnType::CommonName, common_name);
+        if let Some(serial_number) = subject_serial {
+            params
+                .distinguished_name
+                .push(DnType::CustomDnType(vec![2, 5, 4, 5]), serial_number);
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -301,7 +351,7 @@ impl CertificateAuthority {
         params.not_after = at(now + i64::from(validity_days) * DAY)?;
         params.serial_number = Some(random_serial()?);
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&public_key, &self.issuer)?;
+        let cert = params.signed_by(public_key, &self.issuer)?;
         let der = cert.der().to_vec();
         let serial = params
             .serial_number
@@ -419,4 +469,125 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
 
 fn cert_pem_all(chain: &[Vec<u8>]) -> String {
     chain.iter().map(|d| pem_encode("CERTIFICATE", d)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csr::parse_csr;
+    use std::process::Command;
+
+    const NOW: i64 = 1_790_000_000;
+
+    fn new_ca() -> (tempfile::TempDir, CertificateAuthority) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::create(
+            &dir.path().join("ca"),
+            CaKeyAlgorithm::EcdsaP256,
+            "Onramp Test",
+            NOW,
+        )
+        .unwrap();
+        (dir, ca)
+    }
+
+    /// `openssl verify` of `leaf_pem` as a TLS client certificate, at `NOW`.
+    fn openssl_verifies(dir: &Path, ca: &CertificateAuthority, leaf_pem: &str) {
+        let root = dir.join("root.pem");
+        let untrusted = dir.join("chain.pem");
+        let leaf = dir.join("leaf.pem");
+        std::fs::write(&root, ca.root_pem()).unwrap();
+        std::fs::write(&untrusted, ca.chain_pem()).unwrap();
+        std::fs::write(&leaf, leaf_pem).unwrap();
+        let out = Command::new("openssl")
+            .args(["verify", "-purpose", "sslclient", "-attime"])
+            .arg((NOW + 10).to_string())
+            .arg("-CAfile")
+            .arg(&root)
+            .arg("-untrusted")
+            .arg(&untrusted)
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Subject DN, whether keyUsage is digitalSignature only, and the SPKI.
+    fn leaf_facts(der: &[u8]) -> (String, bool, Vec<u8>) {
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        let ds_only = ku.digital_signature() && !ku.key_cert_sign();
+        (
+            cert.subject().to_string(),
+            ds_only,
+            cert.public_key().raw.to_vec(),
+        )
+    }
+
+    #[test]
+    fn a_generated_key_certificate_matches_its_key_and_verifies() {
+        let (dir, ca) = new_ca();
+        let (cert, key_pem) = ca.issue_with_generated_key("claim-1", 30, NOW).unwrap();
+        assert!(ca.issued(&cert.der));
+        openssl_verifies(dir.path(), &ca, &cert.pem);
+
+        assert!(key_pem.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8");
+        let key = KeyPair::from_pem(&key_pem).unwrap();
+        let (subject, ds_only, spki) = leaf_facts(&cert.der);
+        assert_eq!(spki, key.subject_public_key_info());
+        assert_eq!(subject, "CN=claim-1");
+        assert!(ds_only);
+
+        let info = parse_cert(&cert.der).unwrap();
+        assert_eq!(info.subject_cn.as_deref(), Some("claim-1"));
+        assert_eq!(info.subject_serial, None);
+        assert_eq!(info.serial, cert.serial);
+        assert_eq!(cert.serial.len(), 32, "128-bit serial");
+        assert_eq!(info.fingerprint, cert.fingerprint);
+        assert_eq!(info.not_before, NOW - 60);
+        assert_eq!(info.not_after, NOW + 30 * DAY);
+        assert_eq!(
+            (cert.not_before, cert.not_after),
+            (info.not_before, info.not_after)
+        );
+
+        // Every call makes a new key.
+        let (_, other_key) = ca.issue_with_generated_key("claim-1", 30, NOW).unwrap();
+        assert_ne!(other_key, key_pem);
+    }
+
+    #[test]
+    fn a_csr_certificate_carries_only_the_common_name() {
+        let (dir, ca) = new_ca();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut req = CertificateParams::default();
+        req.distinguished_name = rcgen::DistinguishedName::new();
+        req.distinguished_name.push(DnType::CommonName, "from-csr");
+        req.distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 5]), "SN-9");
+        let csr = parse_csr(req.serialize_request(&key).unwrap().der()).unwrap();
+
+        let cert = ca.issue_for_csr(&csr, "thing-9", 365, NOW).unwrap();
+        assert!(ca.issued(&cert.der));
+        openssl_verifies(dir.path(), &ca, &cert.pem);
+        let (subject, ds_only, spki) = leaf_facts(&cert.der);
+        assert_eq!(subject, "CN=thing-9", "nothing copied from the CSR subject");
+        assert!(ds_only);
+        assert_eq!(spki, key.subject_public_key_info());
+        let info = parse_cert(&cert.der).unwrap();
+        assert_eq!(info.subject_cn.as_deref(), Some("thing-9"));
+        assert_eq!(info.subject_serial, None);
+        assert_eq!(info.not_after - info.not_before, 365 * DAY + 60);
+
+        // The device certificate path still adds the serialNumber attribute.
+        let device = ca
+            .issue_device_cert(&csr, "thing-9", "SN-9", 365, NOW)
+            .unwrap();
+        let info = parse_cert(&device.der).unwrap();
+        assert_eq!(info.subject_serial.as_deref(), Some("SN-9"));
+    }
 }

@@ -10,6 +10,7 @@ mod ca;
 mod csr;
 mod encoding;
 mod files;
+mod provisioning;
 mod secrets;
 pub mod tls;
 
@@ -21,7 +22,11 @@ pub use encoding::{
     fingerprint_sha256, parse_cert, pem_to_der_chain,
 };
 pub use files::{check_key_file, write_private_file};
+pub use provisioning::{
+    CaCertificateInfo, parse_ca_certificate, subject_parameters, verification_certificate_ok,
+};
 pub use secrets::{SecretHasher, random_secret};
+pub use tls::{ClientCerts, ClientRoots, server_config, server_config_with_roots};
 
 /// Everything that can go wrong in the PKI layer.
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,13 @@
 //! Server-side TLS configuration from Onramp's PEM material, shared by the
 //! HTTPS and MQTT listeners.
 
-use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::sync::Arc;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Whether a client certificate must be presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,20 +20,56 @@ pub enum ClientCerts {
 
 /// A rustls server configuration: `chain_pem` (server certificate, then
 /// intermediates), its key, and the anchors client certificates must chain to.
+/// The anchors are fixed for the life of the configuration.
 pub fn server_config(
     chain_pem: &[u8],
     key_pem: &[u8],
     client_roots: &[Vec<u8>],
     client_certs: ClientCerts,
 ) -> Result<rustls::ServerConfig, String> {
+    let verifier = webpki_verifier(client_roots.iter(), client_certs)?;
+    build_server_config(chain_pem, key_pem, verifier)
+}
+
+/// Like [`server_config`], but client certificates are checked against the
+/// anchors `roots` holds at the time of each handshake, so CAs registered
+/// while the server runs take effect without rebuilding the listener.
+pub fn server_config_with_roots(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    roots: ClientRoots,
+    client_certs: ClientCerts,
+) -> Result<rustls::ServerConfig, String> {
+    let verifier = Arc::new(DynamicClientVerifier {
+        roots,
+        client_certs,
+    });
+    build_server_config(chain_pem, key_pem, verifier)
+}
+
+fn build_server_config(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<rustls::ServerConfig, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("server certificate: {e:?}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("server key: {e:?}"))?;
+    rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("server TLS: {e}"))
+}
+
+fn webpki_verifier<'a>(
+    anchors: impl Iterator<Item = &'a Vec<u8>>,
+    client_certs: ClientCerts,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let mut roots = RootCertStore::empty();
-    for der in client_roots {
+    for der in anchors {
         roots
-            .add(CertificateDer::from(der.clone()))
+            .add(CertificateDer::from(der.as_slice()))
             .map_err(|e| format!("client trust anchor: {e}"))?;
     }
     let builder = WebPkiClientVerifier::builder(Arc::new(roots));
@@ -39,11 +77,333 @@ pub fn server_config(
         ClientCerts::Optional => builder.allow_unauthenticated(),
         ClientCerts::Required => builder,
     };
-    let verifier = builder
-        .build()
-        .map_err(|e| format!("client verifier: {e}"))?;
-    rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("server TLS: {e}"))
+    builder.build().map_err(|e| format!("client verifier: {e}"))
+}
+
+/// The anchors client certificates may chain to: Onramp's own CA, fixed at
+/// start, plus the manufacturer CAs registered while the server runs.
+/// Clones share the same anchors.
+#[derive(Clone)]
+pub struct ClientRoots {
+    shared: Arc<RootsShared>,
+}
+
+struct RootsShared {
+    base: Vec<Vec<u8>>,
+    current: RwLock<Arc<Verifiers>>,
+}
+
+/// Verifiers for the current anchors, one per [`ClientCerts`] mode, built
+/// together so a handshake never pays for building one.
+struct Verifiers {
+    registered: usize,
+    optional: Arc<dyn ClientCertVerifier>,
+    required: Arc<dyn ClientCertVerifier>,
+}
+
+impl Verifiers {
+    fn build(base: &[Vec<u8>], registered: &[Vec<u8>]) -> Result<Verifiers, String> {
+        let all = || base.iter().chain(registered);
+        Ok(Verifiers {
+            registered: registered.len(),
+            optional: webpki_verifier(all(), ClientCerts::Optional)?,
+            required: webpki_verifier(all(), ClientCerts::Required)?,
+        })
+    }
+
+    fn get(&self, client_certs: ClientCerts) -> &Arc<dyn ClientCertVerifier> {
+        match client_certs {
+            ClientCerts::Optional => &self.optional,
+            ClientCerts::Required => &self.required,
+        }
+    }
+}
+
+impl ClientRoots {
+    /// Starts with `base` (DER) as the only anchors. `base` must not be empty.
+    pub fn new(base: Vec<Vec<u8>>) -> Result<ClientRoots, String> {
+        let verifiers = Verifiers::build(&base, &[])?;
+        Ok(ClientRoots {
+            shared: Arc::new(RootsShared {
+                base,
+                current: RwLock::new(Arc::new(verifiers)),
+            }),
+        })
+    }
+
+    /// Replaces the registered anchors (DER) with `cas`; the base anchors stay.
+    /// On error (an unparsable certificate) the previous anchors stay in force.
+    pub fn set_registered(&self, cas: Vec<Vec<u8>>) -> Result<(), String> {
+        let verifiers = Arc::new(Verifiers::build(&self.shared.base, &cas)?);
+        // The lock only guards an Arc swap, which cannot panic half-way, so a
+        // poisoned lock still holds a consistent value.
+        *self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = verifiers;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Verifiers> {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for ClientRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRoots")
+            .field("base", &self.shared.base.len())
+            .field("registered", &self.current().registered)
+            .finish()
+    }
+}
+
+/// A client certificate verifier that looks up the current anchors of a
+/// [`ClientRoots`] on every handshake.
+#[derive(Debug)]
+struct DynamicClientVerifier {
+    roots: ClientRoots,
+    client_certs: ClientCerts,
+}
+
+impl DynamicClientVerifier {
+    fn inner(&self) -> Arc<dyn ClientCertVerifier> {
+        self.roots.current().get(self.client_certs).clone()
+    }
+}
+
+impl ClientCertVerifier for DynamicClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_certs == ClientCerts::Required
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The hints live behind the lock and cannot be borrowed past it. An
+        // empty list means "any CA" (RFC 8446 §4.2.4), so clients still send
+        // their certificate; a partial list (only the base CA) would be worse,
+        // as clients that pick a certificate by hint would withhold one
+        // issued by a registered manufacturer CA.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner().supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use rustls::{ClientConnection, ServerConnection};
+    use rustls_pki_types::{PrivatePkcs8KeyDer, ServerName};
+
+    struct TestCa {
+        der: Vec<u8>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn test_ca(name: &str) -> TestCa {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            der: cert.der().to_vec(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf signed by `ca`: (certificate PEM, key).
+    fn leaf(ca: &TestCa, name: &str, server: bool) -> (String, KeyPair) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        (cert.pem(), key)
+    }
+
+    struct Setup {
+        ours: TestCa,
+        server: Arc<rustls::ServerConfig>,
+    }
+
+    fn setup(roots: &ClientRoots, ours: TestCa) -> Setup {
+        let (chain, key) = leaf(&ours, "localhost", true);
+        let config = server_config_with_roots(
+            chain.as_bytes(),
+            key.serialize_pem().as_bytes(),
+            roots.clone(),
+            ClientCerts::Required,
+        )
+        .unwrap();
+        Setup {
+            ours,
+            server: Arc::new(config),
+        }
+    }
+
+    /// Runs a handshake in memory with a client presenting a certificate from
+    /// `client_ca`; the server's verdict.
+    fn connect(setup: &Setup, client_ca: &TestCa) -> Result<(), rustls::Error> {
+        let (cert_pem, key) = leaf(client_ca, "device-1", false);
+        let mut trust = RootCertStore::empty();
+        trust
+            .add(CertificateDer::from(setup.ours.der.clone()))
+            .unwrap();
+        let client_config = rustls::ClientConfig::builder()
+            .with_root_certificates(trust)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()],
+                PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap();
+        let mut client = ClientConnection::new(
+            Arc::new(client_config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut server = ServerConnection::new(setup.server.clone()).unwrap();
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut bytes).unwrap();
+            }
+            let mut rest = bytes.as_slice();
+            while !rest.is_empty() {
+                server.read_tls(&mut rest).unwrap();
+                server.process_new_packets()?;
+            }
+            let mut bytes = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut bytes).unwrap();
+            }
+            let mut rest = bytes.as_slice();
+            while !rest.is_empty() {
+                client.read_tls(&mut rest).unwrap();
+                client
+                    .process_new_packets()
+                    .expect("the client accepts the server");
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    fn refused(result: Result<(), rustls::Error>) -> bool {
+        matches!(result, Err(rustls::Error::InvalidCertificate(_)))
+    }
+
+    #[test]
+    fn registered_client_cas_take_effect_on_the_next_handshake() {
+        let ours = test_ca("Onramp Test CA");
+        let roots = ClientRoots::new(vec![ours.der.clone()]).unwrap();
+        let setup = setup(&roots, ours);
+        let maker = test_ca("Maker CA");
+
+        assert!(connect(&setup, &setup.ours).is_ok());
+        assert!(refused(connect(&setup, &maker)));
+
+        // A clone shares the anchors, as the registry's handle would.
+        roots
+            .clone()
+            .set_registered(vec![maker.der.clone()])
+            .unwrap();
+        assert!(connect(&setup, &maker).is_ok());
+        assert!(connect(&setup, &setup.ours).is_ok());
+
+        roots.set_registered(vec![]).unwrap();
+        assert!(refused(connect(&setup, &maker)));
+        assert!(connect(&setup, &setup.ours).is_ok());
+    }
+
+    #[test]
+    fn a_bad_registered_ca_keeps_the_previous_anchors() {
+        let ours = test_ca("Onramp Test CA");
+        let roots = ClientRoots::new(vec![ours.der.clone()]).unwrap();
+        let setup = setup(&roots, ours);
+        let maker = test_ca("Maker CA");
+        roots.set_registered(vec![maker.der.clone()]).unwrap();
+        assert!(
+            roots
+                .set_registered(vec![maker.der.clone(), b"not a certificate".to_vec()])
+                .is_err()
+        );
+        assert!(connect(&setup, &maker).is_ok());
+    }
+
+    #[test]
+    fn no_base_anchor_is_an_error() {
+        assert!(ClientRoots::new(vec![]).is_err());
+    }
+
+    #[test]
+    fn the_static_config_still_verifies_clients() {
+        let ours = test_ca("Onramp Test CA");
+        let (chain, key) = leaf(&ours, "localhost", true);
+        let config = server_config(
+            chain.as_bytes(),
+            key.serialize_pem().as_bytes(),
+            std::slice::from_ref(&ours.der),
+            ClientCerts::Required,
+        )
+        .unwrap();
+        let setup = Setup {
+            ours,
+            server: Arc::new(config),
+        };
+        let maker = test_ca("Maker CA");
+        assert!(connect(&setup, &setup.ours).is_ok());
+        assert!(refused(connect(&setup, &maker)));
+    }
 }

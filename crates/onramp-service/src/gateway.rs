@@ -26,6 +26,8 @@ pub struct DeviceIdentity {
     pub subject_cn: Option<String>,
     pub attributes: BTreeMap<String, String>,
     pub policies: Arc<Vec<PolicyDocument>>,
+    /// Set for a claim certificate: the connection may only provision.
+    pub claim: Option<crate::ClaimContext>,
 }
 
 /// Decides one connection's actions against its policies.
@@ -70,13 +72,33 @@ impl Onramp {
         let info = parse_cert(leaf)
             .map_err(|_| ServiceError::Unauthorized("unreadable client certificate".into()))?;
         let store = &self.inner.store;
-        let cert = store
-            .get_certificate(&info.serial)
-            .await?
-            .filter(|c| c.fingerprint == info.fingerprint)
-            .ok_or_else(|| {
-                ServiceError::Unauthorized("the client certificate is not registered".into())
-            })?;
+        let mut cert = store
+            .get_certificate_by_fingerprint(&info.fingerprint)
+            .await?;
+        if cert.is_none() {
+            match self.authenticate_unregistered(chain, leaf, &info).await? {
+                Some(crate::provisioning::UnregisteredOutcome::Claim(claim)) => {
+                    return Ok(self.claim_identity(claim, info.subject_cn));
+                }
+                Some(crate::provisioning::UnregisteredOutcome::JustProvisioned) => {
+                    cert = store
+                        .get_certificate_by_fingerprint(&info.fingerprint)
+                        .await?;
+                }
+                None => {}
+            }
+        }
+        let cert = cert.ok_or_else(|| {
+            ServiceError::Unauthorized("the client certificate is not registered".into())
+        })?;
+        if let Some(ca_id) = &cert.issuer_ca {
+            let ca = store.get_registered_ca(ca_id).await?;
+            if ca.is_none_or(|c| c.status != onramp_domain::CaStatus::Active) {
+                return Err(ServiceError::Forbidden(
+                    "the certificate's issuing CA is no longer active".into(),
+                ));
+            }
+        }
         if cert.status != CertStatus::Active {
             return Err(ServiceError::Forbidden(format!(
                 "the client certificate is {}",
@@ -132,6 +154,7 @@ impl Onramp {
             subject_cn: info.subject_cn,
             attributes,
             policies: Arc::new(policies),
+            claim: None,
         })
     }
 
@@ -141,7 +164,11 @@ impl Onramp {
             policies: identity.policies.clone(),
             context: PolicyContext {
                 client_id: client_id.to_string(),
-                thing_name: Some(identity.thing_name.clone()),
+                // A claim connection is no thing: thing variables stay unresolved.
+                thing_name: identity
+                    .claim
+                    .is_none()
+                    .then(|| identity.thing_name.clone()),
                 thing_type_name: identity.device_class.clone(),
                 thing_attributes: identity.attributes.clone(),
                 cert_subject_cn: identity.subject_cn.clone(),

@@ -8,6 +8,7 @@ mod caller;
 mod enrolment;
 mod error;
 mod gateway;
+mod provisioning;
 mod ratelimit;
 mod shadow;
 
@@ -16,6 +17,10 @@ pub use caller::Caller;
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
 pub use gateway::{Authorizer, DeviceIdentity};
+pub use provisioning::{
+    ClaimContext, CreatedClaim, ProvisioningReply, ProvisioningSettings, TemplateDetail,
+    TemplateSettings,
+};
 pub use ratelimit::{RateLimit, RateLimiter};
 pub use shadow::{MessageSink, ShadowOp, ShadowTopic};
 
@@ -37,6 +42,7 @@ pub struct Settings {
     pub bootstrap_cas: Vec<BootstrapCa>,
     /// Devices with no attached policy get Onramp's least-privilege device policy.
     pub default_device_policy: bool,
+    pub provisioning: ProvisioningSettings,
 }
 
 impl Default for Settings {
@@ -57,6 +63,7 @@ impl Default for Settings {
             },
             bootstrap_cas: Vec::new(),
             default_device_policy: true,
+            provisioning: ProvisioningSettings::default(),
         }
     }
 }
@@ -74,6 +81,10 @@ struct Inner {
     settings: Settings,
     source_limiter: RateLimiter,
     credential_limiter: RateLimiter,
+    claim_limiter: RateLimiter,
+    provisioning_source_limiter: RateLimiter,
+    /// Client for pre-provisioning hooks.
+    http: reqwest::Client,
     /// Where shadow replies are published; set by the gateway when it starts.
     sink: std::sync::OnceLock<Arc<dyn MessageSink>>,
     /// Names this process as a shadow writer, so it skips its own writes when
@@ -90,10 +101,21 @@ impl Onramp {
         hasher: SecretHasher,
         settings: Settings,
     ) -> Onramp {
+        // One TLS provider for the whole process (the hook client needs it
+        // named); an earlier install by the caller is fine.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Onramp {
             inner: Arc::new(Inner {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
+                claim_limiter: RateLimiter::new(settings.provisioning.rate_per_claim),
+                provisioning_source_limiter: RateLimiter::new(
+                    settings.provisioning.rate_per_source,
+                ),
+                http: reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap_or_default(),
                 sink: std::sync::OnceLock::new(),
                 published_shadows: std::sync::Mutex::new(std::collections::HashMap::new()),
                 node_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -121,6 +143,8 @@ impl Onramp {
     pub fn sweep_rate_limits(&self) {
         self.inner.source_limiter.sweep();
         self.inner.credential_limiter.sweep();
+        self.inner.claim_limiter.sweep();
+        self.inner.provisioning_source_limiter.sweep();
     }
 
     /// Readiness: the database accepts writes and the CA key signs.

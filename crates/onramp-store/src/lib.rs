@@ -9,8 +9,13 @@
 //!
 //! The store knows nothing of HTTP, MQTT or certificates' bytes beyond storing them.
 
+mod provisioning;
 mod sql;
 pub mod testing;
+
+pub use provisioning::{
+    OwnershipClaim, PolicyToAttach, ProvisioningStore, RegistrationCommit, RegistrationOutcome,
+};
 
 use async_trait::async_trait;
 use onramp_domain::{
@@ -110,7 +115,7 @@ pub struct NewToken {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ProvisioningStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 

@@ -26,7 +26,7 @@ macro_rules! sqlf {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
+pub(crate) enum Dialect {
     Sqlite,
     Postgres,
 }
@@ -36,15 +36,16 @@ enum Dialect {
 /// reads use several connections (WAL lets them run beside the writer).
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    dialect: Dialect,
-    reader: AnyPool,
-    writer: AnyPool,
+    pub(crate) dialect: Dialect,
+    pub(crate) reader: AnyPool,
+    pub(crate) writer: AnyPool,
 }
 
-const DEVICE_COLUMNS: &str = "tenant, thing_name, serial_number, device_class, hardware_revision, \
-     firmware_version, attributes, status, created_at, updated_at, last_seen_at";
-const CERT_COLUMNS: &str = "serial, tenant, thing_name, fingerprint, pem, not_before, not_after, \
-     status, issued_at, revoked_at, revocation_reason, superseded_by";
+pub(crate) const DEVICE_COLUMNS: &str = "tenant, thing_name, serial_number, device_class, \
+     hardware_revision, firmware_version, attributes, thing_groups, status, created_at, updated_at, \
+     last_seen_at";
+pub(crate) const CERT_COLUMNS: &str = "serial, tenant, thing_name, fingerprint, pem, not_before, \
+     not_after, status, issued_at, revoked_at, revocation_reason, superseded_by, issuer_ca";
 const TOKEN_COLUMNS: &str = "id, tenant, serial_number, thing_name, created_at, expires_at, \
      used_at, revoked_at, created_by";
 const AUDIT_COLUMNS: &str = "id, tenant, actor, action, target, source, outcome, detail, at";
@@ -127,14 +128,14 @@ impl SqlStore {
         Ok(())
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>> {
         Ok(self.writer.begin().await?)
     }
 }
 
 // ---- row mapping ----
 
-fn device_from_row(row: &AnyRow) -> Result<Device> {
+pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
     let attributes: String = row.try_get("attributes")?;
     let attributes = match serde_json::from_str::<serde_json::Value>(&attributes) {
         Ok(serde_json::Value::Object(map)) => map,
@@ -152,6 +153,8 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
         hardware_revision: row.try_get("hardware_revision")?,
         firmware_version: row.try_get("firmware_version")?,
         attributes,
+        thing_groups: serde_json::from_str(&row.try_get::<String, _>("thing_groups")?)
+            .map_err(|_| StoreError::Corrupt("device thing groups are not a JSON list".into()))?,
         status: parse_status(&row.try_get::<String, _>("status")?)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -159,7 +162,7 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
     })
 }
 
-fn cert_from_row(row: &AnyRow) -> Result<Certificate> {
+pub(crate) fn cert_from_row(row: &AnyRow) -> Result<Certificate> {
     let status: String = row.try_get("status")?;
     Ok(Certificate {
         serial: row.try_get("serial")?,
@@ -174,6 +177,7 @@ fn cert_from_row(row: &AnyRow) -> Result<Certificate> {
         revoked_at: row.try_get("revoked_at")?,
         revocation_reason: row.try_get("revocation_reason")?,
         superseded_by: row.try_get("superseded_by")?,
+        issuer_ca: row.try_get("issuer_ca")?,
     })
 }
 
@@ -250,7 +254,7 @@ fn audit_from_row(row: &AnyRow) -> Result<AuditEntry> {
 
 // ---- statements used inside transactions ----
 
-async fn insert_audit(tx: &mut Transaction<'static, Any>, e: &AuditEntry) -> Result<()> {
+pub(crate) async fn insert_audit(tx: &mut Transaction<'static, Any>, e: &AuditEntry) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_log (tenant, actor, action, target, source, outcome, detail, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -268,7 +272,7 @@ async fn insert_audit(tx: &mut Transaction<'static, Any>, e: &AuditEntry) -> Res
     Ok(())
 }
 
-async fn device_in_tx(
+pub(crate) async fn device_in_tx(
     tx: &mut Transaction<'static, Any>,
     tenant: &str,
     thing_name: &str,
@@ -293,7 +297,7 @@ async fn cert_in_tx(tx: &mut Transaction<'static, Any>, serial: &str) -> Result<
     cert_from_row(&row)
 }
 
-fn not_found(what: &str, id: &str) -> StoreError {
+pub(crate) fn not_found(what: &str, id: &str) -> StoreError {
     StoreError::NotFound(format!("{what} `{id}`"))
 }
 
@@ -628,6 +632,7 @@ impl Store for SqlStore {
             revoked_at: None,
             revocation_reason: None,
             superseded_by: None,
+            issuer_ca: None,
         })
     }
 

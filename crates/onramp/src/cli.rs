@@ -70,6 +70,12 @@ enum Command {
     Shadow(ShadowCommand),
     /// Query the audit log (newest first).
     Audit(AuditArgs),
+    /// Provisioning templates (AWS IoT template grammar).
+    #[command(subcommand)]
+    Template(crate::cli_provisioning::TemplateCommand),
+    /// Claim certificates for fleet provisioning.
+    #[command(subcommand)]
+    Claim(crate::cli_provisioning::ClaimCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +96,8 @@ enum CaCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    #[command(flatten)]
+    Registered(crate::cli_provisioning::RegisteredCaCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,6 +374,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Policy(cmd) => policy(&onramp, &caller, &out, cmd).await,
+        Command::Template(cmd) => {
+            crate::cli_provisioning::template(&onramp, &caller, &out, cmd).await
+        }
+        Command::Claim(cmd) => crate::cli_provisioning::claim(&onramp, &caller, &out, cmd).await,
+        Command::Ca(CaCommand::Registered(cmd)) => {
+            crate::cli_provisioning::registered_ca(&onramp, &caller, &out, cmd).await
+        }
         Command::Shadow(cmd) => shadow(&onramp, &caller, cmd).await,
         Command::Tenant(TenantCommand::List) => {
             let tenants = onramp.list_tenants().await?;
@@ -791,12 +806,12 @@ async fn shadow(
     }
 }
 
-struct Output {
-    json: bool,
+pub(crate) struct Output {
+    pub(crate) json: bool,
 }
 
 impl Output {
-    fn table_or_json<T: Serialize + ?Sized>(
+    pub(crate) fn table_or_json<T: Serialize + ?Sized>(
         &self,
         value: &T,
         head: &[&str],
@@ -829,7 +844,7 @@ impl Output {
         Ok(())
     }
 
-    fn message(&self, json: &serde_json::Value, text: &str) -> Result<()> {
+    pub(crate) fn message(&self, json: &serde_json::Value, text: &str) -> Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(json)?);
         } else {
@@ -840,7 +855,7 @@ impl Output {
 }
 
 /// Unix seconds as RFC 3339 UTC.
-fn ts(unix: i64) -> String {
+pub(crate) fn ts(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {

@@ -17,7 +17,25 @@ pub struct Config {
     pub ca: CaConfig,
     pub enrolment: EnrolmentConfig,
     pub mqtt: MqttConfig,
+    pub provisioning: ProvisioningConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// Lifetime of a certificate ownership token (AWS: one hour).
+    pub ownership_token_ttl_secs: i64,
+    /// Provisioning operations per claim certificate.
+    pub rate_per_claim: RateConfig,
+    /// Provisioning operations per source address.
+    pub rate_per_source: RateConfig,
+    /// Time the pre-provisioning hook has to answer; it fails closed.
+    pub hook_timeout_secs: u64,
+    /// Claim certificates expiring within this window are reported daily.
+    pub claim_expiry_warning_days: i64,
+    /// Refuse a JITP device's first connection after registering it, as AWS IoT does.
+    pub jitp_drop_first_connection: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +140,14 @@ session_expiry_default_secs = 3600
 handshake_timeout_secs = 10
 rate_per_source = { per_second = 500, burst = 1000 }
 rate_per_identity = { per_second = 1, burst = 5 }
+
+[provisioning]
+ownership_token_ttl_secs = 3600
+rate_per_claim = { per_second = 200, burst = 1000 }
+rate_per_source = { per_second = 50, burst = 200 }
+hook_timeout_secs = 5
+claim_expiry_warning_days = 30
+jitp_drop_first_connection = false
 
 [log]
 format = "text"

@@ -4,7 +4,7 @@ use crate::config::Config;
 use anyhow::{Context, Result, bail};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use onramp_pki::{CaKeyAlgorithm, CertificateAuthority, SecretHasher, pem_to_der_chain};
-use onramp_service::{BootstrapCa, Onramp, RateLimit, Settings, now};
+use onramp_service::{BootstrapCa, Onramp, ProvisioningSettings, RateLimit, Settings, now};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,23 @@ pub async fn open_onramp(cfg: &Config) -> Result<Onramp> {
         },
         bootstrap_cas,
         default_device_policy: cfg.mqtt.default_device_policy,
+        provisioning: {
+            let p = &cfg.provisioning;
+            ProvisioningSettings {
+                ownership_token_ttl_secs: p.ownership_token_ttl_secs.max(1),
+                rate_per_claim: RateLimit {
+                    per_second: p.rate_per_claim.per_second,
+                    burst: p.rate_per_claim.burst,
+                },
+                rate_per_source: RateLimit {
+                    per_second: p.rate_per_source.per_second,
+                    burst: p.rate_per_source.burst,
+                },
+                hook_timeout: std::time::Duration::from_secs(p.hook_timeout_secs.clamp(1, 60)),
+                claim_expiry_warning_days: p.claim_expiry_warning_days.max(0),
+                jitp_drop_first_connection: p.jitp_drop_first_connection,
+            }
+        },
     };
     Ok(Onramp::new(store, ca, hasher, settings))
 }
@@ -135,9 +152,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
             .restore_retained()
             .await
             .map_err(|e| anyhow::anyhow!("loading retained messages: {e}"))?;
-        let mqtt_tls =
-            onramp_gateway::tls_config(&chain_pem, &key_pem, &[onramp.ca().issuing_der().to_vec()])
-                .map_err(|e| anyhow::anyhow!(e))?;
+        let roots = onramp_pki::ClientRoots::new(vec![onramp.ca().issuing_der().to_vec()])
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let mqtt_tls = onramp_gateway::tls_config(&chain_pem, &key_pem, roots.clone())
+            .map_err(|e| anyhow::anyhow!(e))?;
+        gateway
+            .use_client_roots(roots)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading registered CAs: {e}"))?;
         let listener = tokio::net::TcpListener::bind(&m.listen)
             .await
             .with_context(|| format!("binding {}", m.listen))?;
