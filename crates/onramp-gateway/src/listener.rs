@@ -169,10 +169,11 @@ impl Gateway {
         let mut last_sweep = std::time::Instant::now();
         let mut last_compaction = std::time::Instant::now();
         let mut last_roots = std::time::Instant::now();
-        let mut trusted: Vec<Vec<u8>> = match self.onramp.active_registered_ca_ders().await {
-            Ok(cas) => cas,
-            Err(_) => Vec::new(),
-        };
+        let mut trusted: Vec<Vec<u8>> = self
+            .onramp
+            .active_registered_ca_ders()
+            .await
+            .unwrap_or_default();
         let mut last_pending_purge = std::time::Instant::now();
         // The first claim-expiry check runs a minute after start.
         let mut last_claim_check = std::time::Instant::now()

@@ -10,12 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use onramp_domain::{
-    AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CertStatus, Certificate, Device, DeviceFilter,
-    DeviceProfile, DeviceStatus, EnrolmentToken, LifecycleAction, Outcome, Page, PolicyTarget,
-    Role, StoredPolicy,
+    AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CaStatus, CertStatus, Certificate,
+    ClaimCertificate, Device, DeviceFilter, DeviceProfile, DeviceStatus, EnrolmentToken,
+    LifecycleAction, Outcome, Page, PolicyTarget, ProvisioningTemplateRecord, RegisteredCa, Role,
+    StoredPolicy, TemplateKind, TemplateVersion,
 };
 use onramp_service::{
-    Caller, CreatedApiKey, CreatedToken, ServiceError, ShadowOp, ShadowTopic, TokenRequest,
+    Caller, CreatedApiKey, CreatedClaim, CreatedToken, ServiceError, ShadowOp, ShadowTopic,
+    TemplateDetail, TemplateSettings, TokenRequest,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -78,6 +80,28 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/policies/{name}/attachments/{kind}/{target}",
             axum::routing::delete(detach_policy),
         )
+        .route(
+            "/api/v1/templates",
+            get(list_templates).post(create_template),
+        )
+        .route(
+            "/api/v1/templates/{name}",
+            get(get_template).patch(patch_template),
+        )
+        .route(
+            "/api/v1/templates/{name}/versions",
+            post(add_template_version),
+        )
+        .route(
+            "/api/v1/templates/{name}/default-version",
+            axum::routing::put(set_template_default_version),
+        )
+        .route("/api/v1/claims", get(list_claims).post(create_claim))
+        .route("/api/v1/claims/{serial}/revoke", post(revoke_claim))
+        .route("/api/v1/claims/{serial}/rotate", post(rotate_claim))
+        .route("/api/v1/cas/registration-code", get(ca_registration_code))
+        .route("/api/v1/cas", get(list_cas).post(register_ca))
+        .route("/api/v1/cas/{id}", axum::routing::patch(patch_ca))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
 }
 
@@ -643,6 +667,430 @@ pub async fn detach_policy(
     };
     s.onramp.detach_policy(&caller, &name, &target).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- provisioning: templates, claim certificates, registered CAs ----
+
+/// A template body as given: JSON text, or the JSON object itself.
+fn template_body(body: serde_json::Value) -> Result<String, ApiError> {
+    match body {
+        serde_json::Value::String(text) => Ok(text),
+        object @ serde_json::Value::Object(_) => Ok(object.to_string()),
+        _ => Err(ApiError(ServiceError::BadRequest(
+            "body must be a provisioning template: a JSON object, or a string holding one".into(),
+        ))),
+    }
+}
+
+/// For `#[serde(default, deserialize_with = "present")]` on an
+/// `Option<Option<T>>`: an absent field stays `None`, an explicit `null`
+/// becomes `Some(None)`, a value `Some(Some(v))`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateCreate {
+    /// 1 to 36 letters, digits, `_` and `-`.
+    pub name: String,
+    /// `fleet` (claim certificates, the default) or `jitp` (registered CAs).
+    pub kind: Option<TemplateKind>,
+    /// The provisioning template (Parameters, Resources): a JSON object, or a string holding one.
+    pub body: serde_json::Value,
+    pub description: Option<String>,
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Serial numbers allowed to provision; absent or `null`: any serial not denied.
+    pub serial_allow: Option<Vec<String>>,
+    pub serial_deny: Option<Vec<String>>,
+    /// Pre-provisioning webhook (http:// or https://), called before every RegisterThing.
+    pub hook_url: Option<String>,
+}
+
+/// Settings to change; an absent field is left as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatePatch {
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    /// A list replaces the allow-list; `null` removes it (any serial not denied may provision).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub serial_allow: Option<Option<Vec<String>>>,
+    pub serial_deny: Option<Vec<String>>,
+    /// A URL sets the pre-provisioning hook; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub hook_url: Option<Option<String>>,
+}
+
+impl From<TemplatePatch> for TemplateSettings {
+    fn from(p: TemplatePatch) -> Self {
+        TemplateSettings {
+            description: p.description,
+            enabled: p.enabled,
+            serial_allow: p.serial_allow,
+            serial_deny: p.serial_deny,
+            hook_url: p.hook_url,
+        }
+    }
+}
+
+/// A template, the body of its default version, and every version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateView {
+    pub template: ProvisioningTemplateRecord,
+    /// The body of the default version.
+    pub body: String,
+    pub versions: Vec<TemplateVersion>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateVersionCreate {
+    /// The new body: a JSON object, or a string holding one.
+    pub body: serde_json::Value,
+    /// Make the new version the default; default false.
+    pub set_default: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultVersion {
+    pub version: i64,
+}
+
+#[utoipa::path(get, path = "/api/v1/templates",
+    responses((status = 200, body = [ProvisioningTemplateRecord]), (status = 401), (status = 403)), security(("api_key" = [])))]
+pub async fn list_templates(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Vec<ProvisioningTemplateRecord>>, ApiError> {
+    Ok(Json(s.onramp.list_templates(&caller).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/templates", request_body = TemplateCreate,
+    responses((status = 201, body = ProvisioningTemplateRecord), (status = 400), (status = 403, description = "admin only"),
+        (status = 409, description = "a template of that name exists")), security(("api_key" = [])))]
+pub async fn create_template(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(req): JsonBody<TemplateCreate>,
+) -> Result<(StatusCode, Json<ProvisioningTemplateRecord>), ApiError> {
+    let body = template_body(req.body)?;
+    let settings = TemplateSettings {
+        description: req.description,
+        enabled: req.enabled,
+        serial_allow: req.serial_allow.map(Some),
+        serial_deny: req.serial_deny,
+        hook_url: req.hook_url.map(Some),
+    };
+    let record = s
+        .onramp
+        .create_template(
+            &caller,
+            &req.name,
+            req.kind.unwrap_or(TemplateKind::Fleet),
+            &body,
+            settings,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+#[utoipa::path(get, path = "/api/v1/templates/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = TemplateView), (status = 404)), security(("api_key" = [])))]
+pub async fn get_template(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+) -> Result<Json<TemplateView>, ApiError> {
+    let TemplateDetail {
+        template,
+        body,
+        versions,
+    } = s.onramp.get_template(&caller, &name).await?;
+    Ok(Json(TemplateView {
+        template,
+        body,
+        versions,
+    }))
+}
+
+#[utoipa::path(patch, path = "/api/v1/templates/{name}", params(("name" = String, Path)), request_body = TemplatePatch,
+    responses((status = 200, body = ProvisioningTemplateRecord), (status = 400), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn patch_template(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    JsonBody(patch): JsonBody<TemplatePatch>,
+) -> Result<Json<ProvisioningTemplateRecord>, ApiError> {
+    Ok(Json(
+        s.onramp
+            .update_template(&caller, &name, patch.into())
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/templates/{name}/versions", params(("name" = String, Path)),
+    request_body = TemplateVersionCreate,
+    responses((status = 201, body = ProvisioningTemplateRecord, description = "the template with its new latest version"),
+        (status = 400), (status = 403), (status = 404)), security(("api_key" = [])))]
+pub async fn add_template_version(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<TemplateVersionCreate>,
+) -> Result<(StatusCode, Json<ProvisioningTemplateRecord>), ApiError> {
+    let body = template_body(req.body)?;
+    let record = s
+        .onramp
+        .add_template_version(&caller, &name, &body, req.set_default.unwrap_or(false))
+        .await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+#[utoipa::path(put, path = "/api/v1/templates/{name}/default-version", params(("name" = String, Path)),
+    request_body = DefaultVersion,
+    responses((status = 200, body = ProvisioningTemplateRecord), (status = 403), (status = 404, description = "no such template or version")),
+    security(("api_key" = [])))]
+pub async fn set_template_default_version(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<DefaultVersion>,
+) -> Result<Json<ProvisioningTemplateRecord>, ApiError> {
+    Ok(Json(
+        s.onramp
+            .set_template_default_version(&caller, &name, req.version)
+            .await?,
+    ))
+}
+
+const CLAIM_VALIDITY_DAYS: u32 = 365;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimCreate {
+    /// A fleet template.
+    pub template: String,
+    /// 1 to 3650; default 365.
+    pub validity_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRotate {
+    /// Validity of the replacement, 1 to 3650; default 365.
+    pub validity_days: Option<u32>,
+}
+
+/// A new claim certificate. `private_key_pem` is shown here once and never stored.
+#[derive(Serialize, ToSchema)]
+pub struct ClaimCreated {
+    pub claim: ClaimCertificate,
+    pub certificate_pem: String,
+    /// PKCS#8 PEM; shown once.
+    pub private_key_pem: String,
+    /// The CA chain devices use to verify the server.
+    pub ca_chain_pem: String,
+}
+
+/// Never prints the private key.
+impl std::fmt::Debug for ClaimCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimCreated")
+            .field("claim", &self.claim.serial)
+            .field("private_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// 201 with the claim; the key must not be cached on the way.
+fn claim_created(
+    c: CreatedClaim,
+) -> (
+    StatusCode,
+    [(header::HeaderName, &'static str); 1],
+    Json<ClaimCreated>,
+) {
+    let CreatedClaim {
+        claim,
+        certificate_pem,
+        private_key_pem,
+        ca_chain_pem,
+    } = c;
+    (
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(ClaimCreated {
+            claim,
+            certificate_pem,
+            private_key_pem,
+            ca_chain_pem,
+        }),
+    )
+}
+
+#[utoipa::path(get, path = "/api/v1/claims",
+    responses((status = 200, body = [ClaimCertificate])), security(("api_key" = [])))]
+pub async fn list_claims(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Vec<ClaimCertificate>>, ApiError> {
+    Ok(Json(s.onramp.list_claims(&caller).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/claims", request_body = ClaimCreate,
+    responses((status = 201, body = ClaimCreated), (status = 400, description = "bad validity, or a JITP template"),
+        (status = 403), (status = 404, description = "no such template")), security(("api_key" = [])))]
+pub async fn create_claim(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(req): JsonBody<ClaimCreate>,
+) -> Result<impl IntoResponse, ApiError> {
+    let created = s
+        .onramp
+        .create_claim(
+            &caller,
+            &req.template,
+            req.validity_days.unwrap_or(CLAIM_VALIDITY_DAYS),
+        )
+        .await?;
+    Ok(claim_created(created))
+}
+
+#[utoipa::path(post, path = "/api/v1/claims/{serial}/revoke", params(("serial" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404, description = "no such active claim certificate")),
+    security(("api_key" = [])))]
+pub async fn revoke_claim(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(serial): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.onramp.revoke_claim(&caller, &serial).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/claims/{serial}/rotate", params(("serial" = String, Path)),
+    request_body(content = Option<ClaimRotate>, description = "optional; an empty body takes the defaults"),
+    responses((status = 201, body = ClaimCreated, description = "the replacement; the old one is revoked with replaced_by set"),
+        (status = 400), (status = 403), (status = 404, description = "no such active claim certificate")),
+    security(("api_key" = [])))]
+pub async fn rotate_claim(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(serial): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: ClaimRotate = if body.iter().all(u8::is_ascii_whitespace) {
+        ClaimRotate::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(ServiceError::BadRequest(format!("invalid JSON body: {e}"))))?
+    };
+    let created = s
+        .onramp
+        .rotate_claim(
+            &caller,
+            &serial,
+            req.validity_days.unwrap_or(CLAIM_VALIDITY_DAYS),
+        )
+        .await?;
+    Ok(claim_created(created))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistrationCode {
+    /// The common name a verification certificate must carry.
+    pub registration_code: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/cas/registration-code",
+    responses((status = 200, body = RegistrationCode), (status = 403)), security(("api_key" = [])))]
+pub async fn ca_registration_code(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<RegistrationCode>, ApiError> {
+    Ok(Json(RegistrationCode {
+        registration_code: s.onramp.registration_code(&caller)?,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/cas",
+    responses((status = 200, body = [RegisteredCa])), security(("api_key" = [])))]
+pub async fn list_cas(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Vec<RegisteredCa>>, ApiError> {
+    Ok(Json(s.onramp.list_registered_cas(&caller).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaRegister {
+    /// The manufacturer CA certificate (basicConstraints CA:TRUE).
+    pub certificate_pem: String,
+    /// The JITP template run for its unknown device certificates.
+    pub template: Option<String>,
+    /// Provision unknown device certificates on first connection; default true (needs a template).
+    pub auto_registration: Option<bool>,
+    /// Proof of possession: a certificate signed by the CA's key whose
+    /// common name is the registration code.
+    pub verification_certificate_pem: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/cas", request_body = CaRegister,
+    responses((status = 201, body = RegisteredCa), (status = 400), (status = 403),
+        (status = 404, description = "no such template"), (status = 409, description = "already registered")),
+    security(("api_key" = [])))]
+pub async fn register_ca(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(req): JsonBody<CaRegister>,
+) -> Result<(StatusCode, Json<RegisteredCa>), ApiError> {
+    let ca = s
+        .onramp
+        .register_ca(
+            &caller,
+            &req.certificate_pem,
+            req.template.as_deref(),
+            req.auto_registration.unwrap_or(true),
+            req.verification_certificate_pem.as_deref(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(ca)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaPatch {
+    /// A revoked CA stays revoked.
+    pub status: Option<CaStatus>,
+    pub auto_registration: Option<bool>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/cas/{id}", params(("id" = String, Path, description = "SHA-256 of the CA certificate")),
+    request_body = CaPatch,
+    responses((status = 200, body = RegisteredCa), (status = 400), (status = 403), (status = 404),
+        (status = 409, description = "the CA is revoked")), security(("api_key" = [])))]
+pub async fn patch_ca(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CaPatch>,
+) -> Result<Json<RegisteredCa>, ApiError> {
+    Ok(Json(
+        s.onramp
+            .update_registered_ca(&caller, &id, req.status, req.auto_registration)
+            .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

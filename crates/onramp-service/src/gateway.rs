@@ -78,7 +78,7 @@ impl Onramp {
         if cert.is_none() {
             match self.authenticate_unregistered(chain, leaf, &info).await? {
                 Some(crate::provisioning::UnregisteredOutcome::Claim(claim)) => {
-                    return Ok(self.claim_identity(claim, info.subject_cn));
+                    return Ok(self.claim_identity(*claim, info.subject_cn));
                 }
                 Some(crate::provisioning::UnregisteredOutcome::JustProvisioned) => {
                     cert = store

@@ -482,11 +482,17 @@ impl Onramp {
                 .map_err(|e| ServiceError::BadRequest(format!("verification certificate: {e}")))?;
         }
         if let Some(name) = template {
-            self.inner
+            let t = self
+                .inner
                 .store
                 .get_template(&caller.tenant, name)
                 .await?
                 .ok_or_else(|| ServiceError::NotFound(format!("template `{name}` not found")))?;
+            if t.kind != TemplateKind::Jitp {
+                return Err(ServiceError::BadRequest(format!(
+                    "template `{name}` is a fleet template; a CA needs a JITP template (--kind jitp)"
+                )));
+            }
         }
         if auto_registration && template.is_none() {
             return Err(ServiceError::BadRequest(
@@ -1112,9 +1118,12 @@ impl Onramp {
                     "the claim certificate has expired".into(),
                 ));
             }
-            return Ok(Some(UnregisteredOutcome::Claim(claim)));
+            return Ok(Some(UnregisteredOutcome::Claim(Box::new(claim))));
         }
-        let cas = store.list_registered_cas(None).await?;
+        let mut cas = store.list_registered_cas(None).await?;
+        // Two registrations may share a key (a re-issued CA certificate):
+        // an active one decides before an inactive or revoked one.
+        cas.sort_by_key(|c| c.status != CaStatus::Active);
         let issuer = cas.into_iter().find(|ca| {
             onramp_pki::parse_ca_certificate(&ca.pem)
                 .map(|i| signed_by(leaf, &i.der))
@@ -1258,7 +1267,7 @@ impl Onramp {
 }
 
 pub(crate) enum UnregisteredOutcome {
-    Claim(ClaimCertificate),
+    Claim(Box<ClaimCertificate>),
     /// Registered just now by JITP: authenticate again.
     JustProvisioned,
 }
