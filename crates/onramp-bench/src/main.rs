@@ -6,6 +6,7 @@
 mod est;
 mod https;
 mod mqtt;
+mod onboard;
 mod report;
 mod server;
 mod shadow_bench;
@@ -48,6 +49,10 @@ enum Command {
     /// Device shadows: MQTT shadow updates per second, and the time a
     /// desired-state change made over REST takes to reach the device.
     Shadow(shadow_bench::ShadowArgs),
+    /// Fleet provisioning by claim: devices connect with a shared claim
+    /// certificate, get a certificate (CreateKeysAndCertificate or
+    /// CreateCertificateFromCsr), register a thing and connect as it.
+    Onboard(onboard::OnboardArgs),
 }
 
 #[tokio::main]
@@ -59,6 +64,7 @@ async fn main() -> ExitCode {
         Command::MqttIdle(args) => mqtt::idle::run(args).await,
         Command::MqttFanin(args) => mqtt::fanin::run(args).await,
         Command::Shadow(args) => shadow_bench::run(args).await,
+        Command::Onboard(args) => onboard::run(args).await,
         Command::MqttIdleWorker(args) => {
             return match mqtt::idle::worker(args).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -23,7 +23,7 @@ use tokio_util::codec::Framed;
 /// The name both brokers' certificate is checked against.
 const SERVER_NAME: &str = "localhost";
 /// Largest packet the client accepts.
-const MAX_PACKET: u32 = 1024 * 1024;
+pub const MAX_PACKET: u32 = 1024 * 1024;
 /// How long the server may take to close after DISCONNECT.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -72,24 +72,30 @@ pub struct Opened {
 
 impl Dialer {
     pub fn new(addr: SocketAddr, id: &ClientIdentity, kx: Kx) -> Result<Dialer> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(id.root_pem.as_bytes()) {
-            let cert = cert.map_err(|e| anyhow::anyhow!("the trust anchor PEM: {e:?}"))?;
-            roots.add(cert).context("adding the trust anchor")?;
-        }
-        if roots.is_empty() {
-            bail!("the trust anchor PEM holds no certificate");
-        }
+        let roots = Arc::new(root_store(&id.root_pem)?);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone()));
+        let chain = vec![CertificateDer::from(id.cert_der.clone())];
+        Dialer::with_roots(addr, roots, chain, key, kx)
+    }
+
+    /// A dialer for a certificate chain and key of any format rustls reads,
+    /// with trust anchors parsed once ([`root_store`]) and shared.
+    pub fn with_roots(
+        addr: SocketAddr,
+        roots: Arc<RootCertStore>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        kx: Kx,
+    ) -> Result<Dialer> {
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         if kx == Kx::X25519 {
             provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
         }
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone()));
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
             .with_root_certificates(roots)
-            .with_client_auth_cert(vec![CertificateDer::from(id.cert_der.clone())], key)
+            .with_client_auth_cert(chain, key)
             .context("the client certificate and key")?;
         // Every connection is a full handshake, as for a device that boots.
         config.resumption = Resumption::disabled();
@@ -171,6 +177,19 @@ impl Dialer {
     }
 }
 
+/// The trust anchors of a PEM bundle; an error if it holds no certificate.
+pub fn root_store(pem: &str) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| anyhow::anyhow!("the trust anchor PEM: {e:?}"))?;
+        roots.add(cert).context("adding the trust anchor")?;
+    }
+    if roots.is_empty() {
+        bail!("the trust anchor PEM holds no certificate");
+    }
+    Ok(roots)
+}
+
 /// The negotiated TLS version, key exchange and cipher suite.
 pub fn tls_params(stream: &Stream) -> String {
     let (_, session) = stream.get_ref();
@@ -243,10 +262,20 @@ impl Publisher {
 
 /// SUBSCRIBE to one filter and wait for its SUBACK; returns the granted QoS.
 pub async fn subscribe(conn: &mut Conn, filter: &str, qos: QoS) -> Result<QoS> {
+    let granted = subscribe_all(conn, &[filter], qos).await?;
+    Ok(granted[0])
+}
+
+/// One SUBSCRIBE to several filters, and its SUBACK; every filter must be
+/// granted. Returns the granted QoS of each, in order.
+pub async fn subscribe_all(conn: &mut Conn, filters: &[&str], qos: QoS) -> Result<Vec<QoS>> {
     let packet_id = NonZeroU16::MIN;
     conn.send(Packet::Subscribe {
         packet_id,
-        topic_filters: vec![(filter.to_string().into(), qos)],
+        topic_filters: filters
+            .iter()
+            .map(|f| (f.to_string().into(), qos))
+            .collect(),
     })
     .await
     .context("SUBSCRIBE")?;
@@ -256,10 +285,21 @@ pub async fn subscribe(conn: &mut Conn, filter: &str, qos: QoS) -> Result<QoS> {
                 packet_id: id,
                 status,
             } if id == packet_id => {
-                return match status.first() {
-                    Some(SubscribeReturnCode::Success(q)) => Ok(*q),
-                    _ => bail!("SUBACK refused {filter}"),
-                };
+                if status.len() != filters.len() {
+                    bail!(
+                        "SUBACK with {} return codes for {} filters",
+                        status.len(),
+                        filters.len()
+                    );
+                }
+                return filters
+                    .iter()
+                    .zip(&status)
+                    .map(|(filter, code)| match code {
+                        SubscribeReturnCode::Success(q) => Ok(*q),
+                        _ => bail!("SUBACK refused {filter}"),
+                    })
+                    .collect();
             }
             Packet::SubscribeAck { .. } => bail!("SUBACK for another packet id"),
             // Nothing else should come before the SUBACK, but a PUBLISH may.
