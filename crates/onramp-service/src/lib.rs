@@ -83,6 +83,14 @@ struct Inner {
     credential_limiter: RateLimiter,
     claim_limiter: RateLimiter,
     provisioning_source_limiter: RateLimiter,
+    /// Parsed provisioning templates by (tenant, name, version).
+    #[allow(clippy::type_complexity)]
+    parsed_templates: std::sync::Mutex<
+        std::collections::HashMap<
+            (String, String, i64),
+            Arc<onramp_domain::template::ProvisioningTemplate>,
+        >,
+    >,
     /// Client for pre-provisioning hooks.
     http: reqwest::Client,
     /// Where shadow replies are published; set by the gateway when it starts.
@@ -108,6 +116,7 @@ impl Onramp {
             inner: Arc::new(Inner {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
+                parsed_templates: std::sync::Mutex::new(std::collections::HashMap::new()),
                 claim_limiter: RateLimiter::new(settings.provisioning.rate_per_claim),
                 provisioning_source_limiter: RateLimiter::new(
                     settings.provisioning.rate_per_source,

@@ -794,7 +794,10 @@ impl Onramp {
         tenant: &str,
         name: &str,
     ) -> std::result::Result<
-        (ProvisioningTemplateRecord, ProvisioningTemplate),
+        (
+            ProvisioningTemplateRecord,
+            std::sync::Arc<ProvisioningTemplate>,
+        ),
         ProvisioningRejection,
     > {
         let store = &self.inner.store;
@@ -811,14 +814,38 @@ impl Onramp {
                 "template `{name}` is disabled"
             )));
         }
-        let version = store
-            .get_template_version(tenant, name, t.default_version)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| ProvisioningRejection::internal("template version missing"))?;
-        let parsed = ProvisioningTemplate::parse(&version.body).map_err(|e| {
-            ProvisioningRejection::internal(format!("stored template no longer parses: {e}"))
-        })?;
+        // Template versions never change, so a parsed body is kept by version.
+        let key = (tenant.to_string(), name.to_string(), t.default_version);
+        let cached = self
+            .inner
+            .parsed_templates
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&key).cloned());
+        let parsed = match cached {
+            Some(p) => p,
+            None => {
+                let version = store
+                    .get_template_version(tenant, name, t.default_version)
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| ProvisioningRejection::internal("template version missing"))?;
+                let parsed = std::sync::Arc::new(
+                    ProvisioningTemplate::parse(&version.body).map_err(|e| {
+                        ProvisioningRejection::internal(format!(
+                            "stored template no longer parses: {e}"
+                        ))
+                    })?,
+                );
+                if let Ok(mut c) = self.inner.parsed_templates.lock() {
+                    if c.len() > 1024 {
+                        c.clear();
+                    }
+                    c.insert(key, parsed.clone());
+                }
+                parsed
+            }
+        };
         Ok((t, parsed))
     }
 

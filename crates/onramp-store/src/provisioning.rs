@@ -623,12 +623,12 @@ impl ProvisioningStore for SqlStore {
     }
 
     async fn get_pending_by_token(&self, token_hash: &str) -> Result<Option<PendingCertificate>> {
-        // From the writer: a RegisterThing right after Create must see its row.
+        // The row was committed before its token was handed out, so a reader sees it.
         let row = sqlx::query(sqlf!(
             "SELECT {PENDING_COLUMNS} FROM pending_certificates WHERE token_hash = $1"
         ))
         .bind(token_hash)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(pending_from_row).transpose()
     }
@@ -713,88 +713,85 @@ impl ProvisioningStore for SqlStore {
             }
         }
         let thing_name = &c.thing.thing_name;
-        let outcome = match device_in_tx(&mut tx, &c.tenant, thing_name).await? {
-            Some(device) => {
-                if device.serial_number != c.serial_number {
-                    return Err(StoreError::Conflict(format!(
-                        "thing `{thing_name}` belongs to serial `{}`",
-                        device.serial_number
-                    )));
-                }
-                device.status.apply(LifecycleAction::Activate)?;
-                let existing = ExistingThing {
-                    attributes: device
-                        .attributes
-                        .iter()
-                        .map(|(k, v)| {
-                            let text = match v {
-                                serde_json::Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            };
-                            (k.clone(), text)
-                        })
-                        .collect(),
-                    thing_type: device.device_class.clone(),
-                    thing_groups: device.thing_groups.clone(),
-                };
-                let next = apply_thing_overrides(&existing, &c.thing)
-                    .map_err(|e| StoreError::Conflict(e.to_string()))?;
-                let attributes = serde_json::to_string(&next.attributes)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(
-                    "UPDATE devices SET status = 'active', attributes = $1, device_class = $2, \
-                     thing_groups = $3, updated_at = $4 WHERE tenant = $5 AND thing_name = $6",
-                )
-                .bind(attributes)
-                .bind(next.thing_type.as_deref())
-                .bind(json_list(&next.thing_groups))
-                .bind(c.now)
-                .bind(&c.tenant)
-                .bind(thing_name)
-                .execute(&mut *tx)
-                .await?;
-                RegistrationOutcome::Updated
-            }
-            None => {
-                let attributes = serde_json::to_string(&c.thing.attributes)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(
-                    "INSERT INTO devices (tenant, thing_name, serial_number, device_class, \
-                     attributes, thing_groups, status, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7)",
-                )
-                .bind(&c.tenant)
-                .bind(thing_name)
-                .bind(&c.serial_number)
-                .bind(c.thing.thing_type.as_deref())
-                .bind(attributes)
-                .bind(json_list(&c.thing.thing_groups))
-                .bind(c.now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    map_unique(
-                        e,
-                        format!(
-                            "serial `{}` is registered to another thing",
-                            c.serial_number
-                        ),
-                    )
-                })?;
-                RegistrationOutcome::Created
-            }
-        };
-        let cert = &c.certificate;
-        // One identity per device: a new registration replaces earlier certificates.
-        sqlx::query(
-            "UPDATE certificates SET status = 'superseded', superseded_by = $1 \
-             WHERE tenant = $2 AND thing_name = $3 AND status IN ('active', 'inactive')",
+        // The common case is a new thing: try the insert first and fall back
+        // to reading and updating the existing one. Fewer statements matter
+        // here, since SQLite has one writer.
+        let attributes = serde_json::to_string(&c.thing.attributes)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let inserted = sqlx::query(
+            "INSERT INTO devices (tenant, thing_name, serial_number, device_class, \
+             attributes, thing_groups, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7) ON CONFLICT DO NOTHING",
         )
-        .bind(&cert.serial)
         .bind(&c.tenant)
         .bind(thing_name)
+        .bind(&c.serial_number)
+        .bind(c.thing.thing_type.as_deref())
+        .bind(attributes)
+        .bind(json_list(&c.thing.thing_groups))
+        .bind(c.now)
         .execute(&mut *tx)
         .await?;
+        let outcome = if inserted.rows_affected() == 1 {
+            RegistrationOutcome::Created
+        } else {
+            let Some(device) = device_in_tx(&mut tx, &c.tenant, thing_name).await? else {
+                return Err(StoreError::Conflict(format!(
+                    "serial `{}` is registered to another thing",
+                    c.serial_number
+                )));
+            };
+            if device.serial_number != c.serial_number {
+                return Err(StoreError::Conflict(format!(
+                    "thing `{thing_name}` belongs to serial `{}`",
+                    device.serial_number
+                )));
+            }
+            device.status.apply(LifecycleAction::Activate)?;
+            let existing = ExistingThing {
+                attributes: device
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| {
+                        let text = match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (k.clone(), text)
+                    })
+                    .collect(),
+                thing_type: device.device_class.clone(),
+                thing_groups: device.thing_groups.clone(),
+            };
+            let next = apply_thing_overrides(&existing, &c.thing)
+                .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            let attributes = serde_json::to_string(&next.attributes)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "UPDATE devices SET status = 'active', attributes = $1, device_class = $2, \
+                 thing_groups = $3, updated_at = $4 WHERE tenant = $5 AND thing_name = $6",
+            )
+            .bind(attributes)
+            .bind(next.thing_type.as_deref())
+            .bind(json_list(&next.thing_groups))
+            .bind(c.now)
+            .bind(&c.tenant)
+            .bind(thing_name)
+            .execute(&mut *tx)
+            .await?;
+            // One identity per device: a new registration replaces earlier certificates.
+            sqlx::query(
+                "UPDATE certificates SET status = 'superseded', superseded_by = $1 \
+                 WHERE tenant = $2 AND thing_name = $3 AND status IN ('active', 'inactive')",
+            )
+            .bind(&c.certificate.serial)
+            .bind(&c.tenant)
+            .bind(thing_name)
+            .execute(&mut *tx)
+            .await?;
+            RegistrationOutcome::Updated
+        };
+        let cert = &c.certificate;
         sqlx::query(
             "INSERT INTO certificates (serial, tenant, thing_name, fingerprint, pem, not_before, \
              not_after, status, issued_at, issuer_ca) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -813,19 +810,26 @@ impl ProvisioningStore for SqlStore {
         .await
         .map_err(|e| map_unique(e, "certificate already registered".into()))?;
         for p in &c.policies {
-            let existing =
-                sqlx::query("SELECT document FROM policies WHERE tenant = $1 AND name = $2")
-                    .bind(&c.tenant)
-                    .bind(&p.name)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match (&p.document, existing) {
-                (None, None) => return Err(not_found("policy", &p.name)),
-                (None, Some(_)) => {}
-                (Some(doc), None) => {
+            match &p.document {
+                None => {
+                    let exists =
+                        sqlx::query("SELECT 1 FROM policies WHERE tenant = $1 AND name = $2")
+                            .bind(&c.tenant)
+                            .bind(&p.name)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if exists.is_none() {
+                        return Err(not_found("policy", &p.name));
+                    }
+                }
+                Some(doc) => {
+                    // Created once; a changed document becomes a new version.
                     sqlx::query(
                         "INSERT INTO policies (tenant, name, document, version, created_at, \
-                         updated_at) VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT DO NOTHING",
+                         updated_at) VALUES ($1, $2, $3, 1, $4, $4) \
+                         ON CONFLICT (tenant, name) DO UPDATE SET document = $3, \
+                         version = policies.version + 1, updated_at = $4 \
+                         WHERE policies.document <> $3",
                     )
                     .bind(&c.tenant)
                     .bind(&p.name)
@@ -833,21 +837,6 @@ impl ProvisioningStore for SqlStore {
                     .bind(c.now)
                     .execute(&mut *tx)
                     .await?;
-                }
-                (Some(doc), Some(row)) => {
-                    let current: String = row.try_get("document")?;
-                    if &current != doc {
-                        sqlx::query(
-                            "UPDATE policies SET document = $1, version = version + 1, \
-                             updated_at = $2 WHERE tenant = $3 AND name = $4",
-                        )
-                        .bind(doc)
-                        .bind(c.now)
-                        .bind(&c.tenant)
-                        .bind(&p.name)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
                 }
             }
             sqlx::query(
