@@ -82,6 +82,7 @@ struct Inner {
     source_limiter: RateLimiter,
     credential_limiter: RateLimiter,
     claim_limiter: RateLimiter,
+    throttle_audit_limiter: RateLimiter,
     provisioning_source_limiter: RateLimiter,
     /// Parsed provisioning templates by (tenant, name, version).
     #[allow(clippy::type_complexity)]
@@ -117,6 +118,10 @@ impl Onramp {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
                 parsed_templates: std::sync::Mutex::new(std::collections::HashMap::new()),
+                throttle_audit_limiter: RateLimiter::new(RateLimit {
+                    per_second: 0,
+                    burst: 1,
+                }),
                 claim_limiter: RateLimiter::new(settings.provisioning.rate_per_claim),
                 provisioning_source_limiter: RateLimiter::new(
                     settings.provisioning.rate_per_source,
@@ -153,6 +158,7 @@ impl Onramp {
         self.inner.source_limiter.sweep();
         self.inner.credential_limiter.sweep();
         self.inner.claim_limiter.sweep();
+        self.inner.throttle_audit_limiter.sweep();
         self.inner.provisioning_source_limiter.sweep();
     }
 

@@ -688,7 +688,19 @@ impl Onramp {
             detail: format!("rate limit per {which} exceeded"),
             at: now(),
         };
-        if let Err(e) = inner.store.append_audit(&entry).await {
+        // At most one audit entry per key every ten seconds: a flood of
+        // refused requests must not become a flood of writes.
+        let key = format!(
+            "{which}:{}",
+            if which == "source address" {
+                source
+            } else {
+                &claim.serial
+            }
+        );
+        if inner.throttle_audit_limiter.check(&key).is_ok()
+            && let Err(e) = inner.store.append_audit(&entry).await
+        {
             tracing::warn!(error = %e, "could not audit a throttled provisioning request");
         }
         Err(ProvisioningRejection::throttled(format!(
