@@ -6,6 +6,10 @@ use crate::policy::PolicyDocument;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A claim connection's identity in the gateway is this prefix and the
+/// claim certificate's serial: never a valid thing name (`$` and `/`).
+pub const CLAIM_IDENTITY_PREFIX: &str = "$claim/";
+
 /// Payload encoding named by the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadFormat {

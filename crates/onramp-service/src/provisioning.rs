@@ -1289,7 +1289,11 @@ impl Onramp {
         let policy = onramp_domain::provisioning::claim_policy(&claim.template);
         DeviceIdentity {
             tenant: claim.tenant.clone(),
-            thing_name: format!("$claim/{}", claim.serial),
+            thing_name: format!(
+                "{}{}",
+                onramp_domain::provisioning::CLAIM_IDENTITY_PREFIX,
+                claim.serial
+            ),
             device_class: None,
             certificate_serial: claim.serial.clone(),
             certificate_id: claim.certificate_id.clone(),

@@ -1248,8 +1248,33 @@ impl Store for SqlStore {
         .bind(since)
         .fetch_all(&self.reader)
         .await?;
-        let mut out = Vec::with_capacity(certs.len() + devices.len());
-        for r in &certs {
+        let claims =
+            sqlx::query("SELECT tenant, serial FROM claim_certificates WHERE revoked_at >= $1")
+                .bind(since)
+                .fetch_all(&self.reader)
+                .await?;
+        // Devices of a registered CA that was deactivated or revoked.
+        let of_cas = sqlx::query(
+            "SELECT c.tenant, c.thing_name, c.serial FROM certificates c \
+             JOIN registered_cas r ON c.issuer_ca = r.id \
+             WHERE r.updated_at >= $1 AND r.status <> 'active' AND c.status = 'active'",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = Vec::with_capacity(certs.len() + devices.len() + claims.len());
+        for r in &claims {
+            let serial: String = r.try_get("serial")?;
+            out.push(RevokedIdentity {
+                tenant: r.try_get("tenant")?,
+                thing_name: format!(
+                    "{}{serial}",
+                    onramp_domain::provisioning::CLAIM_IDENTITY_PREFIX
+                ),
+                certificate_serial: Some(serial),
+            });
+        }
+        for r in certs.iter().chain(&of_cas) {
             out.push(RevokedIdentity {
                 tenant: r.try_get("tenant")?,
                 thing_name: r.try_get("thing_name")?,

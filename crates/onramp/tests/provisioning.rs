@@ -625,9 +625,24 @@ fn ownership_tokens_expire_are_single_use_and_bound_to_their_claim() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    // A revoked claim certificate cannot connect at all.
-    let out = s.cli(&["claim", "revoke", &a.serial]);
-    assert!(out.status.success());
+    // Revoking a claim certificate cuts its live connections; then it cannot connect at all.
+    let live = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            run_client(
+                &s,
+                &a.identity,
+                "factory-9",
+                "5",
+                json!([{"op": "sleep", "seconds": 4}, {"op": "create"}]),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = s.cli(&["claim", "revoke", &a.serial]);
+        assert!(out.status.success());
+        client.join().unwrap()
+    });
+    assert_eq!(live[0]["connect"], "ok", "{live:?}");
+    assert_eq!(live[2]["disconnected"], true, "{live:?}");
     let lines = run_client(&s, &a.identity, "factory-1", "5", json!([]));
     assert_ne!(lines[0]["connect"], "ok", "{lines:?}");
 }
@@ -915,9 +930,25 @@ fn jitp_provisions_a_manufacturer_device_on_first_connection() {
     let (ok, _) = s.mosquitto_pub(&other, &["-t", "meters/meter-0002", "-m", "1", "-q", "1"]);
     assert!(!ok);
     assert_eq!(device_count(&s), 2);
-    // A deactivated CA: its devices are refused from then on.
-    let out = s.cli(&["ca", "deactivate", &ca_id]);
-    assert!(out.status.success());
+    // A deactivated CA: its devices are refused from then on, and a live
+    // connection is cut.
+    let live = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            run_client(
+                &s,
+                &meter,
+                "meter-0001",
+                "5",
+                json!([{"op": "sleep", "seconds": 4}, {"op": "publish", "topic": "meters/meter-0001"}]),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = s.cli(&["ca", "deactivate", &ca_id]);
+        assert!(out.status.success());
+        client.join().unwrap()
+    });
+    assert_eq!(live[0]["connect"], "ok", "{live:?}");
+    assert_eq!(live[2]["disconnected"], true, "{live:?}");
     assert!(
         !wait_trusted(&s, &meter, "meters/meter-0001", false),
         "a deactivated CA's device was accepted"
