@@ -1051,3 +1051,37 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
     assert_eq!(old["status"], "revoked");
     assert_eq!(old["replaced_by"], rotated["serial"]);
 }
+
+#[test]
+fn jitp_can_drop_the_first_connection_like_aws() {
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[("ONRAMP_PROVISIONING__JITP_DROP_FIRST_CONNECTION", "true")],
+        None,
+    );
+    let ca = make_maker_ca(s.dir.path());
+    setup_template(&s, "maker", JITP_TEMPLATE, &["--kind", "jitp"]);
+    s.cli_json(&[
+        "ca",
+        "register",
+        "--cert",
+        ca.0.to_str().unwrap(),
+        "--template",
+        "maker",
+    ]);
+    let meter = maker_device(s.dir.path(), &ca, "meter-0009", "M-0009");
+    // The first connection registers the device and is refused; the retry is accepted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        let (ok, err) = s.mosquitto_pub(&meter, &["-t", "meters/meter-0009", "-m", "1", "-q", "1"]);
+        if device_count(&s) == 1 || Instant::now() > deadline {
+            break (ok, err);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!first.0, "the registering connection is dropped");
+    assert_eq!(device_count(&s), 1);
+    let (ok, err) = s.mosquitto_pub(&meter, &["-t", "meters/meter-0009", "-m", "2", "-q", "1"]);
+    assert!(ok, "{err}");
+    assert_eq!(audit(&s, "provisioning.jitp").len(), 1);
+}
