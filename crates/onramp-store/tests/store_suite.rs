@@ -1,5 +1,6 @@
 //! The storage suite: every test runs against SQLite and against PostgreSQL.
 
+use onramp_domain::template::{OverrideSetting, ThingOverrides, ThingPlan};
 use onramp_domain::*;
 use onramp_store::testing::{scratch_postgres, sqlite_url};
 use onramp_store::*;
@@ -1074,4 +1075,1559 @@ suite!(
     policies_are_versioned_attached_and_found_for_a_device,
     retained_messages_and_presence_persist,
     shadows_are_written_with_compare_and_set_and_keep_history,
+    templates_are_versioned_and_their_settings_round_trip,
+    claim_certificates_are_listed_revoked_once_and_found_before_expiry,
+    registration_creates_the_thing_activates_the_certificate_and_replays,
+    an_expired_or_foreign_ownership_token_registers_nothing,
+    re_registration_merges_the_thing_and_supersedes_the_first_certificate,
+    registration_refuses_a_thing_or_serial_owned_by_another,
+    a_missing_named_policy_rolls_the_whole_registration_back,
+    purging_expired_pending_certificates_reports_only_unregistered_ones,
+    registered_cas_are_listed_per_tenant_and_updated,
+    jitp_registration_records_the_issuing_ca,
+    concurrent_register_thing_with_one_token_registers_once,
+    a_revoked_claim_or_a_deactivated_ca_cuts_its_identities,
 );
+
+// ---- provisioning: templates, claim certificates, RegisterThing, registered CAs ----
+
+fn template(name: &str, kind: TemplateKind) -> ProvisioningTemplateRecord {
+    ProvisioningTemplateRecord {
+        tenant: DEFAULT_TENANT.into(),
+        name: name.into(),
+        kind,
+        description: format!("{name} template"),
+        enabled: true,
+        default_version: 1,
+        latest_version: 1,
+        serial_allow: None,
+        serial_deny: Vec::new(),
+        hook_url: None,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn claim(tenant: &str, serial: &str, not_after: i64, created_at: i64) -> ClaimCertificate {
+    ClaimCertificate {
+        serial: serial.into(),
+        tenant: tenant.into(),
+        template: "fleet".into(),
+        certificate_id: format!("claim-fp-{serial}"),
+        pem: format!("CLAIM PEM {serial}"),
+        not_before: NOW - 100,
+        not_after,
+        status: CertStatus::Active,
+        created_at,
+        revoked_at: None,
+        created_by: "test".into(),
+        replaced_by: None,
+    }
+}
+
+/// A pending certificate whose fields match [`cert`] of the same serial.
+fn pending(tenant: &str, serial: &str, token_expires_at: i64) -> PendingCertificate {
+    let c = cert(serial);
+    PendingCertificate {
+        serial: serial.into(),
+        tenant: tenant.into(),
+        certificate_id: c.fingerprint,
+        pem: c.pem,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        claim_serial: "claim-1".into(),
+        token_expires_at,
+        created_at: NOW - 60,
+        registered_at: None,
+        request_digest: None,
+        response: None,
+    }
+}
+
+fn plan(thing: &str, attributes: &[(&str, &str)], groups: &[&str], kind: &str) -> ThingPlan {
+    ThingPlan {
+        thing_name: thing.into(),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        thing_type: Some(kind.into()),
+        thing_groups: groups.iter().map(|g| g.to_string()).collect(),
+        overrides: ThingOverrides::default(),
+    }
+}
+
+fn ownership(token_hash: &str, digest: &str) -> OwnershipClaim {
+    OwnershipClaim {
+        token_hash: token_hash.into(),
+        request_digest: digest.into(),
+        response: format!("response-{digest}"),
+    }
+}
+
+/// A fleet-provisioning registration of `thing` (serial `serial`) with the
+/// pending certificate `cert_serial` and its ownership token.
+fn registration(
+    thing: ThingPlan,
+    serial: &str,
+    cert_serial: &str,
+    owner: Option<OwnershipClaim>,
+) -> RegistrationCommit {
+    RegistrationCommit {
+        tenant: DEFAULT_TENANT.into(),
+        serial_number: serial.into(),
+        audit: audit(DEFAULT_TENANT, "provisioning.register", &thing.thing_name),
+        thing,
+        certificate: cert(cert_serial),
+        certificate_status: CertStatus::Active,
+        issuer_ca: None,
+        ownership: owner,
+        policies: Vec::new(),
+        now: NOW,
+    }
+}
+
+fn policy_doc(name: &str, document: &str) -> PolicyToAttach {
+    PolicyToAttach {
+        name: name.into(),
+        document: Some(document.into()),
+    }
+}
+
+fn registered_ca(id: &str, tenant: &str, created_at: i64) -> RegisteredCa {
+    RegisteredCa {
+        id: id.into(),
+        tenant: tenant.into(),
+        pem: format!("CA PEM {id}"),
+        subject: format!("CN={id}"),
+        not_after: NOW + 365 * 86_400,
+        status: CaStatus::Active,
+        auto_registration: true,
+        template: None,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+/// Audit actions of a tenant, oldest first.
+async fn audit_actions(s: &dyn Store, tenant: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .query_audit(
+            tenant,
+            &AuditQuery {
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    v.reverse();
+    v
+}
+
+fn json(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().unwrap().clone()
+}
+
+async fn templates_are_versioned_and_their_settings_round_trip(db: Db) {
+    let s = db.store.as_ref();
+    let a = |act: &str, name: &str| audit(DEFAULT_TENANT, act, name);
+    let b = template("fleet-b", TemplateKind::Fleet);
+    s.create_template(&b, "{\"v\":1}", &a("template.create", "fleet-b"))
+        .await
+        .unwrap();
+    let stored = s
+        .get_template(DEFAULT_TENANT, "fleet-b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, b);
+    assert_eq!((stored.default_version, stored.latest_version), (1, 1));
+    assert_eq!(
+        s.get_template_version(DEFAULT_TENANT, "fleet-b", 1)
+            .await
+            .unwrap(),
+        Some(TemplateVersion {
+            version: 1,
+            body: "{\"v\":1}".into(),
+            created_at: NOW
+        })
+    );
+    // The same name again is a conflict and writes nothing.
+    let mut dup = template("fleet-b", TemplateKind::Jitp);
+    dup.description = "other".into();
+    let err = s
+        .create_template(&dup, "{}", &a("template.create", "fleet-b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(
+        s.get_template(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .unwrap(),
+        b
+    );
+    // A template for a tenant that does not exist.
+    let mut ghost = template("g", TemplateKind::Fleet);
+    ghost.tenant = "nowhere".into();
+    assert!(matches!(
+        s.create_template(&ghost, "{}", &audit("nowhere", "template.create", "g"))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    let mut jitp = template("a-jitp", TemplateKind::Jitp);
+    jitp.serial_allow = Some(vec!["SN1".into()]);
+    s.create_template(&jitp, "{\"j\":1}", &a("template.create", "a-jitp"))
+        .await
+        .unwrap();
+    let names: Vec<String> = s
+        .list_templates(DEFAULT_TENANT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["a-jitp", "fleet-b"]);
+    assert!(s.list_templates("acme").await.unwrap().is_empty());
+
+    // A new version that is not the default.
+    let t = s
+        .add_template_version(
+            DEFAULT_TENANT,
+            "fleet-b",
+            "{\"v\":2}",
+            false,
+            &a("template.version", "fleet-b"),
+            NOW + 10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.default_version, t.latest_version, t.updated_at),
+        (1, 2, NOW + 10)
+    );
+    assert_eq!(
+        s.get_template(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .unwrap(),
+        t
+    );
+    // One that becomes the default.
+    let t = s
+        .add_template_version(
+            DEFAULT_TENANT,
+            "fleet-b",
+            "{\"v\":3}",
+            true,
+            &a("template.version", "fleet-b"),
+            NOW + 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.default_version, t.latest_version, t.updated_at),
+        (3, 3, NOW + 20)
+    );
+    assert_eq!(
+        s.get_template(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .unwrap(),
+        t
+    );
+    assert!(matches!(
+        s.add_template_version(
+            DEFAULT_TENANT,
+            "ghost",
+            "{}",
+            true,
+            &a("template.version", "ghost"),
+            NOW
+        )
+        .await
+        .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    assert_eq!(
+        s.get_template_version(DEFAULT_TENANT, "fleet-b", 2)
+            .await
+            .unwrap(),
+        Some(TemplateVersion {
+            version: 2,
+            body: "{\"v\":2}".into(),
+            created_at: NOW + 10
+        })
+    );
+    assert!(
+        s.get_template_version(DEFAULT_TENANT, "fleet-b", 4)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.get_template_version(DEFAULT_TENANT, "a-jitp", 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.list_template_versions(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| (v.version, v.body.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "{\"v\":1}"), (2, "{\"v\":2}"), (3, "{\"v\":3}")]
+    );
+
+    // Back to version 2; a version that does not exist is refused.
+    let t = s
+        .set_template_default_version(
+            DEFAULT_TENANT,
+            "fleet-b",
+            2,
+            &a("template.default", "fleet-b"),
+            NOW + 30,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.default_version, t.latest_version, t.updated_at),
+        (2, 3, NOW + 30)
+    );
+    assert_eq!(
+        s.get_template(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .unwrap(),
+        t
+    );
+    for (name, version) in [("fleet-b", 4), ("fleet-b", 0), ("ghost", 1)] {
+        let err = s
+            .set_template_default_version(
+                DEFAULT_TENANT,
+                name,
+                version,
+                &a("template.default", name),
+                NOW + 40,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound(_)),
+            "{name} v{version}: {err}"
+        );
+    }
+    assert_eq!(
+        s.get_template(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .unwrap(),
+        t
+    );
+
+    // Settings: allow list Some(list), deny list and hook round-trip...
+    let mut settings = t.clone();
+    settings.description = "batch 7".into();
+    settings.enabled = false;
+    settings.serial_allow = Some(vec!["SN1".into(), "SN2".into()]);
+    settings.serial_deny = vec!["SN3".into()];
+    settings.hook_url = Some("https://hooks.example/pre".into());
+    settings.updated_at = NOW + 50;
+    s.update_template_settings(&settings, &a("template.update", "fleet-b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_template(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .unwrap(),
+        settings
+    );
+    // ...an empty allow list stays empty (nothing allowed), distinct from None...
+    settings.serial_allow = Some(Vec::new());
+    s.update_template_settings(&settings, &a("template.update", "fleet-b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_template(DEFAULT_TENANT, "fleet-b")
+            .await
+            .unwrap()
+            .unwrap()
+            .serial_allow,
+        Some(Vec::new())
+    );
+    // ...and None (any serial not denied) comes back as None.
+    settings.serial_allow = None;
+    settings.serial_deny = Vec::new();
+    settings.hook_url = None;
+    settings.enabled = true;
+    settings.updated_at = NOW + 60;
+    s.update_template_settings(&settings, &a("template.update", "fleet-b"))
+        .await
+        .unwrap();
+    let stored = s
+        .get_template(DEFAULT_TENANT, "fleet-b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, settings);
+    assert_eq!(stored.serial_allow, None);
+    // The settings update never touches the versions.
+    assert_eq!((stored.default_version, stored.latest_version), (2, 3));
+    let mut missing = settings.clone();
+    missing.name = "ghost".into();
+    assert!(matches!(
+        s.update_template_settings(&missing, &a("template.update", "ghost"))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    // One audit entry per successful change, none for the refused ones.
+    assert_eq!(
+        audit_actions(s, DEFAULT_TENANT).await,
+        [
+            "template.create",
+            "template.create",
+            "template.version",
+            "template.version",
+            "template.default",
+            "template.update",
+            "template.update",
+            "template.update",
+        ]
+    );
+    assert!(audit_actions(s, "nowhere").await.is_empty());
+}
+
+async fn claim_certificates_are_listed_revoked_once_and_found_before_expiry(db: Db) {
+    let s = db.store.as_ref();
+    s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW)
+        .await
+        .unwrap();
+    let a = |t: &str, act: &str, serial: &str| audit(t, act, serial);
+    let c1 = claim(DEFAULT_TENANT, "c1", NOW + 100, NOW);
+    for c in [
+        c1.clone(),
+        claim(DEFAULT_TENANT, "c2", NOW + 200, NOW + 1),
+        claim(DEFAULT_TENANT, "c3", NOW + 1000, NOW + 2),
+        claim(DEFAULT_TENANT, "c4", NOW + 300, NOW + 3),
+        claim("acme", "x1", NOW + 50, NOW),
+    ] {
+        s.create_claim_certificate(&c, &a(&c.tenant, "claim.create", &c.serial))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.get_claim_certificate("c1").await.unwrap(),
+        Some(c1.clone())
+    );
+    assert!(s.get_claim_certificate("nope").await.unwrap().is_none());
+    let err = s
+        .create_claim_certificate(&c1, &a(DEFAULT_TENANT, "claim.create", "c1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let mut same_fp = claim(DEFAULT_TENANT, "c9", NOW + 100, NOW);
+    same_fp.certificate_id = c1.certificate_id.clone();
+    assert!(matches!(
+        s.create_claim_certificate(&same_fp, &a(DEFAULT_TENANT, "claim.create", "c9"))
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    let serials = |v: Vec<ClaimCertificate>| v.into_iter().map(|c| c.serial).collect::<Vec<_>>();
+    assert_eq!(
+        serials(s.list_claim_certificates(DEFAULT_TENANT).await.unwrap()),
+        ["c1", "c2", "c3", "c4"]
+    );
+    assert_eq!(
+        serials(s.list_claim_certificates("acme").await.unwrap()),
+        ["x1"]
+    );
+
+    s.revoke_claim_certificate(
+        DEFAULT_TENANT,
+        "c1",
+        None,
+        &a(DEFAULT_TENANT, "claim.revoke", "c1"),
+        NOW + 5,
+    )
+    .await
+    .unwrap();
+    let r = s.get_claim_certificate("c1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.revoked_at, r.replaced_by.as_deref()),
+        (CertStatus::Revoked, Some(NOW + 5), None)
+    );
+    // Revoking twice is refused and keeps the first revocation.
+    let err = s
+        .revoke_claim_certificate(
+            DEFAULT_TENANT,
+            "c1",
+            Some("c3"),
+            &a(DEFAULT_TENANT, "claim.revoke", "c1"),
+            NOW + 6,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(s.get_claim_certificate("c1").await.unwrap().unwrap(), r);
+    // Rotation: the replacement is recorded.
+    s.revoke_claim_certificate(
+        DEFAULT_TENANT,
+        "c2",
+        Some("c3"),
+        &a(DEFAULT_TENANT, "claim.revoke", "c2"),
+        NOW + 7,
+    )
+    .await
+    .unwrap();
+    let r = s.get_claim_certificate("c2").await.unwrap().unwrap();
+    assert_eq!(
+        (r.status, r.revoked_at, r.replaced_by.as_deref()),
+        (CertStatus::Revoked, Some(NOW + 7), Some("c3"))
+    );
+    // Another tenant's or an unknown claim certificate.
+    for (tenant, serial) in [
+        ("acme", "c3"),
+        (DEFAULT_TENANT, "x1"),
+        (DEFAULT_TENANT, "nope"),
+    ] {
+        let err = s
+            .revoke_claim_certificate(
+                tenant,
+                serial,
+                None,
+                &a(tenant, "claim.revoke", serial),
+                NOW + 8,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotFound(_)),
+            "{tenant}/{serial}: {err}"
+        );
+    }
+    assert_eq!(
+        s.get_claim_certificate("c3").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
+    assert_eq!(
+        s.get_claim_certificate("x1").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
+
+    // Active ones only, every tenant, strictly before the bound, soonest first.
+    assert_eq!(
+        serials(s.claim_certificates_expiring(NOW + 500).await.unwrap()),
+        ["x1", "c4"]
+    );
+    assert_eq!(
+        serials(s.claim_certificates_expiring(NOW + 300).await.unwrap()),
+        ["x1"]
+    );
+    assert_eq!(
+        serials(s.claim_certificates_expiring(NOW + 5000).await.unwrap()),
+        ["x1", "c4", "c3"]
+    );
+    assert!(
+        s.claim_certificates_expiring(NOW + 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        audit_actions(s, DEFAULT_TENANT).await,
+        [
+            "claim.create",
+            "claim.create",
+            "claim.create",
+            "claim.create",
+            "claim.revoke",
+            "claim.revoke"
+        ]
+    );
+}
+
+async fn registration_creates_the_thing_activates_the_certificate_and_replays(db: Db) {
+    let s = db.store.as_ref();
+    let p1 = pending(DEFAULT_TENANT, "p1", NOW + 3600);
+    s.create_pending_certificate(&p1, "tok-1").await.unwrap();
+    assert_eq!(
+        s.get_pending_by_token("tok-1").await.unwrap(),
+        Some(p1.clone())
+    );
+    assert!(s.get_pending_by_token("nope").await.unwrap().is_none());
+    // The same certificate or the same token twice is refused.
+    assert!(matches!(
+        s.create_pending_certificate(&p1, "tok-other")
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert!(matches!(
+        s.create_pending_certificate(&pending(DEFAULT_TENANT, "p9", NOW + 3600), "tok-1")
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    // A pending certificate is not a certificate yet.
+    assert!(
+        s.get_certificate_by_fingerprint("fp-p1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut c = registration(
+        plan(
+            "pump-1",
+            &[("site", "berlin"), ("floor", "3")],
+            &["g1", "g2"],
+            "pump",
+        ),
+        "SN1",
+        "p1",
+        Some(ownership("tok-1", "d1")),
+    );
+    c.policies = vec![policy_doc("pump-policy", "{\"allow\":[\"things/*\"]}")];
+    let before = audit_count(s, DEFAULT_TENANT).await;
+    assert_eq!(
+        s.commit_registration(&c).await.unwrap(),
+        RegistrationOutcome::Created
+    );
+    let d = s
+        .get_device(DEFAULT_TENANT, "pump-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, DeviceStatus::Active);
+    assert_eq!(d.serial_number, "SN1");
+    assert_eq!(d.device_class.as_deref(), Some("pump"));
+    assert_eq!(
+        d.attributes,
+        json(serde_json::json!({"site": "berlin", "floor": "3"}))
+    );
+    assert_eq!(d.thing_groups, ["g1", "g2"]);
+    assert_eq!((d.created_at, d.updated_at), (NOW, NOW));
+    assert_eq!(
+        s.get_device_by_serial(DEFAULT_TENANT, "SN1")
+            .await
+            .unwrap()
+            .unwrap()
+            .thing_name,
+        "pump-1"
+    );
+
+    let crt = s
+        .get_certificate_by_fingerprint("fp-p1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(crt.serial, "p1");
+    assert_eq!(crt.thing_name, "pump-1");
+    assert_eq!(crt.status, CertStatus::Active);
+    assert_eq!(crt.issued_at, NOW);
+    assert_eq!(crt.issuer_ca, None);
+    assert_eq!(crt.pem, p1.pem);
+    assert!(
+        s.get_certificate_by_fingerprint("fp-nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let p = s
+        .get_policy(DEFAULT_TENANT, "pump-policy")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (p.document.as_str(), p.version),
+        ("{\"allow\":[\"things/*\"]}", 1)
+    );
+    let attached: Vec<String> = s
+        .policies_for_device(DEFAULT_TENANT, "pump-1", Some("pump"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(attached, ["pump-policy"]);
+    assert_eq!(
+        s.policy_targets(DEFAULT_TENANT, "pump-policy")
+            .await
+            .unwrap(),
+        [PolicyTarget::Device("pump-1".into())]
+    );
+
+    // The token is consumed, with the request digest and the reply kept.
+    let used = s.get_pending_by_token("tok-1").await.unwrap().unwrap();
+    assert_eq!(used.registered_at, Some(NOW));
+    assert_eq!(used.request_digest.as_deref(), Some("d1"));
+    assert_eq!(used.response.as_deref(), Some("response-d1"));
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, before + 1);
+
+    // A retry of the same request gets the same reply and writes nothing.
+    let mut retry = c.clone();
+    retry.now = NOW + 5;
+    retry.policies = vec![policy_doc("pump-policy", "{\"changed\":true}")];
+    assert_eq!(
+        s.commit_registration(&retry).await.unwrap(),
+        RegistrationOutcome::Replayed("response-d1".into())
+    );
+    assert_eq!(certs_of(s, "pump-1").await.len(), 1);
+    assert_eq!(
+        s.get_policy(DEFAULT_TENANT, "pump-policy")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    assert_eq!(
+        s.get_pending_by_token("tok-1").await.unwrap().unwrap(),
+        used
+    );
+    assert_eq!(
+        s.get_device(DEFAULT_TENANT, "pump-1")
+            .await
+            .unwrap()
+            .unwrap(),
+        d
+    );
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, before + 1);
+
+    // A different request with the same token is refused.
+    let mut other = c.clone();
+    other.ownership = Some(ownership("tok-1", "d2"));
+    other.now = NOW + 6;
+    let err = s.commit_registration(&other).await.unwrap_err();
+    assert!(matches!(err, StoreError::TokenNotUsable), "{err}");
+    assert_eq!(
+        s.get_pending_by_token("tok-1").await.unwrap().unwrap(),
+        used
+    );
+    assert_eq!(certs_of(s, "pump-1").await.len(), 1);
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, before + 1);
+}
+
+async fn an_expired_or_foreign_ownership_token_registers_nothing(db: Db) {
+    let s = db.store.as_ref();
+    let p1 = pending(DEFAULT_TENANT, "p1", NOW + 10);
+    s.create_pending_certificate(&p1, "tok-1").await.unwrap();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p2", NOW + 3600), "tok-2")
+        .await
+        .unwrap();
+    let before = audit_count(s, DEFAULT_TENANT).await;
+    let attempt = |token: &str, cert_serial: &str, now: i64| {
+        let mut c = registration(
+            plan("pump-1", &[("site", "berlin")], &["g1"], "pump"),
+            "SN1",
+            cert_serial,
+            Some(ownership(token, "d1")),
+        );
+        c.policies = vec![policy_doc("made-here", "{}")];
+        c.now = now;
+        c
+    };
+    for (what, c) in [
+        ("at expiry", attempt("tok-1", "p1", NOW + 10)),
+        ("after expiry", attempt("tok-1", "p1", NOW + 11)),
+        ("another certificate's token", attempt("tok-2", "p1", NOW)),
+        (
+            "this token, another certificate",
+            attempt("tok-1", "p2", NOW),
+        ),
+        ("an unknown token", attempt("tok-x", "p1", NOW)),
+    ] {
+        let err = s.commit_registration(&c).await.unwrap_err();
+        assert!(matches!(err, StoreError::TokenNotUsable), "{what}: {err}");
+    }
+    assert!(
+        s.get_device(DEFAULT_TENANT, "pump-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.get_certificate("p1").await.unwrap().is_none());
+    assert!(s.get_certificate("p2").await.unwrap().is_none());
+    assert!(
+        s.get_policy(DEFAULT_TENANT, "made-here")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.get_pending_by_token("tok-1").await.unwrap(), Some(p1));
+    assert!(
+        s.get_pending_by_token("tok-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .registered_at
+            .is_none()
+    );
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, before);
+    // An expired token is not replayed either, even for the request it registered.
+    let ok = attempt("tok-2", "p2", NOW + 3599);
+    assert_eq!(
+        s.commit_registration(&ok).await.unwrap(),
+        RegistrationOutcome::Created
+    );
+    let mut late = ok.clone();
+    late.now = NOW + 3600;
+    assert!(matches!(
+        s.commit_registration(&late).await.unwrap_err(),
+        StoreError::TokenNotUsable
+    ));
+}
+
+async fn re_registration_merges_the_thing_and_supersedes_the_first_certificate(db: Db) {
+    let s = db.store.as_ref();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p1", NOW + 3600), "tok-1")
+        .await
+        .unwrap();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p2", NOW + 3600), "tok-2")
+        .await
+        .unwrap();
+    let mut first = registration(
+        plan(
+            "pump-1",
+            &[("site", "berlin"), ("floor", "3")],
+            &["g1", "g2"],
+            "pump",
+        ),
+        "SN1",
+        "p1",
+        Some(ownership("tok-1", "d1")),
+    );
+    first.policies = vec![policy_doc("pump-policy", "{\"v\":1}")];
+    assert_eq!(
+        s.commit_registration(&first).await.unwrap(),
+        RegistrationOutcome::Created
+    );
+
+    let mut thing = plan(
+        "pump-1",
+        &[("floor", "4"), ("zone", "a")],
+        &["g2", "g3"],
+        "valve",
+    );
+    thing.overrides = ThingOverrides {
+        attribute_payload: OverrideSetting::Merge,
+        thing_type_name: OverrideSetting::DoNothing,
+        thing_groups: OverrideSetting::Merge,
+    };
+    let mut second = registration(thing, "SN1", "p2", Some(ownership("tok-2", "d2")));
+    second.now = NOW + 100;
+    second.policies = vec![
+        policy_doc("pump-policy", "{\"v\":2}"),
+        policy_doc("extra", "{}"),
+    ];
+    assert_eq!(
+        s.commit_registration(&second).await.unwrap(),
+        RegistrationOutcome::Updated
+    );
+    let d = s
+        .get_device(DEFAULT_TENANT, "pump-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, DeviceStatus::Active);
+    assert_eq!(
+        d.attributes,
+        json(serde_json::json!({"site": "berlin", "floor": "4", "zone": "a"}))
+    );
+    assert_eq!(d.thing_groups, ["g1", "g2", "g3"]);
+    assert_eq!(
+        d.device_class.as_deref(),
+        Some("pump"),
+        "DO_NOTHING keeps it"
+    );
+    assert_eq!((d.created_at, d.updated_at), (NOW, NOW + 100));
+
+    let old = s.get_certificate("p1").await.unwrap().unwrap();
+    assert_eq!(old.status, CertStatus::Superseded);
+    assert_eq!(old.superseded_by.as_deref(), Some("p2"));
+    let new = s
+        .get_certificate_by_fingerprint("fp-p2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((new.status, new.issued_at), (CertStatus::Active, NOW + 100));
+    assert_eq!(certs_of(s, "pump-1").await.len(), 2);
+    // A changed document is a new version of the policy, attached once.
+    let p = s
+        .get_policy(DEFAULT_TENANT, "pump-policy")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.document.as_str(), p.version), ("{\"v\":2}", 2));
+    let attached: Vec<String> = s
+        .policies_for_device(DEFAULT_TENANT, "pump-1", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(attached, ["extra", "pump-policy"]);
+
+    // REPLACE takes the template's values instead.
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p3", NOW + 3600), "tok-3")
+        .await
+        .unwrap();
+    let mut thing = plan("pump-1", &[("only", "this")], &["g9"], "valve");
+    thing.overrides = ThingOverrides {
+        attribute_payload: OverrideSetting::Replace,
+        thing_type_name: OverrideSetting::Replace,
+        thing_groups: OverrideSetting::Replace,
+    };
+    let mut third = registration(thing, "SN1", "p3", Some(ownership("tok-3", "d3")));
+    third.policies = vec![policy_doc("pump-policy", "{\"v\":2}")];
+    assert_eq!(
+        s.commit_registration(&third).await.unwrap(),
+        RegistrationOutcome::Updated
+    );
+    let d = s
+        .get_device(DEFAULT_TENANT, "pump-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.attributes, json(serde_json::json!({"only": "this"})));
+    assert_eq!(d.thing_groups, ["g9"]);
+    assert_eq!(d.device_class.as_deref(), Some("valve"));
+    assert_eq!(
+        s.get_certificate("p2").await.unwrap().unwrap().status,
+        CertStatus::Superseded
+    );
+    // The same document again is not a new version.
+    assert_eq!(
+        s.get_policy(DEFAULT_TENANT, "pump-policy")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+    // FAIL refuses a differing value and writes nothing.
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p4", NOW + 3600), "tok-4")
+        .await
+        .unwrap();
+    let mut thing = plan("pump-1", &[("only", "that")], &["g9"], "valve");
+    thing.overrides.attribute_payload = OverrideSetting::Fail;
+    let fourth = registration(thing, "SN1", "p4", Some(ownership("tok-4", "d4")));
+    assert!(matches!(
+        s.commit_registration(&fourth).await.unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert!(s.get_certificate("p4").await.unwrap().is_none());
+    assert_eq!(
+        s.get_certificate("p3").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
+    assert!(
+        s.get_pending_by_token("tok-4")
+            .await
+            .unwrap()
+            .unwrap()
+            .registered_at
+            .is_none()
+    );
+}
+
+async fn registration_refuses_a_thing_or_serial_owned_by_another(db: Db) {
+    let s = db.store.as_ref();
+    for (i, tok) in ["tok-1", "tok-2", "tok-3"].iter().enumerate() {
+        s.create_pending_certificate(
+            &pending(DEFAULT_TENANT, &format!("p{}", i + 1), NOW + 3600),
+            tok,
+        )
+        .await
+        .unwrap();
+    }
+    let first = registration(
+        plan("pump-1", &[], &[], "pump"),
+        "SN1",
+        "p1",
+        Some(ownership("tok-1", "d1")),
+    );
+    assert_eq!(
+        s.commit_registration(&first).await.unwrap(),
+        RegistrationOutcome::Created
+    );
+    let before = audit_count(s, DEFAULT_TENANT).await;
+    // The thing name exists with another serial.
+    let other_serial = registration(
+        plan("pump-1", &[("k", "v")], &[], "pump"),
+        "SN2",
+        "p2",
+        Some(ownership("tok-2", "d2")),
+    );
+    let err = s.commit_registration(&other_serial).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // The serial exists under another thing name.
+    let other_thing = registration(
+        plan("pump-2", &[], &[], "pump"),
+        "SN1",
+        "p3",
+        Some(ownership("tok-3", "d3")),
+    );
+    let err = s.commit_registration(&other_thing).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+
+    let d = s
+        .get_device(DEFAULT_TENANT, "pump-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.serial_number, "SN1");
+    assert!(d.attributes.is_empty());
+    assert!(
+        s.get_device(DEFAULT_TENANT, "pump-2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.get_certificate("p2").await.unwrap().is_none());
+    assert!(s.get_certificate("p3").await.unwrap().is_none());
+    assert_eq!(
+        s.get_certificate("p1").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
+    // The tokens were not consumed: the whole transaction rolled back.
+    for tok in ["tok-2", "tok-3"] {
+        assert!(
+            s.get_pending_by_token(tok)
+                .await
+                .unwrap()
+                .unwrap()
+                .registered_at
+                .is_none(),
+            "{tok}"
+        );
+    }
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, before);
+
+    // A decommissioned thing cannot be registered again.
+    s.transition_device(
+        DEFAULT_TENANT,
+        "pump-1",
+        LifecycleAction::Decommission,
+        &audit(DEFAULT_TENANT, "device.decommission", "pump-1"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let again = registration(
+        plan("pump-1", &[], &[], "pump"),
+        "SN1",
+        "p2",
+        Some(ownership("tok-2", "d2")),
+    );
+    let err = s.commit_registration(&again).await.unwrap_err();
+    assert!(matches!(err, StoreError::Transition(_)), "{err}");
+    assert!(s.get_certificate("p2").await.unwrap().is_none());
+    assert_eq!(
+        s.get_device(DEFAULT_TENANT, "pump-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        DeviceStatus::Decommissioned
+    );
+}
+
+async fn a_missing_named_policy_rolls_the_whole_registration_back(db: Db) {
+    let s = db.store.as_ref();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p1", NOW + 3600), "tok-1")
+        .await
+        .unwrap();
+    let before = audit_count(s, DEFAULT_TENANT).await;
+    let mut c = registration(
+        plan("pump-1", &[("site", "berlin")], &["g1"], "pump"),
+        "SN1",
+        "p1",
+        Some(ownership("tok-1", "d1")),
+    );
+    c.policies = vec![
+        policy_doc("made-here", "{}"),
+        PolicyToAttach {
+            name: "ghost".into(),
+            document: None,
+        },
+    ];
+    let err = s.commit_registration(&c).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert!(
+        s.get_device(DEFAULT_TENANT, "pump-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.get_certificate("p1").await.unwrap().is_none());
+    assert!(
+        s.get_certificate_by_fingerprint("fp-p1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.get_policy(DEFAULT_TENANT, "made-here")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.list_policies(DEFAULT_TENANT).await.unwrap().is_empty());
+    let p = s.get_pending_by_token("tok-1").await.unwrap().unwrap();
+    assert_eq!(
+        (p.registered_at, p.request_digest, p.response),
+        (None, None, None)
+    );
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, before);
+
+    // Once the policy exists, the same token still registers.
+    s.put_policy(
+        DEFAULT_TENANT,
+        "ghost",
+        "{\"g\":1}",
+        &audit(DEFAULT_TENANT, "policy.put", "ghost"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.commit_registration(&c).await.unwrap(),
+        RegistrationOutcome::Created
+    );
+    let names: Vec<String> = s
+        .policies_for_device(DEFAULT_TENANT, "pump-1", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["ghost", "made-here"]);
+    // Attaching an existing policy by name leaves its document alone.
+    let g = s
+        .get_policy(DEFAULT_TENANT, "ghost")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((g.document.as_str(), g.version), ("{\"g\":1}", 1));
+}
+
+async fn purging_expired_pending_certificates_reports_only_unregistered_ones(db: Db) {
+    let s = db.store.as_ref();
+    s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW)
+        .await
+        .unwrap();
+    let a = pending(DEFAULT_TENANT, "pa", NOW + 10);
+    let b = pending(DEFAULT_TENANT, "pb", NOW + 10);
+    let c = pending(DEFAULT_TENANT, "pc", NOW + 100);
+    let e = pending("acme", "pe", NOW + 5);
+    for (p, tok) in [(&a, "tok-a"), (&b, "tok-b"), (&c, "tok-c"), (&e, "tok-e")] {
+        s.create_pending_certificate(p, tok).await.unwrap();
+    }
+    // pb is registered (its row stays for replays until the token expires).
+    assert_eq!(
+        s.commit_registration(&registration(
+            plan("pump-b", &[], &[], "pump"),
+            "SNB",
+            "pb",
+            Some(ownership("tok-b", "db")),
+        ))
+        .await
+        .unwrap(),
+        RegistrationOutcome::Created
+    );
+    let defaults_before = audit_count(s, DEFAULT_TENANT).await;
+    let acme_before = audit_count(s, "acme").await;
+
+    // Nothing has expired yet.
+    assert!(s.purge_expired_pending(NOW + 4).await.unwrap().is_empty());
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, defaults_before);
+
+    let mut purged = s.purge_expired_pending(NOW + 10).await.unwrap();
+    purged.sort_by(|x, y| x.serial.cmp(&y.serial));
+    assert_eq!(purged, [a, e]);
+    for tok in ["tok-a", "tok-b", "tok-e"] {
+        assert!(
+            s.get_pending_by_token(tok).await.unwrap().is_none(),
+            "{tok}"
+        );
+    }
+    assert_eq!(s.get_pending_by_token("tok-c").await.unwrap(), Some(c));
+    // The registered certificate itself is untouched.
+    assert_eq!(
+        s.get_certificate("pb").await.unwrap().unwrap().status,
+        CertStatus::Active
+    );
+
+    let expired = |tenant: &'static str| async move {
+        s.query_audit(
+            tenant,
+            &AuditQuery {
+                action: Some("certificate.pending_expired".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let d = expired(DEFAULT_TENANT).await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].target.as_str(), d[0].actor.as_str(), d[0].at),
+        ("certificate:pa", "system", NOW + 10)
+    );
+    assert_eq!(d[0].outcome, Outcome::Success);
+    let x = expired("acme").await;
+    assert_eq!(x.len(), 1);
+    assert_eq!(x[0].target, "certificate:pe");
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, defaults_before + 1);
+    assert_eq!(audit_count(s, "acme").await, acme_before + 1);
+
+    // Purging again finds nothing and writes nothing.
+    assert!(s.purge_expired_pending(NOW + 10).await.unwrap().is_empty());
+    assert_eq!(audit_count(s, DEFAULT_TENANT).await, defaults_before + 1);
+    // A retry of pb's registration after the purge is refused.
+    assert!(matches!(
+        s.commit_registration(&registration(
+            plan("pump-b", &[], &[], "pump"),
+            "SNB",
+            "pb",
+            Some(ownership("tok-b", "db")),
+        ))
+        .await
+        .unwrap_err(),
+        StoreError::TokenNotUsable
+    ));
+}
+
+async fn registered_cas_are_listed_per_tenant_and_updated(db: Db) {
+    let s = db.store.as_ref();
+    s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW)
+        .await
+        .unwrap();
+    let ca1 = registered_ca("ca1", DEFAULT_TENANT, NOW);
+    let ca2 = registered_ca("ca2", "acme", NOW + 1);
+    let ca3 = registered_ca("ca3", DEFAULT_TENANT, NOW + 2);
+    for ca in [&ca1, &ca2, &ca3] {
+        s.register_ca(ca, &audit(&ca.tenant, "ca.register", &ca.id))
+            .await
+            .unwrap();
+    }
+    let err = s
+        .register_ca(&ca1, &audit(DEFAULT_TENANT, "ca.register", "ca1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let ghost = registered_ca("ca9", "nowhere", NOW);
+    assert!(matches!(
+        s.register_ca(&ghost, &audit("nowhere", "ca.register", "ca9"))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    assert_eq!(s.get_registered_ca("ca1").await.unwrap(), Some(ca1.clone()));
+    assert!(s.get_registered_ca("ca9").await.unwrap().is_none());
+    let ids = |v: Vec<RegisteredCa>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.list_registered_cas(Some(DEFAULT_TENANT)).await.unwrap()),
+        ["ca1", "ca3"]
+    );
+    assert_eq!(
+        ids(s.list_registered_cas(Some("acme")).await.unwrap()),
+        ["ca2"]
+    );
+    assert!(
+        s.list_registered_cas(Some("other"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.list_registered_cas(None).await.unwrap(),
+        [ca1.clone(), ca2.clone(), ca3.clone()]
+    );
+
+    let mut changed = ca1.clone();
+    changed.status = CaStatus::Inactive;
+    changed.auto_registration = false;
+    changed.template = Some("jitp-t".into());
+    changed.updated_at = NOW + 50;
+    s.update_registered_ca(&changed, &audit(DEFAULT_TENANT, "ca.update", "ca1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_registered_ca("ca1").await.unwrap(),
+        Some(changed.clone())
+    );
+    changed.status = CaStatus::Revoked;
+    changed.template = None;
+    changed.updated_at = NOW + 60;
+    s.update_registered_ca(&changed, &audit(DEFAULT_TENANT, "ca.update", "ca1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_registered_ca("ca1").await.unwrap(),
+        Some(changed.clone())
+    );
+
+    let mut missing = ca3.clone();
+    missing.id = "ca9".into();
+    let err = s
+        .update_registered_ca(&missing, &audit(DEFAULT_TENANT, "ca.update", "ca9"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    // Another tenant's CA is not found either, and stays as it was.
+    let mut foreign = ca2.clone();
+    foreign.tenant = DEFAULT_TENANT.into();
+    foreign.status = CaStatus::Revoked;
+    let err = s
+        .update_registered_ca(&foreign, &audit(DEFAULT_TENANT, "ca.update", "ca2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(s.get_registered_ca("ca2").await.unwrap(), Some(ca2));
+    assert_eq!(
+        audit_actions(s, DEFAULT_TENANT).await,
+        ["ca.register", "ca.register", "ca.update", "ca.update"]
+    );
+}
+
+async fn jitp_registration_records_the_issuing_ca(db: Db) {
+    let s = db.store.as_ref();
+    s.register_ca(
+        &registered_ca("ca1", DEFAULT_TENANT, NOW),
+        &audit(DEFAULT_TENANT, "ca.register", "ca1"),
+    )
+    .await
+    .unwrap();
+    let mut c = registration(
+        plan("cam-1", &[("vendor", "acme")], &["cams"], "camera"),
+        "CSN1",
+        "m1",
+        None,
+    );
+    c.issuer_ca = Some("ca1".into());
+    c.audit = audit(DEFAULT_TENANT, "jitp.register", "cam-1");
+    assert_eq!(
+        s.commit_registration(&c).await.unwrap(),
+        RegistrationOutcome::Created
+    );
+    let crt = s
+        .get_certificate_by_fingerprint("fp-m1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(crt.issuer_ca.as_deref(), Some("ca1"));
+    assert_eq!(
+        (crt.status, crt.thing_name.as_str()),
+        (CertStatus::Active, "cam-1")
+    );
+    assert_eq!(certs_of(s, "cam-1").await, std::slice::from_ref(&crt));
+    let d = s
+        .get_device(DEFAULT_TENANT, "cam-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.status, DeviceStatus::Active);
+    assert_eq!(d.device_class.as_deref(), Some("camera"));
+
+    // The same certificate presented again is a conflict, and the failed
+    // attempt does not supersede the certificate already registered.
+    let err = s.commit_registration(&c).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(s.get_certificate("m1").await.unwrap(), Some(crt));
+
+    // A template may register the certificate switched off.
+    let mut off = registration(plan("cam-2", &[], &[], "camera"), "CSN2", "m2", None);
+    off.issuer_ca = Some("ca1".into());
+    off.certificate_status = CertStatus::Inactive;
+    assert_eq!(
+        s.commit_registration(&off).await.unwrap(),
+        RegistrationOutcome::Created
+    );
+    let crt = s
+        .get_certificate_by_fingerprint("fp-m2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (crt.status, crt.issuer_ca.as_deref()),
+        (CertStatus::Inactive, Some("ca1"))
+    );
+    // Onramp's own CA: no issuer recorded.
+    let own = registration(plan("cam-3", &[], &[], "camera"), "CSN3", "m3", None);
+    s.commit_registration(&own).await.unwrap();
+    assert_eq!(
+        s.get_certificate("m3").await.unwrap().unwrap().issuer_ca,
+        None
+    );
+    assert_eq!(
+        audit_actions(s, DEFAULT_TENANT).await,
+        [
+            "ca.register",
+            "jitp.register",
+            "provisioning.register",
+            "provisioning.register"
+        ]
+    );
+}
+
+async fn concurrent_register_thing_with_one_token_registers_once(db: Db) {
+    let s = db.store.clone();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p1", NOW + 3600), "tok-1")
+        .await
+        .unwrap();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p2", NOW + 3600), "tok-2")
+        .await
+        .unwrap();
+    // Retries of one request: one registers, the others get its reply.
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let s = s.clone();
+        let c = registration(
+            plan("pump-1", &[("site", "berlin")], &["g1"], "pump"),
+            "SN1",
+            "p1",
+            Some(ownership("tok-1", "d1")),
+        );
+        handles.push(tokio::spawn(async move { s.commit_registration(&c).await }));
+    }
+    let mut outcomes = Vec::new();
+    for h in handles {
+        outcomes.push(h.await.unwrap().unwrap());
+    }
+    let created = outcomes
+        .iter()
+        .filter(|o| **o == RegistrationOutcome::Created)
+        .count();
+    let replayed = outcomes
+        .iter()
+        .filter(|o| **o == RegistrationOutcome::Replayed("response-d1".into()))
+        .count();
+    assert_eq!((created, replayed), (1, 5), "{outcomes:?}");
+    assert_eq!(certs_of(s.as_ref(), "pump-1").await.len(), 1);
+
+    // Different requests with one token: exactly one wins.
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        let c = registration(
+            plan(&format!("valve-{i}"), &[], &[], "valve"),
+            &format!("SV{i}"),
+            "p2",
+            Some(ownership("tok-2", &format!("d{i}"))),
+        );
+        handles.push(tokio::spawn(async move { s.commit_registration(&c).await }));
+    }
+    let mut ok = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(RegistrationOutcome::Created) => ok += 1,
+            Err(StoreError::TokenNotUsable) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let valves = s
+        .list_devices(
+            DEFAULT_TENANT,
+            &DeviceFilter {
+                device_class: Some("valve".into()),
+                ..Default::default()
+            },
+            &Page::new(None, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(valves.len(), 1);
+    assert_eq!(
+        s.get_certificate("p2").await.unwrap().unwrap().thing_name,
+        valves[0].thing_name
+    );
+}
+
+async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
+    let s = db.store.as_ref();
+    s.create_claim_certificate(
+        &claim(DEFAULT_TENANT, "c1", NOW + 1000, NOW),
+        &audit(DEFAULT_TENANT, "claim.create", "c1"),
+    )
+    .await
+    .unwrap();
+    let ca = registered_ca("ca1", DEFAULT_TENANT, NOW);
+    s.register_ca(&ca, &audit(DEFAULT_TENANT, "ca.register", "ca1"))
+        .await
+        .unwrap();
+    for (thing, serial, crt) in [("cam-1", "CSN1", "m1"), ("cam-2", "CSN2", "m2")] {
+        let mut c = registration(plan(thing, &[], &[], "camera"), serial, crt, None);
+        c.issuer_ca = Some("ca1".into());
+        s.commit_registration(&c).await.unwrap();
+    }
+    // cam-2's certificate is revoked already: nothing more to cut for it.
+    s.revoke_certificate(
+        DEFAULT_TENANT,
+        "m2",
+        "keyCompromise",
+        &audit(DEFAULT_TENANT, "certificate.revoke", "m2"),
+        NOW + 1,
+    )
+    .await
+    .unwrap();
+    assert!(s.revoked_since(NOW + 10).await.unwrap().is_empty());
+
+    s.revoke_claim_certificate(
+        DEFAULT_TENANT,
+        "c1",
+        None,
+        &audit(DEFAULT_TENANT, "claim.revoke", "c1"),
+        NOW + 10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.revoked_since(NOW + 10).await.unwrap(),
+        [RevokedIdentity {
+            tenant: DEFAULT_TENANT.into(),
+            thing_name: format!("{}c1", onramp_domain::provisioning::CLAIM_IDENTITY_PREFIX),
+            certificate_serial: Some("c1".into()),
+        }]
+    );
+
+    let mut off = ca.clone();
+    off.status = CaStatus::Inactive;
+    off.updated_at = NOW + 20;
+    s.update_registered_ca(&off, &audit(DEFAULT_TENANT, "ca.update", "ca1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.revoked_since(NOW + 20).await.unwrap(),
+        [RevokedIdentity {
+            tenant: DEFAULT_TENANT.into(),
+            thing_name: "cam-1".into(),
+            certificate_serial: Some("m1".into()),
+        }]
+    );
+    // Switching auto-registration off alone keeps the CA trusted.
+    let mut on = ca.clone();
+    on.auto_registration = false;
+    on.updated_at = NOW + 30;
+    s.update_registered_ca(&on, &audit(DEFAULT_TENANT, "ca.update", "ca1"))
+        .await
+        .unwrap();
+    assert!(s.revoked_since(NOW + 30).await.unwrap().is_empty());
+}
