@@ -2,7 +2,10 @@
 //! claim certificates, certificates waiting for RegisterThing, registered
 //! manufacturer CAs, and the one transaction that registers a device.
 
-use crate::sql::{CERT_COLUMNS, SqlStore, cert_from_row, device_in_tx, insert_audit, not_found};
+use crate::sql::{
+    CERT_COLUMNS, DEVICE_COLUMNS, Dialect, SqlStore, cert_from_row, device_from_row, insert_audit,
+    not_found,
+};
 use crate::{NewCertificate, Result, StoreError};
 use async_trait::async_trait;
 use onramp_domain::template::{ExistingThing, ThingPlan, apply_thing_overrides};
@@ -264,13 +267,25 @@ fn map_unique(e: sqlx::Error, what: String) -> StoreError {
 }
 
 impl SqlStore {
+    /// `FOR UPDATE` on PostgreSQL, where writers run concurrently: a row read
+    /// to be written back must stay locked until the commit. SQLite has one
+    /// writer, so its transactions are serial already.
+    fn lock_clause(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        }
+    }
+
     async fn template_in_tx(
+        &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         tenant: &str,
         name: &str,
     ) -> Result<ProvisioningTemplateRecord> {
+        let lock = self.lock_clause();
         let row = sqlx::query(sqlf!(
-            "SELECT {TEMPLATE_COLUMNS} FROM provisioning_templates WHERE tenant = $1 AND name = $2"
+            "SELECT {TEMPLATE_COLUMNS} FROM provisioning_templates WHERE tenant = $1 AND name = $2{lock}"
         ))
         .bind(tenant)
         .bind(name)
@@ -334,7 +349,7 @@ impl ProvisioningStore for SqlStore {
         now: UnixTime,
     ) -> Result<ProvisioningTemplateRecord> {
         let mut tx = self.begin().await?;
-        let mut t = Self::template_in_tx(&mut tx, tenant, name).await?;
+        let mut t = self.template_in_tx(&mut tx, tenant, name).await?;
         t.latest_version += 1;
         if set_default {
             t.default_version = t.latest_version;
@@ -377,7 +392,7 @@ impl ProvisioningStore for SqlStore {
         now: UnixTime,
     ) -> Result<ProvisioningTemplateRecord> {
         let mut tx = self.begin().await?;
-        let mut t = Self::template_in_tx(&mut tx, tenant, name).await?;
+        let mut t = self.template_in_tx(&mut tx, tenant, name).await?;
         let exists = sqlx::query(
             "SELECT 1 FROM provisioning_template_versions WHERE tenant = $1 AND name = $2 \
              AND version = $3",
@@ -735,7 +750,15 @@ impl ProvisioningStore for SqlStore {
         let outcome = if inserted.rows_affected() == 1 {
             RegistrationOutcome::Created
         } else {
-            let Some(device) = device_in_tx(&mut tx, &c.tenant, thing_name).await? else {
+            let lock = self.lock_clause();
+            let row = sqlx::query(sqlf!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE tenant = $1 AND thing_name = $2{lock}"
+            ))
+            .bind(&c.tenant)
+            .bind(thing_name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(device) = row.as_ref().map(device_from_row).transpose()? else {
                 return Err(StoreError::Conflict(format!(
                     "serial `{}` is registered to another thing",
                     c.serial_number
@@ -765,8 +788,21 @@ impl ProvisioningStore for SqlStore {
             };
             let next = apply_thing_overrides(&existing, &c.thing)
                 .map_err(|e| StoreError::Conflict(e.to_string()))?;
-            let attributes = serde_json::to_string(&next.attributes)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // Keys the template left alone keep their stored JSON values
+            // (a number stays a number); changed ones are template strings.
+            let merged: serde_json::Map<String, serde_json::Value> = next
+                .attributes
+                .iter()
+                .map(|(k, v)| {
+                    let value = match (existing.attributes.get(k), device.attributes.get(k)) {
+                        (Some(old), Some(stored)) if old == v => stored.clone(),
+                        _ => serde_json::Value::String(v.clone()),
+                    };
+                    (k.clone(), value)
+                })
+                .collect();
+            let attributes =
+                serde_json::to_string(&merged).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "UPDATE devices SET status = 'active', attributes = $1, device_class = $2, \
                  thing_groups = $3, updated_at = $4 WHERE tenant = $5 AND thing_name = $6",

@@ -1087,6 +1087,8 @@ suite!(
     jitp_registration_records_the_issuing_ca,
     concurrent_register_thing_with_one_token_registers_once,
     a_revoked_claim_or_a_deactivated_ca_cuts_its_identities,
+    re_registration_keeps_attributes_the_template_leaves_alone,
+    concurrent_merging_re_registrations_lose_nothing,
 );
 
 // ---- provisioning: templates, claim certificates, RegisterThing, registered CAs ----
@@ -2630,4 +2632,93 @@ async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
         .await
         .unwrap();
     assert!(s.revoked_since(NOW + 30).await.unwrap().is_empty());
+}
+
+async fn re_registration_keeps_attributes_the_template_leaves_alone(db: Db) {
+    let s = db.store.as_ref();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p1", NOW + 3600), "tok-1")
+        .await
+        .unwrap();
+    s.create_pending_certificate(&pending(DEFAULT_TENANT, "p2", NOW + 3600), "tok-2")
+        .await
+        .unwrap();
+    let first = registration(
+        plan("pump-1", &[], &[], "pump"),
+        "SN1",
+        "p1",
+        Some(ownership("tok-1", "d1")),
+    );
+    s.commit_registration(&first).await.unwrap();
+    s.patch_device_attributes(
+        DEFAULT_TENANT,
+        "pump-1",
+        &json(serde_json::json!({"floor": 3, "tags": ["a"], "ok": true})),
+        &audit("default", "device.patch", "pump-1"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let mut thing = plan("pump-1", &[("site", "berlin")], &[], "pump");
+    thing.overrides.attribute_payload = OverrideSetting::Merge;
+    let second = registration(thing, "SN1", "p2", Some(ownership("tok-2", "d2")));
+    assert_eq!(
+        s.commit_registration(&second).await.unwrap(),
+        RegistrationOutcome::Updated
+    );
+    let d = s
+        .get_device(DEFAULT_TENANT, "pump-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.attributes,
+        json(serde_json::json!({"floor": 3, "tags": ["a"], "ok": true, "site": "berlin"}))
+    );
+}
+
+async fn concurrent_merging_re_registrations_lose_nothing(db: Db) {
+    let s = db.store.clone();
+    for round in 0..10 {
+        let thing = format!("pump-{round}");
+        let serial = format!("SN{round}");
+        let p0 = format!("r{round}-0");
+        s.create_pending_certificate(&pending(DEFAULT_TENANT, &p0, NOW + 3600), &format!("t{p0}"))
+            .await
+            .unwrap();
+        let base = registration(
+            plan(&thing, &[("base", "1")], &[], "pump"),
+            &serial,
+            &p0,
+            Some(ownership(&format!("t{p0}"), "d0")),
+        );
+        s.commit_registration(&base).await.unwrap();
+        let mut handles = Vec::new();
+        for side in ["a", "b"] {
+            let p = format!("r{round}-{side}");
+            s.create_pending_certificate(
+                &pending(DEFAULT_TENANT, &p, NOW + 3600),
+                &format!("t{p}"),
+            )
+            .await
+            .unwrap();
+            let mut t = plan(&thing, &[(side, "1")], &[side], "pump");
+            t.overrides.attribute_payload = OverrideSetting::Merge;
+            t.overrides.thing_groups = OverrideSetting::Merge;
+            let c = registration(t, &serial, &p, Some(ownership(&format!("t{p}"), side)));
+            let s = s.clone();
+            handles.push(tokio::spawn(async move { s.commit_registration(&c).await }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        let d = s.get_device(DEFAULT_TENANT, &thing).await.unwrap().unwrap();
+        assert_eq!(
+            d.attributes,
+            json(serde_json::json!({"base": "1", "a": "1", "b": "1"})),
+            "round {round}"
+        );
+        let mut groups = d.thing_groups.clone();
+        groups.sort();
+        assert_eq!(groups, ["a", "b"], "round {round}");
+    }
 }
