@@ -25,6 +25,9 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The largest template body AWS IoT accepts, in characters.
+/// serde_json's private marker key for raw values (see [`ProvisioningTemplate::parse`]).
+const RAW_VALUE_MARKER: &str = "serde_json::private::RawValue";
+
 pub const MAX_TEMPLATE_CHARS: usize = 10_240;
 
 /// How deeply values and intrinsic functions may nest inside one property.
@@ -394,6 +397,15 @@ impl ProvisioningTemplate {
                     max: MAX_TEMPLATE_CHARS,
                 });
             }
+        }
+        // serde_json (with the `raw_value` feature another crate of the build
+        // turns on) treats an object with this key as raw JSON text: such a
+        // template would save but produce documents that never read back.
+        if body.contains(RAW_VALUE_MARKER) {
+            return Err(invalid(
+                "template",
+                "the key `$serde_json::private::RawValue` is reserved",
+            ));
         }
         // serde_json refuses input nested deeper than 128 levels, so this
         // cannot exhaust the stack either.
@@ -2539,5 +2551,12 @@ mod tests {
             prop_assert_eq!(&plan.device_configuration["out"], &expected);
             prop_assert_eq!(&plan.device_configuration["sub"], &expected);
         }
+    }
+
+    #[test]
+    fn the_raw_value_marker_key_is_refused() {
+        let body = r#"{"Resources":{"p":{"Type":"AWS::IoT::Policy","Properties":{"PolicyDocument":{"a":0,"$serde_json::private::RawValue":0}}}}}"#;
+        let e = ProvisioningTemplate::parse(body).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
     }
 }

@@ -276,9 +276,10 @@ impl Session {
         tracing::debug!(client = %s.client_id, %peer, ?version, "MQTT client connected");
         if s.claim.is_none() {
             s.presence(true, Some(&peer.ip().to_string()), None);
-            let onramp = s.gw.onramp.clone();
-            let (t, n) = (s.tenant.clone(), s.thing_name.clone());
-            tokio::spawn(async move { onramp.device_presence(&t, &n, true).await });
+            // Queued (not written here), in order with the disconnect that follows.
+            s.gw.onramp
+                .device_presence(&s.tenant, &s.thing_name, true)
+                .await;
         }
         for out in attached.resend {
             if sink.feed(wire::publish(version, &out)).await.is_err() {

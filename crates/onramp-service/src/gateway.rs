@@ -177,16 +177,17 @@ impl Onramp {
         }
     }
 
-    /// Records that a device connected or disconnected (also its last-seen time).
+    /// Records that a device connected or disconnected (also its last-seen
+    /// time). Queued and written in batches, so a connect storm costs a few
+    /// statements instead of one per event, and a closing connection never
+    /// waits for the database.
     pub async fn device_presence(&self, tenant: &str, thing_name: &str, connected: bool) {
-        if let Err(e) = self
-            .inner
-            .store
-            .set_device_connected(tenant, thing_name, connected, now())
-            .await
-        {
-            tracing::warn!(error = %e, thing = thing_name, "could not record presence");
-        }
+        let tx = self.inner.presence.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(write_presence(self.inner.store.clone(), rx));
+            tx
+        });
+        let _ = tx.send((tenant.to_string(), thing_name.to_string(), connected));
     }
 
     // ---- policy management ----
@@ -280,5 +281,30 @@ impl Onramp {
             .store
             .detach_policy(&caller.tenant, name, target, &audit)
             .await?)
+    }
+}
+
+/// Drains queued presence changes: whatever arrived within a short window,
+/// the last change per device wins, one statement per batch.
+async fn write_presence(
+    store: Arc<dyn onramp_store::Store>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, String, bool)>,
+) {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let mut latest: std::collections::HashMap<(String, String), bool> =
+            std::collections::HashMap::new();
+        latest.insert((first.0, first.1), first.2);
+        while let Ok((t, n, c)) = rx.try_recv() {
+            latest.insert((t, n), c);
+            if latest.len() >= 2000 {
+                break;
+            }
+        }
+        let batch: Vec<(String, String, bool)> =
+            latest.into_iter().map(|((t, n), c)| (t, n, c)).collect();
+        if let Err(e) = store.set_devices_connected(&batch, now()).await {
+            tracing::warn!(error = %e, count = batch.len(), "could not record presence");
+        }
     }
 }

@@ -92,6 +92,8 @@ struct Inner {
             Arc<onramp_domain::template::ProvisioningTemplate>,
         >,
     >,
+    /// Presence changes waiting to be written (see `device_presence`).
+    presence: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(String, String, bool)>>,
     /// Client for pre-provisioning hooks.
     http: reqwest::Client,
     /// Where shadow replies are published; set by the gateway when it starts.
@@ -117,6 +119,7 @@ impl Onramp {
             inner: Arc::new(Inner {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
+                presence: std::sync::OnceLock::new(),
                 parsed_templates: std::sync::Mutex::new(std::collections::HashMap::new()),
                 throttle_audit_limiter: RateLimiter::new(RateLimit {
                     per_second: 0,

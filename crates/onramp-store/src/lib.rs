@@ -260,6 +260,12 @@ pub trait Store: ProvisioningStore + Send + Sync + 'static {
         connected: bool,
         now: UnixTime,
     ) -> Result<()>;
+    /// Many presence changes in one statement: `(tenant, thing name, connected)`.
+    async fn set_devices_connected(
+        &self,
+        updates: &[(String, String, bool)],
+        now: UnixTime,
+    ) -> Result<()>;
     async fn put_retained(&self, record: &RetainedRecord, now: UnixTime) -> Result<()>;
     async fn delete_retained(&self, tenant: &str, topic: &str) -> Result<()>;
     async fn load_retained(&self) -> Result<Vec<RetainedRecord>>;

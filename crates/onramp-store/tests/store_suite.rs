@@ -1089,6 +1089,7 @@ suite!(
     a_revoked_claim_or_a_deactivated_ca_cuts_its_identities,
     re_registration_keeps_attributes_the_template_leaves_alone,
     concurrent_merging_re_registrations_lose_nothing,
+    presence_is_written_in_batches,
 );
 
 // ---- provisioning: templates, claim certificates, RegisterThing, registered CAs ----
@@ -2721,4 +2722,45 @@ async fn concurrent_merging_re_registrations_lose_nothing(db: Db) {
         groups.sort();
         assert_eq!(groups, ["a", "b"], "round {round}");
     }
+}
+
+async fn presence_is_written_in_batches(db: Db) {
+    let s = db.store.as_ref();
+    for (thing, serial) in [("d1", "S1"), ("d2", "S2"), ("d3", "S3")] {
+        s.commit_enrolment(&enrolment(thing, serial, None, &format!("c-{thing}")))
+            .await
+            .unwrap();
+    }
+    let batch = vec![
+        (DEFAULT_TENANT.to_string(), "d1".to_string(), true),
+        (DEFAULT_TENANT.to_string(), "d2".to_string(), true),
+        (DEFAULT_TENANT.to_string(), "nobody".to_string(), true),
+        ("other".to_string(), "d3".to_string(), true),
+    ];
+    s.set_devices_connected(&batch, NOW + 5).await.unwrap();
+    let seen = |t: &'static str| async move {
+        s.get_device(DEFAULT_TENANT, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_at
+    };
+    assert_eq!(seen("d1").await, Some(NOW + 5));
+    assert_eq!(seen("d2").await, Some(NOW + 5));
+    assert_eq!(
+        seen("d3").await,
+        None,
+        "another tenant's thing of the same name is untouched"
+    );
+    // Larger than one statement's chunk.
+    let many: Vec<(String, String, bool)> = (0..700)
+        .map(|i| (DEFAULT_TENANT.to_string(), format!("x{i}"), i % 2 == 0))
+        .chain(std::iter::once((
+            DEFAULT_TENANT.to_string(),
+            "d3".to_string(),
+            false,
+        )))
+        .collect();
+    s.set_devices_connected(&many, NOW + 9).await.unwrap();
+    assert_eq!(seen("d3").await, Some(NOW + 9));
 }
