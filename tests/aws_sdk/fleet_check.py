@@ -60,7 +60,7 @@ from typing import Any
 import awscrt.mqtt
 import awscrt.mqtt5
 import awscrt.mqtt_request_response as rr
-from awsiot import V2ServiceException, iotidentity, mqtt5_client_builder, mqtt_connection_builder
+from awsiot import iotidentity, mqtt5_client_builder, mqtt_connection_builder
 
 # How long any single expected event may take.
 TIMEOUT = 10.0
@@ -74,54 +74,7 @@ PROTOCOLS = {"mqtt5": "MQTT 5", "mqtt3": "MQTT 3.1.1"}
 BAD_TOKEN = "not-a-token"
 
 
-class CheckFailed(Exception):
-    pass
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
-
-
-def describe(e: BaseException) -> str:
-    """A readable account of an SDK failure, with the modeled error if any."""
-    if isinstance(e, V2ServiceException):
-        parts = [e.message]
-        if e.modeled_error is not None:
-            me = e.modeled_error
-            parts.append(
-                f"rejected: statusCode={getattr(me, 'status_code', None)!r} "
-                f"errorCode={getattr(me, 'error_code', None)!r} "
-                f"errorMessage={getattr(me, 'error_message', None)!r}"
-            )
-        if e.inner_error is not None:
-            parts.append(f"cause: {type(e.inner_error).__name__}: {e.inner_error}")
-        return "; ".join(parts)
-    return f"{type(e).__name__}: {e}"
-
-
-def wait_result(future: Future, what: str) -> Any:
-    try:
-        return future.result(timeout=TIMEOUT + 5)
-    except TimeoutError as e:
-        raise CheckFailed(f"{what}: no answer within {TIMEOUT + 5:.0f} s") from e
-    except V2ServiceException as e:
-        raise CheckFailed(f"{what} failed: {describe(e)}") from e
-
-
-def wait_rejected(future: Future, what: str) -> Any:
-    """Waits for a request that must be rejected; returns the modeled error."""
-    try:
-        result = future.result(timeout=TIMEOUT + 5)
-    except TimeoutError as e:
-        raise CheckFailed(f"{what}: no answer within {TIMEOUT + 5:.0f} s") from e
-    except V2ServiceException as e:
-        require(
-            e.modeled_error is not None,
-            f"{what}: failed without a rejection document from the server: {describe(e)}",
-        )
-        return e.modeled_error
-    raise CheckFailed(f"{what}: accepted ({result}), expected a rejection")
+from sdk_checks import CheckFailed, describe, require, wait_rejected, wait_result  # noqa: E402
 
 
 def non_empty_str(value: Any) -> bool:
