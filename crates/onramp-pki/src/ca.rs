@@ -455,6 +455,11 @@ pub fn signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
     cert.issuer() == issuer.subject() && cert.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
+/// A DER certificate as PEM.
+pub fn certificate_pem(der: &[u8]) -> String {
+    pem_encode("CERTIFICATE", der)
+}
+
 pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);

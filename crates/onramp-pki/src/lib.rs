@@ -14,8 +14,8 @@ mod provisioning;
 mod secrets;
 pub mod tls;
 
-pub use ca::signed_by;
 pub use ca::{CaKeyAlgorithm, CertificateAuthority, IssuedCert, ServerIdentity};
+pub use ca::{certificate_pem, signed_by};
 pub use csr::{CsrError, VerifiedCsr, parse_csr};
 pub use encoding::{
     CertInfo, base64_mime, certs_only_pkcs7, csr_attributes, decode_base64_lenient,

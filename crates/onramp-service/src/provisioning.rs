@@ -1217,7 +1217,7 @@ impl Onramp {
             .cloned()
             .unwrap_or_else(|| thing_name.clone());
         let now = now();
-        let pem = pem_certificate(leaf);
+        let pem = onramp_pki::certificate_pem(leaf);
         let commit = RegistrationCommit {
             tenant: ca.tenant.clone(),
             serial_number: serial,
@@ -1372,16 +1372,4 @@ fn apply_settings(t: &mut ProvisioningTemplateRecord, s: TemplateSettings) -> Re
             .map_err(|e| ServiceError::BadRequest(format!("serial `{serial}`: {e}")))?;
     }
     Ok(())
-}
-
-fn pem_certificate(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }

@@ -200,6 +200,14 @@ fn template_from_row(row: &AnyRow) -> Result<ProvisioningTemplateRecord> {
     })
 }
 
+fn version_from_row(row: &AnyRow) -> Result<TemplateVersion> {
+    Ok(TemplateVersion {
+        version: row.try_get("version")?,
+        body: row.try_get("body")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 fn claim_from_row(row: &AnyRow) -> Result<ClaimCertificate> {
     let status: String = row.try_get("status")?;
     Ok(ClaimCertificate {
@@ -480,14 +488,7 @@ impl ProvisioningStore for SqlStore {
         .bind(version)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| -> Result<TemplateVersion> {
-            Ok(TemplateVersion {
-                version: r.try_get("version")?,
-                body: r.try_get("body")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(version_from_row).transpose()
     }
 
     async fn list_templates(&self, tenant: &str) -> Result<Vec<ProvisioningTemplateRecord>> {
@@ -513,15 +514,7 @@ impl ProvisioningStore for SqlStore {
         .bind(name)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TemplateVersion {
-                    version: r.try_get("version")?,
-                    body: r.try_get("body")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(version_from_row).collect()
     }
 
     async fn create_claim_certificate(
