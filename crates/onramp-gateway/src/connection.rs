@@ -101,6 +101,8 @@ struct Admitted {
     client_id: String,
     assigned: bool,
     authorizer: Authorizer,
+    /// The cut epoch before authentication (see `Gateway::cut_since`).
+    cut_epoch: u64,
 }
 
 async fn admit(
@@ -112,6 +114,9 @@ async fn admit(
     if gw.source_limiter.check(source).is_err() {
         return Err(ConnectRefusal::RateExceeded);
     }
+    // Noted before the registry is read: a cut that lands between this read
+    // and the session's attachment is caught after attaching.
+    let cut_epoch = gw.cut_epoch();
     let identity = gw.onramp.authenticate_device(chain).await.map_err(|e| {
         tracing::info!(%source, reason = %e, "MQTT connection refused");
         match e {
@@ -132,20 +137,44 @@ async fn admit(
     if client_id.len() > 128 || client_id.contains(['\0', '+', '#']) {
         return Err(ConnectRefusal::BadClientId);
     }
-    // A claim certificate is shared by a whole batch: any client id, and its
-    // operations are rate-limited per claim by the provisioning service.
-    let is_claim = identity.claim.is_some();
-    if !is_claim && gw.settings.require_client_id_match && client_id != identity.thing_name {
-        tracing::info!(%source, thing = %identity.thing_name, "MQTT client id is not the thing name");
-        return Err(ConnectRefusal::BadClientId);
-    }
-    if !is_claim
-        && gw
+    if let Some(claim) = &identity.claim {
+        // A claim certificate is shared by a whole batch, so its key is only
+        // as secret as the least protected board: its connections are
+        // limited per claim and per address, and may never use a client id
+        // that names a thing (that would displace the device or wipe its
+        // session). Holding a live client id is checked when attaching.
+        if gw.claim_source_limiter.check(source).is_err()
+            || gw
+                .claim_limiter
+                .check(&format!("{}/{}", identity.tenant, claim.serial))
+                .is_err()
+        {
+            return Err(ConnectRefusal::RateExceeded);
+        }
+        match gw
+            .onramp
+            .client_id_names_thing(&identity.tenant, &client_id)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(%source, claim = %claim.serial, client = %client_id, "claim connection refused: its client id names a thing");
+                return Err(ConnectRefusal::BadClientId);
+            }
+            Err(_) => return Err(ConnectRefusal::ServerUnavailable),
+        }
+    } else {
+        if gw.settings.require_client_id_match && client_id != identity.thing_name {
+            tracing::info!(%source, thing = %identity.thing_name, "MQTT client id is not the thing name");
+            return Err(ConnectRefusal::BadClientId);
+        }
+        if gw
             .identity_limiter
             .check(&format!("{}/{}", identity.tenant, identity.thing_name))
             .is_err()
-    {
-        return Err(ConnectRefusal::RateExceeded);
+        {
+            return Err(ConnectRefusal::RateExceeded);
+        }
     }
     let authorizer = gw.onramp.authorizer(&identity, &client_id);
     if !authorizer.allows(Action::Connect, Resource::Client(&client_id)) {
@@ -166,6 +195,7 @@ async fn admit(
         client_id,
         assigned,
         authorizer,
+        cut_epoch,
     })
 }
 
@@ -238,7 +268,18 @@ impl Session {
             tx,
             receive,
             connect.receive_max,
+            a.identity.claim.is_some(),
         );
+        let Some(attached) = attached else {
+            tracing::warn!(%peer, thing = %a.identity.thing_name, client = %a.client_id, "MQTT client id is held by another identity");
+            metrics::counter!("onramp_mqtt_connects_total", "outcome" => "client_id_held")
+                .increment(1);
+            let mut framed = framed;
+            let _ = framed
+                .send(wire::connack_refused(version, ConnectRefusal::BadClientId))
+                .await;
+            return;
+        };
         let (mut sink, mut stream) = framed.split();
         let info = ConnAckInfo {
             session_present: attached.session_present,
@@ -268,6 +309,25 @@ impl Session {
             source: peer.ip().to_string(),
             gw,
         };
+        if s.gw.cut_since(
+            a.cut_epoch,
+            &s.tenant,
+            &s.thing_name,
+            &a.identity.certificate_serial,
+        ) {
+            // Revoked or suspended while it was being admitted.
+            tracing::info!(client = %s.client_id, %peer, "MQTT connection cut during admission");
+            metrics::counter!("onramp_mqtt_connects_total", "outcome" => "cut_during_admission")
+                .increment(1);
+            let _ = sink
+                .send(wire::connack_refused(
+                    version,
+                    ConnectRefusal::NotAuthorized,
+                ))
+                .await;
+            s.finish(End::Closed(CloseReason::NotAuthorized)).await;
+            return;
+        }
         if sink.send(wire::connack_ok(version, &info)).await.is_err() {
             s.finish(End::Lost).await;
             return;

@@ -98,7 +98,15 @@ impl Hub {
     }
 
     /// Binds a connection to its client's session, taking it over from an
-    /// older connection (which is told to close) or starting afresh.
+    /// older connection of the same owner (which is told to close) or
+    /// starting afresh.
+    ///
+    /// A client id is held by the identity (`thing_name`) whose session it
+    /// names, live or kept for later: another identity cannot displace that
+    /// connection or wipe that session, and gets `None` until the session
+    /// has ended or expired. With `exclusive` (a claim certificate, shared by
+    /// a whole batch) not even the same identity takes over a live
+    /// connection.
     #[allow(clippy::too_many_arguments)]
     pub fn attach(
         &self,
@@ -111,7 +119,8 @@ impl Hub {
         tx: mpsc::Sender<ToConnection>,
         receive: ReceiveCheck,
         receive_max: Option<u16>,
-    ) -> Attached {
+        exclusive: bool,
+    ) -> Option<Attached> {
         let mut limits = self.limits;
         if let Some(m) = receive_max {
             // The client's Receive Maximum (MQTT 5) caps the in-flight window.
@@ -119,6 +128,16 @@ impl Hub {
         }
         let mut tenants = self.lock();
         let broker = tenants.entry(tenant.to_string()).or_default();
+        if let Some(entry) = broker
+            .by_client
+            .get(client_id)
+            .and_then(|old| broker.sessions.get(old))
+        {
+            let other_owner = entry.thing_name != thing_name;
+            if other_owner || (exclusive && entry.tx.is_some()) {
+                return None;
+            }
+        }
         let version = {
             let v = broker
                 .presence_version
@@ -146,12 +165,12 @@ impl Hub {
                 entry.expires_at = None;
                 entry.certificate_serial = certificate_serial.to_string();
                 let resend = entry.session.on_reconnect();
-                return Attached {
+                return Some(Attached {
                     session: old,
                     session_present: true,
                     resend,
                     presence_version: version,
-                };
+                });
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -170,12 +189,12 @@ impl Hub {
             },
         );
         broker.by_client.insert(client_id.to_string(), id);
-        Attached {
+        Some(Attached {
             session: id,
             session_present: false,
             resend: Vec::new(),
             presence_version: version,
-        }
+        })
     }
 
     /// The connection ended. A persistent session is kept for `keep`; a
@@ -426,20 +445,79 @@ fn send(entry: &mut SessionEntry, out: Outgoing, dropped: &AtomicU64) {
 mod tests {
     use super::*;
 
-    fn attach(hub: &Hub, client: &str, clean: bool) -> (Attached, mpsc::Receiver<ToConnection>) {
+    fn attach_as(
+        hub: &Hub,
+        client: &str,
+        owner: &str,
+        clean: bool,
+        exclusive: bool,
+    ) -> Option<(Attached, mpsc::Receiver<ToConnection>)> {
         let (tx, rx) = mpsc::channel(16);
         let a = hub.attach(
             "t",
             client,
-            client,
+            owner,
             "serial",
             clean,
             hub.next_connection_id(),
             tx,
             Arc::new(|_| true),
             None,
+            exclusive,
+        )?;
+        Some((a, rx))
+    }
+
+    fn attach(hub: &Hub, client: &str, clean: bool) -> (Attached, mpsc::Receiver<ToConnection>) {
+        attach_as(hub, client, client, clean, false).expect("the owner may take its client id")
+    }
+
+    #[test]
+    fn another_identity_cannot_take_over_a_live_client_id() {
+        let hub = Hub::new(SessionLimits::default());
+        let (tx, mut rx) = mpsc::channel(16);
+        let connection = hub.next_connection_id();
+        let a = hub
+            .attach(
+                "t",
+                "d1",
+                "d1",
+                "s",
+                false,
+                connection,
+                tx,
+                Arc::new(|_| true),
+                None,
+                false,
+            )
+            .expect("attached");
+        assert!(attach_as(&hub, "d1", "claim:c1", true, true).is_none());
+        assert!(attach_as(&hub, "d1", "d2", true, false).is_none());
+        assert!(rx.try_recv().is_err(), "the device was not told to close");
+        // Its persistent session survives the attempts.
+        assert!(hub.detach("t", a.session, connection, Some(Duration::from_secs(60))));
+        assert!(
+            attach_as(&hub, "d1", "d2", true, false).is_none(),
+            "nor may it wipe the session kept for the device"
         );
-        (a, rx)
+        let (back, _rx) = attach(&hub, "d1", false);
+        assert!(back.session_present);
+    }
+
+    #[test]
+    fn an_exclusive_identity_never_displaces_a_live_connection_even_its_own() {
+        let hub = Hub::new(SessionLimits::default());
+        let (_a, mut first) =
+            attach_as(&hub, "claim-x", "claim:c1", true, true).expect("a fresh client id");
+        assert!(attach_as(&hub, "claim-x", "claim:c1", true, true).is_none());
+        assert!(first.try_recv().is_err());
+        // A device may still take over its own client id.
+        let (_d, mut dev) = attach(&hub, "d1", true);
+        assert!(attach_as(&hub, "d1", "d1", true, false).is_some());
+        assert!(matches!(
+            dev.try_recv(),
+            Ok(ToConnection::Close(CloseReason::SessionTakenOver))
+        ));
     }
 
     #[test]
@@ -476,11 +554,35 @@ mod tests {
         let (tx1, mut rx1) = mpsc::channel(16);
         let (tx2, mut rx2) = mpsc::channel(16);
         let s1 = hub
-            .attach("t", "a", "a", "s", true, 1, tx1, Arc::new(|_| true), None)
-            .session;
+            .attach(
+                "t",
+                "a",
+                "a",
+                "s",
+                true,
+                1,
+                tx1,
+                Arc::new(|_| true),
+                None,
+                false,
+            )
+            .map(|a| a.session)
+            .expect("attached");
         let s2 = hub
-            .attach("t", "b", "b", "s", true, 2, tx2, Arc::new(|_| false), None)
-            .session;
+            .attach(
+                "t",
+                "b",
+                "b",
+                "s",
+                true,
+                2,
+                tx2,
+                Arc::new(|_| false),
+                None,
+                false,
+            )
+            .map(|a| a.session)
+            .expect("attached");
         hub.subscribe("t", s1, "x", "x", None, QoS::AtMostOnce, 10);
         hub.subscribe("t", s2, "x", "x", None, QoS::AtMostOnce, 10);
         assert_eq!(

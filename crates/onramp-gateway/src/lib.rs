@@ -7,6 +7,7 @@
 //! and the answers written back.
 
 mod connection;
+mod cuts;
 mod hub;
 mod listener;
 mod wire;

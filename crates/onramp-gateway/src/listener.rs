@@ -40,8 +40,12 @@ pub struct GatewaySettings {
     pub rate_per_identity: RateLimit,
     /// Failed authentications per source address before answers slow down.
     pub auth_failures_per_source: RateLimit,
-    /// How often revocations and suspensions are looked for.
+    /// How often the identity-change feed (revocations, suspensions) is read.
     pub revocation_poll: Duration,
+    /// CONNECT attempts with one claim certificate (shared by a whole batch).
+    pub claim_rate_per_certificate: RateLimit,
+    /// CONNECT attempts with any claim certificate from one source address.
+    pub claim_rate_per_source: RateLimit,
 }
 
 impl Default for GatewaySettings {
@@ -71,6 +75,14 @@ impl Default for GatewaySettings {
                 burst: 10,
             },
             revocation_poll: Duration::from_millis(250),
+            claim_rate_per_certificate: RateLimit {
+                per_second: 100,
+                burst: 200,
+            },
+            claim_rate_per_source: RateLimit {
+                per_second: 5,
+                burst: 20,
+            },
         }
     }
 }
@@ -83,6 +95,13 @@ pub struct Gateway {
     pub(crate) source_limiter: RateLimiter,
     pub(crate) identity_limiter: RateLimiter,
     pub(crate) failure_limiter: RateLimiter,
+    pub(crate) claim_limiter: RateLimiter,
+    pub(crate) claim_source_limiter: RateLimiter,
+    /// Identities cut recently, for connections admitted while a cut ran.
+    pub(crate) cuts: std::sync::Mutex<crate::cuts::CutLog>,
+    /// This node's place in the identity-change feed; set before the
+    /// listener accepts connections.
+    identity_cursor: tokio::sync::Mutex<Option<onramp_service::IdentityChangeCursor>>,
     /// The TLS layer's trust anchors, refreshed as manufacturer CAs are
     /// registered, deactivated or revoked.
     client_roots: std::sync::OnceLock<onramp_pki::ClientRoots>,
@@ -97,6 +116,10 @@ impl Gateway {
             source_limiter: RateLimiter::new(settings.rate_per_source),
             identity_limiter: RateLimiter::new(settings.rate_per_identity),
             failure_limiter: RateLimiter::new(settings.auth_failures_per_source),
+            claim_limiter: RateLimiter::new(settings.claim_rate_per_certificate),
+            claim_source_limiter: RateLimiter::new(settings.claim_rate_per_source),
+            cuts: std::sync::Mutex::new(crate::cuts::CutLog::default()),
+            identity_cursor: tokio::sync::Mutex::new(None),
             connections: AtomicUsize::new(0),
             client_roots: std::sync::OnceLock::new(),
             onramp,
@@ -137,6 +160,82 @@ impl Gateway {
         }
     }
 
+    /// Takes this node's place at the head of the identity-change feed. Call
+    /// before accepting connections: a change committed after this is cut
+    /// by [`Gateway::maintain`], one committed before is refused at connect.
+    pub async fn start_identity_watch(&self) -> Result<(), String> {
+        let head = self
+            .onramp
+            .identity_change_head()
+            .await
+            .map_err(|e| e.to_string())?;
+        *self.identity_cursor.lock().await = Some(head);
+        Ok(())
+    }
+
+    /// The cut epoch a connection notes before it authenticates.
+    pub(crate) fn cut_epoch(&self) -> u64 {
+        self.cuts.lock().map(|l| l.epoch()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a connection that noted `since` before authenticating was cut
+    /// while it was being admitted.
+    pub(crate) fn cut_since(
+        &self,
+        since: u64,
+        tenant: &str,
+        thing_name: &str,
+        certificate_serial: &str,
+    ) -> bool {
+        // A poisoned log cannot vouch for anyone.
+        self.cuts
+            .lock()
+            .map(|l| l.cut_since(since, tenant, thing_name, certificate_serial))
+            .unwrap_or(true)
+    }
+
+    /// Reads the identity-change feed once and cuts every named connection.
+    /// Returns how many changes were applied; on error nothing is lost, the
+    /// next call reads the same changes again.
+    pub async fn apply_identity_changes(&self) -> Result<usize, String> {
+        let mut guard = self.identity_cursor.lock().await;
+        if guard.is_none() {
+            *guard = Some(
+                self.onramp
+                    .identity_change_head()
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let Some(cursor) = guard.as_mut() else {
+            return Ok(0);
+        };
+        let changes = self
+            .onramp
+            .identity_changes(cursor)
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = changes.len();
+        for r in changes {
+            // Logged before the hub is searched, so a connection attaching
+            // concurrently either is found here or finds the entry.
+            if let Ok(mut log) = self.cuts.lock() {
+                log.record(r.clone(), std::time::Instant::now());
+            }
+            let closed = self.hub.close_identity(
+                &r.tenant,
+                &r.thing_name,
+                r.certificate_serial.as_deref(),
+                crate::wire::CloseReason::NotAuthorized,
+            );
+            metrics::counter!("onramp_mqtt_identity_cuts_total").increment(1);
+            if closed > 0 {
+                tracing::info!(tenant = %r.tenant, thing = %r.thing_name, closed, "closed connections of a revoked or inactive identity");
+            }
+        }
+        Ok(n)
+    }
+
     /// Loads persisted retained messages into the brokers.
     pub async fn restore_retained(&self) -> Result<usize, String> {
         let records = self
@@ -165,7 +264,6 @@ impl Gateway {
     pub async fn maintain(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.settings.revocation_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut since = onramp_service::now() - 2;
         let mut last_sweep = std::time::Instant::now();
         let mut last_compaction = std::time::Instant::now();
         let mut last_roots = std::time::Instant::now();
@@ -201,23 +299,9 @@ impl Gateway {
                     tracing::warn!(error = %e, "claim certificate expiry check failed");
                 }
             }
-            match self.onramp.store().revoked_since(since).await {
-                Ok(list) => {
-                    for r in list {
-                        let n = self.hub.close_identity(
-                            &r.tenant,
-                            &r.thing_name,
-                            r.certificate_serial.as_deref(),
-                            crate::wire::CloseReason::NotAuthorized,
-                        );
-                        if n > 0 {
-                            tracing::info!(tenant = %r.tenant, thing = %r.thing_name, "closed connections of a revoked or inactive identity");
-                        }
-                    }
-                    // Timestamps are whole seconds: look back over the last two.
-                    since = now - 2;
-                }
-                Err(e) => tracing::warn!(error = %e, "revocation check failed"),
+            if let Err(e) = self.apply_identity_changes().await {
+                metrics::counter!("onramp_mqtt_identity_feed_errors_total").increment(1);
+                tracing::warn!(error = %e, "identity change check failed; retrying");
             }
             // Shadows written by the CLI or another node: their deltas go out from here.
             if let Err(e) = self.onramp.publish_shadow_changes(now - 2).await {
@@ -225,6 +309,9 @@ impl Gateway {
             }
             if last_compaction.elapsed() >= Duration::from_secs(600) {
                 last_compaction = std::time::Instant::now();
+                if let Err(e) = self.onramp.prune_identity_changes().await {
+                    tracing::warn!(error = %e, "identity change pruning failed");
+                }
                 match self.onramp.compact_shadow_history(7 * 86_400, 100).await {
                     Ok(n) if n > 0 => tracing::info!(removed = n, "compacted shadow history"),
                     Ok(_) => {}

@@ -62,6 +62,44 @@ fn policy_name_ok(name: &str) -> bool {
 }
 
 impl Onramp {
+    /// The head of the identity-change feed (see [`Onramp::identity_changes`]).
+    pub async fn identity_change_head(&self) -> Result<onramp_store::IdentityChangeCursor> {
+        Ok(self.inner.store.identity_change_head().await?)
+    }
+
+    /// Identities whose live connections must be cut, committed since the
+    /// cursor, each exactly once however late it committed. On error the
+    /// cursor stays where it was, so the next call sees the same changes.
+    pub async fn identity_changes(
+        &self,
+        cursor: &mut onramp_store::IdentityChangeCursor,
+    ) -> Result<Vec<onramp_domain::RevokedIdentity>> {
+        Ok(self.inner.store.identity_changes(cursor).await?)
+    }
+
+    /// Whether `client_id` is the name of a thing of the tenant: a claim
+    /// connection may never use one.
+    pub async fn client_id_names_thing(&self, tenant: &str, client_id: &str) -> Result<bool> {
+        if validate_thing_name(client_id).is_err() {
+            return Ok(false);
+        }
+        Ok(self
+            .inner
+            .store
+            .get_device(tenant, client_id)
+            .await?
+            .is_some())
+    }
+
+    /// Forgets identity changes older than a day.
+    pub async fn prune_identity_changes(&self) -> Result<u64> {
+        Ok(self
+            .inner
+            .store
+            .prune_identity_changes(now() - 86_400)
+            .await?)
+    }
+
     /// Identifies the device behind a TLS client certificate (already
     /// chain-verified by the TLS layer): the certificate must be known and
     /// active, and its device active.

@@ -17,6 +17,7 @@ pub use caller::Caller;
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
 pub use gateway::{Authorizer, DeviceIdentity};
+pub use onramp_store::IdentityChangeCursor;
 pub use provisioning::{
     ClaimContext, CreatedClaim, ProvisioningReply, ProvisioningSettings, TemplateDetail,
     TemplateSettings,

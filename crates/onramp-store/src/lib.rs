@@ -49,6 +49,22 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Where a reader of the identity-change feed stands; see
+/// [`Store::identity_changes`]. Each gateway node keeps its own.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityChangeCursor {
+    /// SQLite: the last sequence number handled (sequence order is commit
+    /// order there, as write transactions run one at a time).
+    pub(crate) seq: i64,
+    /// PostgreSQL: every row written by a transaction older than this one
+    /// has been handled.
+    pub(crate) txid_floor: i64,
+    /// PostgreSQL: rows at or above the floor already handled, by sequence
+    /// number, with their transaction id so they are forgotten once the
+    /// floor passes them.
+    pub(crate) seen: std::collections::HashMap<i64, i64>,
+}
+
 /// A certificate to record, as issued by the CA.
 #[derive(Debug, Clone)]
 pub struct NewCertificate {
@@ -269,8 +285,22 @@ pub trait Store: ProvisioningStore + Send + Sync + 'static {
     async fn put_retained(&self, record: &RetainedRecord, now: UnixTime) -> Result<()>;
     async fn delete_retained(&self, tenant: &str, topic: &str) -> Result<()>;
     async fn load_retained(&self) -> Result<Vec<RetainedRecord>>;
-    /// Identities revoked, superseded or no longer active since `since`.
-    async fn revoked_since(&self, since: UnixTime) -> Result<Vec<RevokedIdentity>>;
+    /// A cursor at the head of the identity-change feed: changes committed
+    /// from now on are returned by [`Store::identity_changes`], earlier ones
+    /// never are.
+    async fn identity_change_head(&self) -> Result<IdentityChangeCursor>;
+    /// Identities that must be cut (a certificate revoked or made inactive, a
+    /// device no longer active, a claim revoked, a registered CA's active
+    /// certificates after the CA was deactivated) that committed since the
+    /// cursor, each exactly once, however late its transaction committed. The
+    /// cursor advances only when the call succeeds.
+    async fn identity_changes(
+        &self,
+        cursor: &mut IdentityChangeCursor,
+    ) -> Result<Vec<RevokedIdentity>>;
+    /// Forgets identity changes recorded before `before`; readers are seconds
+    /// behind, never days. Returns how many were removed.
+    async fn prune_identity_changes(&self, before: UnixTime) -> Result<u64>;
 
     // Shadows.
     /// The stored shadow (its JSON document, or None when deleted) and its version.

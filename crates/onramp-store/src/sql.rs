@@ -6,8 +6,8 @@
 //! SQLite binds `$n` by position of first use, PostgreSQL by number.
 
 use crate::{
-    EnrolmentCommit, NewToken, Result, ShadowChange, Store, StoreError, StoredShadow, Supersede,
-    parse_role, parse_status,
+    EnrolmentCommit, IdentityChangeCursor, NewToken, Result, ShadowChange, Store, StoreError,
+    StoredShadow, Supersede, parse_role, parse_status,
 };
 use async_trait::async_trait;
 use onramp_domain::{
@@ -1275,70 +1275,147 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn revoked_since(&self, since: UnixTime) -> Result<Vec<RevokedIdentity>> {
-        let certs = sqlx::query(
-            "SELECT tenant, thing_name, serial FROM certificates WHERE revoked_at >= $1",
-        )
-        .bind(since)
-        .fetch_all(&self.reader)
-        .await?;
-        let devices = sqlx::query(
-            "SELECT tenant, thing_name FROM devices WHERE updated_at >= $1 AND status <> 'active'",
-        )
-        .bind(since)
-        .fetch_all(&self.reader)
-        .await?;
-        let claims =
-            sqlx::query("SELECT tenant, serial FROM claim_certificates WHERE revoked_at >= $1")
-                .bind(since)
+    async fn identity_change_head(&self) -> Result<IdentityChangeCursor> {
+        match self.dialect {
+            Dialect::Sqlite => {
+                let seq: Option<i64> = sqlx::query("SELECT MAX(seq) AS seq FROM identity_changes")
+                    .fetch_one(&self.reader)
+                    .await?
+                    .try_get("seq")?;
+                Ok(IdentityChangeCursor {
+                    seq: seq.unwrap_or(0),
+                    ..IdentityChangeCursor::default()
+                })
+            }
+            Dialect::Postgres => {
+                let xmin = pg_snapshot_xmin(&self.reader).await?;
+                // Rows of transactions still running at xmin or later that
+                // are visible now committed before this head: skip them.
+                let rows = sqlx::query("SELECT seq, txid FROM identity_changes WHERE txid >= $1")
+                    .bind(xmin)
+                    .fetch_all(&self.reader)
+                    .await?;
+                let mut seen = std::collections::HashMap::new();
+                for r in &rows {
+                    seen.insert(r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("txid")?);
+                }
+                Ok(IdentityChangeCursor {
+                    seq: 0,
+                    txid_floor: xmin,
+                    seen,
+                })
+            }
+        }
+    }
+
+    async fn identity_changes(
+        &self,
+        cursor: &mut IdentityChangeCursor,
+    ) -> Result<Vec<RevokedIdentity>> {
+        const COLUMNS: &str = "seq, tenant, kind, thing_name, serial, ca_id";
+        let mut next = cursor.clone();
+        let rows = match self.dialect {
+            Dialect::Sqlite => {
+                let rows = sqlx::query(sqlf!(
+                    "SELECT {COLUMNS} FROM identity_changes WHERE seq > $1 ORDER BY seq LIMIT 1000"
+                ))
+                .bind(cursor.seq)
                 .fetch_all(&self.reader)
                 .await?;
-        // Devices of a registered CA that was deactivated or revoked. Written
-        // so that the planner must use the issuer index: with a status
-        // condition SQLite preferred scanning every active certificate,
-        // four times a second.
-        let of_cas = sqlx::query(
-            "SELECT tenant, thing_name, serial, status FROM certificates \
-             WHERE issuer_ca IN (SELECT id FROM registered_cas \
-             WHERE updated_at >= $1 AND status <> 'active')",
-        )
-        .bind(since)
-        .fetch_all(&self.reader)
-        .await?;
-        let of_cas: Vec<&AnyRow> = of_cas
-            .iter()
-            .filter(|r| {
-                r.try_get::<String, _>("status")
-                    .is_ok_and(|s| s == "active")
-            })
-            .collect();
-        let mut out = Vec::with_capacity(certs.len() + devices.len() + claims.len());
-        for r in &claims {
-            let serial: String = r.try_get("serial")?;
-            out.push(RevokedIdentity {
-                tenant: r.try_get("tenant")?,
-                thing_name: format!(
-                    "{}{serial}",
-                    onramp_domain::provisioning::CLAIM_IDENTITY_PREFIX
-                ),
-                certificate_serial: Some(serial),
-            });
+                if let Some(last) = rows.last() {
+                    next.seq = last.try_get("seq")?;
+                }
+                rows
+            }
+            Dialect::Postgres => {
+                // Read xmin first: every transaction below it had finished
+                // before the rows are read, so none of them can add a row later.
+                let xmin = pg_snapshot_xmin(&self.reader).await?;
+                let rows = sqlx::query(sqlf!(
+                    "SELECT {COLUMNS}, txid FROM identity_changes WHERE txid >= $1 \
+                     ORDER BY txid, seq"
+                ))
+                .bind(cursor.txid_floor)
+                .fetch_all(&self.reader)
+                .await?;
+                let mut fresh = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let seq: i64 = r.try_get("seq")?;
+                    let txid: i64 = r.try_get("txid")?;
+                    if next.seen.insert(seq, txid).is_none() {
+                        fresh.push(r);
+                    }
+                }
+                next.txid_floor = next.txid_floor.max(xmin);
+                let floor = next.txid_floor;
+                next.seen.retain(|_, txid| *txid >= floor);
+                fresh
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let tenant: String = r.try_get("tenant")?;
+            let kind: String = r.try_get("kind")?;
+            let thing_name: Option<String> = r.try_get("thing_name")?;
+            let serial: Option<String> = r.try_get("serial")?;
+            match (kind.as_str(), thing_name, serial) {
+                ("certificate", Some(thing_name), Some(serial)) => out.push(RevokedIdentity {
+                    tenant,
+                    thing_name,
+                    certificate_serial: Some(serial),
+                }),
+                ("device", Some(thing_name), _) => out.push(RevokedIdentity {
+                    tenant,
+                    thing_name,
+                    certificate_serial: None,
+                }),
+                ("claim", _, Some(serial)) => out.push(RevokedIdentity {
+                    tenant,
+                    thing_name: format!(
+                        "{}{serial}",
+                        onramp_domain::provisioning::CLAIM_IDENTITY_PREFIX
+                    ),
+                    certificate_serial: Some(serial),
+                }),
+                ("registered_ca", _, _) => {
+                    let ca_id: String = r.try_get("ca_id")?;
+                    // The CA's devices whose certificates still work; found
+                    // through the issuer index, filtered here.
+                    let certs = sqlx::query(
+                        "SELECT tenant, thing_name, serial, status FROM certificates \
+                         WHERE issuer_ca = $1",
+                    )
+                    .bind(&ca_id)
+                    .fetch_all(&self.reader)
+                    .await?;
+                    for c in &certs {
+                        if c.try_get::<String, _>("status")? != "active" {
+                            continue;
+                        }
+                        out.push(RevokedIdentity {
+                            tenant: c.try_get("tenant")?,
+                            thing_name: c.try_get("thing_name")?,
+                            certificate_serial: Some(c.try_get("serial")?),
+                        });
+                    }
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "identity change of kind `{kind}` lacks its subject"
+                    )));
+                }
+            }
         }
-        for r in certs.iter().chain(of_cas) {
-            out.push(RevokedIdentity {
-                tenant: r.try_get("tenant")?,
-                thing_name: r.try_get("thing_name")?,
-                certificate_serial: Some(r.try_get("serial")?),
-            });
-        }
-        for r in &devices {
-            out.push(RevokedIdentity {
-                tenant: r.try_get("tenant")?,
-                thing_name: r.try_get("thing_name")?,
-                certificate_serial: None,
-            });
-        }
+        *cursor = next;
         Ok(out)
+    }
+
+    async fn prune_identity_changes(&self, before: UnixTime) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM identity_changes WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn get_shadow(
@@ -1620,4 +1697,15 @@ impl Store for SqlStore {
         .await?;
         Ok(())
     }
+}
+
+/// The oldest transaction id still running on the PostgreSQL cluster: every
+/// transaction below it has committed or rolled back.
+async fn pg_snapshot_xmin(pool: &sqlx::Pool<Any>) -> Result<i64> {
+    Ok(
+        sqlx::query("SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT AS xmin")
+            .fetch_one(pool)
+            .await?
+            .try_get("xmin")?,
+    )
 }

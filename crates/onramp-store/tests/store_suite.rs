@@ -886,7 +886,8 @@ async fn retained_messages_and_presence_persist(db: Db) {
             .last_seen_at,
         Some(NOW + 5)
     );
-    assert!(s.revoked_since(NOW).await.unwrap().is_empty());
+    let mut cursor = s.identity_change_head().await.unwrap();
+    assert!(s.identity_changes(&mut cursor).await.unwrap().is_empty());
     s.revoke_certificate(
         DEFAULT_TENANT,
         "c1",
@@ -896,7 +897,7 @@ async fn retained_messages_and_presence_persist(db: Db) {
     )
     .await
     .unwrap();
-    let cut = s.revoked_since(NOW + 10).await.unwrap();
+    let cut = s.identity_changes(&mut cursor).await.unwrap();
     assert_eq!(
         cut,
         [RevokedIdentity {
@@ -914,7 +915,7 @@ async fn retained_messages_and_presence_persist(db: Db) {
     )
     .await
     .unwrap();
-    let cut = s.revoked_since(NOW + 20).await.unwrap();
+    let cut = s.identity_changes(&mut cursor).await.unwrap();
     assert_eq!(
         cut,
         [RevokedIdentity {
@@ -1087,6 +1088,7 @@ suite!(
     jitp_registration_records_the_issuing_ca,
     concurrent_register_thing_with_one_token_registers_once,
     a_revoked_claim_or_a_deactivated_ca_cuts_its_identities,
+    a_revocation_that_commits_late_is_seen_exactly_once,
     re_registration_keeps_attributes_the_template_leaves_alone,
     concurrent_merging_re_registrations_lose_nothing,
     presence_is_written_in_batches,
@@ -2564,6 +2566,65 @@ async fn concurrent_register_thing_with_one_token_registers_once(db: Db) {
     );
 }
 
+/// The identity-change feed is read by position, not by time: a revocation
+/// whose transaction commits seconds after it was written (a held lock, a
+/// slow disk) is still seen, once. On PostgreSQL a later revocation that
+/// commits first is seen first, and the earlier one after it.
+async fn a_revocation_that_commits_late_is_seen_exactly_once(db: Db) {
+    use sqlx::Executor;
+    let s = db.store.as_ref();
+    for (thing, serial, crt) in [("dev1", "SN1", "c1"), ("dev2", "SN2", "c2")] {
+        s.commit_enrolment(&enrolment(thing, serial, None, crt))
+            .await
+            .unwrap();
+    }
+    let cut = |thing: &str, serial: &str| RevokedIdentity {
+        tenant: DEFAULT_TENANT.into(),
+        thing_name: thing.into(),
+        certificate_serial: Some(serial.into()),
+    };
+    let mut cursor = s.identity_change_head().await.unwrap();
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let mut slow = raw.acquire().await.unwrap();
+    let sqlite = db.url.starts_with("sqlite:");
+    slow.execute(if sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" })
+        .await
+        .unwrap();
+    slow.execute("UPDATE certificates SET status = 'revoked', revoked_at = 1 WHERE serial = 'c1'")
+        .await
+        .unwrap();
+    assert!(s.identity_changes(&mut cursor).await.unwrap().is_empty());
+    if !sqlite {
+        // SQLite has one writer at a time; PostgreSQL lets this one commit first.
+        s.revoke_certificate(
+            DEFAULT_TENANT,
+            "c2",
+            "keyCompromise",
+            &audit(DEFAULT_TENANT, "certificate.revoke", "c2"),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.identity_changes(&mut cursor).await.unwrap(),
+            [cut("dev2", "c2")]
+        );
+    }
+    // Longer than any look-back window a time-based reader would use.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(s.identity_changes(&mut cursor).await.unwrap().is_empty());
+    slow.execute("COMMIT").await.unwrap();
+    assert_eq!(
+        s.identity_changes(&mut cursor).await.unwrap(),
+        [cut("dev1", "c1")]
+    );
+    assert!(s.identity_changes(&mut cursor).await.unwrap().is_empty());
+    // A reader that starts now sees none of it again.
+    let mut fresh = s.identity_change_head().await.unwrap();
+    assert!(s.identity_changes(&mut fresh).await.unwrap().is_empty());
+}
+
 async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
     let s = db.store.as_ref();
     s.create_claim_certificate(
@@ -2576,6 +2637,7 @@ async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
     s.register_ca(&ca, &audit(DEFAULT_TENANT, "ca.register", "ca1"))
         .await
         .unwrap();
+    let mut cursor = s.identity_change_head().await.unwrap();
     for (thing, serial, crt) in [("cam-1", "CSN1", "m1"), ("cam-2", "CSN2", "m2")] {
         let mut c = registration(plan(thing, &[], &[], "camera"), serial, crt, None);
         c.issuer_ca = Some("ca1".into());
@@ -2591,7 +2653,15 @@ async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
     )
     .await
     .unwrap();
-    assert!(s.revoked_since(NOW + 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.identity_changes(&mut cursor).await.unwrap(),
+        [RevokedIdentity {
+            tenant: DEFAULT_TENANT.into(),
+            thing_name: "cam-2".into(),
+            certificate_serial: Some("m2".into()),
+        }]
+    );
+    assert!(s.identity_changes(&mut cursor).await.unwrap().is_empty());
 
     s.revoke_claim_certificate(
         DEFAULT_TENANT,
@@ -2603,7 +2673,7 @@ async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
     .await
     .unwrap();
     assert_eq!(
-        s.revoked_since(NOW + 10).await.unwrap(),
+        s.identity_changes(&mut cursor).await.unwrap(),
         [RevokedIdentity {
             tenant: DEFAULT_TENANT.into(),
             thing_name: format!("{}c1", onramp_domain::provisioning::CLAIM_IDENTITY_PREFIX),
@@ -2618,7 +2688,7 @@ async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
         .await
         .unwrap();
     assert_eq!(
-        s.revoked_since(NOW + 20).await.unwrap(),
+        s.identity_changes(&mut cursor).await.unwrap(),
         [RevokedIdentity {
             tenant: DEFAULT_TENANT.into(),
             thing_name: "cam-1".into(),
@@ -2632,7 +2702,7 @@ async fn a_revoked_claim_or_a_deactivated_ca_cuts_its_identities(db: Db) {
     s.update_registered_ca(&on, &audit(DEFAULT_TENANT, "ca.update", "ca1"))
         .await
         .unwrap();
-    assert!(s.revoked_since(NOW + 30).await.unwrap().is_empty());
+    assert!(s.identity_changes(&mut cursor).await.unwrap().is_empty());
 }
 
 async fn re_registration_keeps_attributes_the_template_leaves_alone(db: Db) {

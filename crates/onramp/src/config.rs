@@ -56,6 +56,10 @@ pub struct MqttConfig {
     pub handshake_timeout_secs: u64,
     pub rate_per_source: RateConfig,
     pub rate_per_identity: RateConfig,
+    /// CONNECTs with one claim certificate, which a whole batch shares.
+    pub claim_rate_per_certificate: RateConfig,
+    /// CONNECTs with any claim certificate from one source address.
+    pub claim_rate_per_source: RateConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +144,8 @@ session_expiry_default_secs = 3600
 handshake_timeout_secs = 10
 rate_per_source = { per_second = 500, burst = 1000 }
 rate_per_identity = { per_second = 1, burst = 5 }
+claim_rate_per_certificate = { per_second = 100, burst = 200 }
+claim_rate_per_source = { per_second = 5, burst = 20 }
 
 [provisioning]
 ownership_token_ttl_secs = 3600

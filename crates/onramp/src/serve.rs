@@ -145,6 +145,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
                 per_second: m.rate_per_identity.per_second,
                 burst: m.rate_per_identity.burst,
             },
+            claim_rate_per_certificate: RateLimit {
+                per_second: m.claim_rate_per_certificate.per_second,
+                burst: m.claim_rate_per_certificate.burst,
+            },
+            claim_rate_per_source: RateLimit {
+                per_second: m.claim_rate_per_source.per_second,
+                burst: m.claim_rate_per_source.burst,
+            },
             ..Default::default()
         };
         let gateway = Arc::new(onramp_gateway::Gateway::new(onramp.clone(), settings));
@@ -152,6 +160,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
             .restore_retained()
             .await
             .map_err(|e| anyhow::anyhow!("loading retained messages: {e}"))?;
+        gateway
+            .start_identity_watch()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the identity-change feed: {e}"))?;
         let roots = onramp_pki::ClientRoots::new(vec![onramp.ca().issuing_der().to_vec()])
             .map_err(|e| anyhow::anyhow!(e))?;
         let mqtt_tls = onramp_gateway::tls_config(&chain_pem, &key_pem, roots.clone())

@@ -633,3 +633,43 @@ pub const BACKEND_POLICY: &str = r#"{
       "arn:aws:iot:*:*:topic/$aws/events/*"]}
   ]
 }"#;
+
+impl Server {
+    /// A second `onramp serve` node of the same deployment: a copy of this
+    /// node's data directory (the same CA and secrets) and the same
+    /// PostgreSQL database, on its own ports.
+    pub fn another_node(&self) -> Server {
+        let url = self
+            .database_url
+            .clone()
+            .expect("several nodes share a PostgreSQL database");
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(&self.data)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let root_pem = dir.path().join("root.pem");
+        std::fs::copy(&self.root_pem, &root_pem).unwrap();
+        let mut s = Server {
+            root_pem,
+            stderr_log: dir.path().join("server.log"),
+            dir,
+            data,
+            addr: String::new(),
+            mqtt_port: 0,
+            database_url: Some(url),
+            env: self.env.clone(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+}
