@@ -241,6 +241,11 @@ fn enrolments_cut_by_a_kill_are_completed_by_their_retry(backend: Backend) {
         );
         assert_eq!(s.devices_json(serial)["status"], "active");
     }
+    // Every request answered before the kill was replayed; any replay beyond
+    // those is a request whose enrolment committed but whose answer was lost.
+    let replays = replays_audited(&s);
+    eprintln!("{backend:?}: {replays} retries were replays");
+    assert!(replays >= answered, "{replays} < {answered}");
 }
 
 #[test]
