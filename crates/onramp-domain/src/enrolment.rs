@@ -48,6 +48,59 @@ impl TokenState {
     }
 }
 
+/// A request presenting an already used token, seen against what that token
+/// produced: a device whose response was lost (a crash, a dropped
+/// connection) sends the identical request again and must get the same
+/// certificate, or it is stranded until an operator issues a new token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolmentRetry<'a> {
+    /// When the token was consumed.
+    pub used_at: UnixTime,
+    /// How long after that a retry is answered; 0 answers none.
+    pub window_secs: i64,
+    /// SHA-256 of the public key the certificate was issued for.
+    pub recorded_key: &'a str,
+    /// SHA-256 of the public key in the retry's CSR.
+    pub presented_key: &'a str,
+    pub certificate: CertStatus,
+    /// The device's state now (None: it is gone).
+    pub device: Option<crate::DeviceStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RetryRefusal {
+    #[error("the request presents another public key than the one certified")]
+    OtherKey,
+    #[error("the window for retrying the enrolment has passed")]
+    WindowPassed,
+    #[error("the certificate it produced is no longer active")]
+    CertificateNotActive,
+    #[error("the device is no longer active")]
+    DeviceNotActive,
+}
+
+impl EnrolmentRetry<'_> {
+    /// Whether the retry gets the certificate the token produced. Only the
+    /// holder of the certified key can ask (the CSR's signature proves it),
+    /// so the answer gives nobody anything new; anything that changed since
+    /// (revocation, renewal, suspension) ends the retries.
+    pub fn check(&self, now: UnixTime) -> Result<(), RetryRefusal> {
+        if self.recorded_key != self.presented_key {
+            return Err(RetryRefusal::OtherKey);
+        }
+        if self.window_secs <= 0 || now.saturating_sub(self.used_at) > self.window_secs {
+            return Err(RetryRefusal::WindowPassed);
+        }
+        if self.certificate != CertStatus::Active {
+            return Err(RetryRefusal::CertificateNotActive);
+        }
+        if self.device != Some(crate::DeviceStatus::Active) {
+            return Err(RetryRefusal::DeviceNotActive);
+        }
+        Ok(())
+    }
+}
+
 /// A certificate's standing in the registry.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,6 +238,56 @@ mod tests {
             expires_at: 1_000,
             used_at: None,
             revoked_at: None,
+        }
+    }
+
+    fn retry() -> EnrolmentRetry<'static> {
+        EnrolmentRetry {
+            used_at: 1_000,
+            window_secs: 600,
+            recorded_key: "k1",
+            presented_key: "k1",
+            certificate: CertStatus::Active,
+            device: Some(crate::DeviceStatus::Active),
+        }
+    }
+
+    #[test]
+    fn a_retry_with_the_same_key_within_the_window_gets_the_certificate_again() {
+        assert_eq!(retry().check(1_000), Ok(()));
+        assert_eq!(retry().check(1_600), Ok(()));
+        assert_eq!(retry().check(1_601), Err(RetryRefusal::WindowPassed));
+        let off = EnrolmentRetry {
+            window_secs: 0,
+            ..retry()
+        };
+        assert_eq!(off.check(1_000), Err(RetryRefusal::WindowPassed));
+        let other = EnrolmentRetry {
+            presented_key: "k2",
+            ..retry()
+        };
+        assert_eq!(other.check(1_001), Err(RetryRefusal::OtherKey));
+        for status in [
+            CertStatus::Revoked,
+            CertStatus::Superseded,
+            CertStatus::Inactive,
+        ] {
+            let changed = EnrolmentRetry {
+                certificate: status,
+                ..retry()
+            };
+            assert_eq!(
+                changed.check(1_001),
+                Err(RetryRefusal::CertificateNotActive)
+            );
+        }
+        for device in [
+            None,
+            Some(crate::DeviceStatus::Suspended),
+            Some(crate::DeviceStatus::Decommissioned),
+        ] {
+            let changed = EnrolmentRetry { device, ..retry() };
+            assert_eq!(changed.check(1_001), Err(RetryRefusal::DeviceNotActive));
         }
     }
 

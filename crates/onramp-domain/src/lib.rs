@@ -19,8 +19,8 @@ pub mod version;
 
 pub use audit::{AuditEntry, Outcome};
 pub use enrolment::{
-    CertStatus, KeyKind, KeyRefusal, SubjectRefusal, TokenRefusal, TokenState, check_key,
-    check_subject,
+    CertStatus, EnrolmentRetry, KeyKind, KeyRefusal, RetryRefusal, SubjectRefusal, TokenRefusal,
+    TokenState, check_key, check_subject,
 };
 pub use lifecycle::{DeviceStatus, LifecycleAction, TransitionError};
 pub use names::{NameError, validate_serial_number, validate_thing_name};

@@ -120,7 +120,9 @@ async fn admit(
     let identity = gw.onramp.authenticate_device(chain).await.map_err(|e| {
         tracing::info!(%source, reason = %e, "MQTT connection refused");
         match e {
-            ServiceError::Internal(_) => ConnectRefusal::ServerUnavailable,
+            ServiceError::Internal(_) | ServiceError::Unavailable { .. } => {
+                ConnectRefusal::ServerUnavailable
+            }
             _ => ConnectRefusal::NotAuthorized,
         }
     })?;

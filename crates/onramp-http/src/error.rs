@@ -13,6 +13,7 @@ fn status_of(e: &ServiceError) -> StatusCode {
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict(_) => StatusCode::CONFLICT,
         ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -47,6 +48,7 @@ impl IntoResponse for ApiError {
             ServiceError::NotFound(_) => "not_found",
             ServiceError::Conflict(_) => "conflict",
             ServiceError::RateLimited { .. } => "rate_limited",
+            ServiceError::Unavailable { .. } => "unavailable",
             ServiceError::Internal(_) => "internal",
         };
         let body = serde_json::json!({"error": {"code": code, "message": public_message(&self.0)}});
@@ -92,7 +94,8 @@ fn decorate(e: &ServiceError, resp: &mut Response, challenge: &'static str) {
                 HeaderValue::from_static(challenge),
             );
         }
-        ServiceError::RateLimited { retry_after_secs } => {
+        ServiceError::RateLimited { retry_after_secs }
+        | ServiceError::Unavailable { retry_after_secs } => {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }

@@ -21,7 +21,7 @@ pub use encoding::{
     CertInfo, base64_mime, certs_only_pkcs7, csr_attributes, decode_base64_lenient,
     fingerprint_sha256, parse_cert, pem_to_der_chain,
 };
-pub use files::{check_key_file, write_private_file};
+pub use files::{check_key_file, check_private_dir, write_private_file};
 pub use provisioning::{
     CaCertificateInfo, parse_ca_certificate, subject_parameters, verification_certificate_ok,
 };
@@ -40,6 +40,14 @@ pub enum PkiError {
         "{path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and start again"
     )]
     InsecureKeyFile { path: String, mode: u32 },
+    #[error(
+        "{path} is writable by group or others (mode {mode:o}), so another user could replace the keys or the registry in it; run `chmod go-w {path}` and start again"
+    )]
+    InsecureDirectory { path: String, mode: u32 },
+    #[error(
+        "{path} belongs to user id {owner}, not to the user running onramp (id {me}); run onramp as its owner, or `chown {me} {path}` and start again"
+    )]
+    ForeignOwner { path: String, owner: u32, me: u32 },
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("invalid certificate or key material: {0}")]

@@ -2,11 +2,13 @@
 
 use crate::{Onramp, Result, ServiceError, now};
 use onramp_domain::{
-    AuditEntry, DEFAULT_TENANT, DeviceProfile, Outcome, TokenRefusal, check_subject,
-    validate_serial_number,
+    AuditEntry, DEFAULT_TENANT, DeviceProfile, EnrolmentRetry, Outcome, TokenRefusal,
+    check_subject, validate_serial_number,
 };
-use onramp_pki::{CertInfo, VerifiedCsr, parse_cert, parse_csr, signed_by};
-use onramp_store::{EnrolmentCommit, NewCertificate, Supersede};
+use onramp_pki::{
+    CertInfo, VerifiedCsr, fingerprint_sha256, parse_cert, parse_csr, pem_to_der_chain, signed_by,
+};
+use onramp_store::{EnrolmentCommit, NewCertificate, StoreError, Supersede};
 use std::time::Instant;
 
 /// How an enrolling client proved who it is.
@@ -66,6 +68,8 @@ struct Applicant {
     /// The certificate being renewed (re-enrolment only).
     renewing: Option<String>,
     actor: String,
+    /// The token was already used: only a retry of its own enrolment may pass.
+    token_used: bool,
 }
 
 impl Onramp {
@@ -107,6 +111,7 @@ impl Onramp {
         let outcome = match &result {
             Ok(_) => "success",
             Err(ServiceError::RateLimited { .. }) => "rate_limited",
+            Err(ServiceError::Unavailable { .. }) => "unavailable",
             Err(ServiceError::BadRequest(_)) => "invalid",
             Err(ServiceError::Unauthorized(_) | ServiceError::Forbidden(_)) => "denied",
             Err(ServiceError::Conflict(_) | ServiceError::NotFound(_)) => "denied",
@@ -118,8 +123,11 @@ impl Onramp {
             .record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             // Rate-limited requests are counted, not audited: a flood must not
-            // turn into a flood of writes.
-            if !matches!(e, ServiceError::RateLimited { .. }) {
+            // turn into a flood of writes (and a busy registry cannot take one).
+            if !matches!(
+                e,
+                ServiceError::RateLimited { .. } | ServiceError::Unavailable { .. }
+            ) {
                 tracing::info!(operation = op.as_str(), source, reason = %e, "enrolment refused");
                 let (tenant, target) =
                     known.unwrap_or_else(|| (DEFAULT_TENANT.into(), "unknown".into()));
@@ -176,6 +184,9 @@ impl Onramp {
             csr.subject_serial.as_deref(),
         )
         .map_err(|e| ServiceError::Forbidden(e.to_string()))?;
+        if applicant.token_used {
+            return self.replay_enrolment(&applicant, &csr, source, now).await;
+        }
         if inner.settings.require_allowlist
             && !inner
                 .store
@@ -224,6 +235,7 @@ impl Onramp {
             serial_number: a.serial_number.clone(),
             profile: DeviceProfile::default(),
             token_id: a.token_id.clone(),
+            public_key_sha256: fingerprint_sha256(&csr.spki_der),
             supersede: match &a.renewing {
                 Some(old) => Supersede::Certificate(old.clone()),
                 None => Supersede::AllActive,
@@ -253,20 +265,93 @@ impl Onramp {
         };
         // Until this commit returns, the certificate exists nowhere but in
         // memory: if the commit fails it is dropped and never handed out.
-        inner
-            .store
-            .commit_enrolment(&commit)
-            .await
-            .map_err(|e| match ServiceError::from(e) {
-                ServiceError::Conflict(msg) => ServiceError::Forbidden(msg),
-                other => other,
-            })?;
+        match inner.store.commit_enrolment(&commit).await {
+            Ok(_) => {}
+            // Another request consumed the token first. If it was this same
+            // request (a device retrying while its first try was still in
+            // flight), it gets that request's certificate.
+            Err(StoreError::TokenNotUsable) if a.token_id.is_some() => {
+                return self.replay_enrolment(&a, csr, source, now).await;
+            }
+            Err(e) => {
+                return Err(match ServiceError::from(e) {
+                    ServiceError::Conflict(msg) => ServiceError::Forbidden(msg),
+                    other => other,
+                });
+            }
+        }
         Ok(Enrolled {
             tenant: a.tenant,
             thing_name: a.thing_name,
             serial_number: a.serial_number,
             certificate_serial: issued.serial,
             cert_der: issued.der,
+        })
+    }
+
+    /// Answers a request whose token is already used: if it repeats the
+    /// token's own enrolment (same key, within the window, nothing revoked or
+    /// renewed since), with the certificate that enrolment produced, audited
+    /// as a replay; otherwise with the refusal a used token always got.
+    async fn replay_enrolment(
+        &self,
+        a: &Applicant,
+        csr: &VerifiedCsr,
+        source: &str,
+        now: i64,
+    ) -> Result<Enrolled> {
+        let inner = &self.inner;
+        let used = TokenRefusal::AlreadyUsed.to_string();
+        let Some(token_id) = a.token_id.as_deref() else {
+            return Err(ServiceError::Unauthorized(used));
+        };
+        let Some(record) = inner.store.token_enrolment(token_id).await? else {
+            return Err(ServiceError::Unauthorized(used));
+        };
+        let device = inner.store.get_device(&a.tenant, &a.thing_name).await?;
+        let presented = fingerprint_sha256(&csr.spki_der);
+        EnrolmentRetry {
+            used_at: record.used_at,
+            window_secs: inner.settings.enrolment_retry_window_secs,
+            recorded_key: &record.public_key_sha256,
+            presented_key: &presented,
+            certificate: record.certificate.status,
+            device: device.map(|d| d.status),
+        }
+        .check(now)
+        .map_err(|r| ServiceError::Unauthorized(format!("{used}; {r}")))?;
+        let cert = record.certificate;
+        let cert_der = pem_to_der_chain(&cert.pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ServiceError::Internal(format!("certificate {} has no PEM", cert.serial))
+            })?;
+        // Every certificate handed out is audited, a second time included.
+        inner
+            .store
+            .append_audit(&AuditEntry {
+                id: 0,
+                tenant: a.tenant.clone(),
+                actor: a.actor.clone(),
+                action: "est.simpleenroll.replay".into(),
+                target: format!("device:{}", a.thing_name),
+                source: source.to_string(),
+                outcome: Outcome::Success,
+                detail: format!(
+                    "certificate {} sent again: a retry with the same token and key",
+                    cert.serial
+                ),
+                at: now,
+            })
+            .await?;
+        metrics::counter!("onramp_enrolment_replays_total").increment(1);
+        Ok(Enrolled {
+            tenant: a.tenant.clone(),
+            thing_name: a.thing_name.clone(),
+            serial_number: a.serial_number.clone(),
+            certificate_serial: cert.serial,
+            cert_der,
         })
     }
 
@@ -294,10 +379,19 @@ impl Onramp {
                         "the user name must be the serial number the token was issued for".into(),
                     ));
                 }
-                t.state()
-                    .check(&t.serial_number, now)
-                    .map_err(|r| ServiceError::Unauthorized(r.to_string()))?;
+                // A used token goes on only towards replay_enrolment, which
+                // answers nothing but a retry of the token's own enrolment.
+                let token_used = match t.state().check(&t.serial_number, now) {
+                    Ok(()) => false,
+                    Err(TokenRefusal::AlreadyUsed)
+                        if inner.settings.enrolment_retry_window_secs > 0 =>
+                    {
+                        true
+                    }
+                    Err(r) => return Err(ServiceError::Unauthorized(r.to_string())),
+                };
                 Ok(Applicant {
+                    token_used,
                     tenant: t.tenant,
                     serial_number: t.serial_number,
                     thing_name: t.thing_name,
@@ -344,6 +438,7 @@ impl Onramp {
                     token_id: None,
                     renewing: None,
                     actor: format!("bootstrap:{}", &info.fingerprint[..16]),
+                    token_used: false,
                 })
             }
             EnrolCredential::None => Err(no_credential()),
@@ -395,6 +490,7 @@ impl Onramp {
             token_id: None,
             renewing: Some(cert.serial),
             actor: format!("device:{}", device.thing_name),
+            token_used: false,
         })
     }
 }

@@ -18,6 +18,10 @@ pub enum ServiceError {
     Conflict(String),
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The registry could not take the change now (a locked database); nothing
+    /// was written and the same request may be sent again.
+    #[error("the registry is busy; retry in {retry_after_secs} s")]
+    Unavailable { retry_after_secs: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -33,6 +37,12 @@ impl From<StoreError> for ServiceError {
             }
             StoreError::CertificateNotActive => {
                 ServiceError::Forbidden("the client certificate is no longer active".into())
+            }
+            StoreError::Busy(detail) => {
+                tracing::warn!(error = %detail, "the registry database is busy");
+                ServiceError::Unavailable {
+                    retry_after_secs: 1,
+                }
             }
             other => ServiceError::Internal(other.to_string()),
         }

@@ -38,6 +38,9 @@ pub struct Settings {
     pub token_ttl_secs: i64,
     /// When on, a serial must be on its tenant's allow-list to enrol.
     pub require_allowlist: bool,
+    /// How long after a token enrolment the same request (same token, same
+    /// public key) is answered with the same certificate; 0: never.
+    pub enrolment_retry_window_secs: i64,
     pub rate_per_source: RateLimit,
     pub rate_per_credential: RateLimit,
     pub bootstrap_cas: Vec<BootstrapCa>,
@@ -52,6 +55,7 @@ impl Default for Settings {
             device_cert_validity_days: 365,
             token_ttl_secs: 7 * 86_400,
             require_allowlist: false,
+            enrolment_retry_window_secs: 600,
             rate_per_source: RateLimit {
                 per_second: 100,
                 burst: 200,

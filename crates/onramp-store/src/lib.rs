@@ -39,12 +39,54 @@ pub enum StoreError {
     TokenNotUsable,
     #[error("the certificate being renewed is no longer active")]
     CertificateNotActive,
+    /// The database stayed locked (SQLite) or the transaction lost to a
+    /// concurrent one (PostgreSQL) past the wait: nothing was written, and the
+    /// same call may simply be tried again.
+    #[error("the database is busy: {0}")]
+    Busy(String),
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("database file: {0}")]
+    Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_busy(&e) {
+            StoreError::Busy(e.to_string())
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// Whether an error means "try again later" rather than "this is broken":
+/// SQLITE_BUSY / SQLITE_LOCKED (any extended code), a PostgreSQL
+/// serialization failure, deadlock or lock timeout, or no pool connection
+/// free within the acquire timeout.
+fn is_busy(e: &sqlx::Error) -> bool {
+    use sqlx::error::DatabaseError as _;
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => {
+            if let Some(s) = d.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                let primary = s
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .map(|c| c & 0xff);
+                matches!(primary, Some(5 | 6))
+            } else if let Some(p) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                matches!(p.code(), "40001" | "40P01" | "55P03")
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -94,10 +136,22 @@ pub struct EnrolmentCommit {
     pub profile: DeviceProfile,
     /// The token to consume; it must still be unused, unrevoked and unexpired.
     pub token_id: Option<String>,
+    /// SHA-256 (hex) of the certified SubjectPublicKeyInfo; recorded with the
+    /// token so that a retry of this enrolment can be recognised.
+    pub public_key_sha256: String,
     pub supersede: Supersede,
     pub certificate: NewCertificate,
     pub audit: AuditEntry,
     pub now: UnixTime,
+}
+
+/// What a consumed enrolment token produced.
+#[derive(Debug, Clone)]
+pub struct TokenEnrolment {
+    pub used_at: UnixTime,
+    /// SHA-256 (hex) of the SubjectPublicKeyInfo the certificate was issued for.
+    pub public_key_sha256: String,
+    pub certificate: Certificate,
 }
 
 /// A shadow as stored: its document (None when deleted) and version.
@@ -198,6 +252,9 @@ pub trait Store: ProvisioningStore + Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<EnrolmentToken>;
     async fn get_token_by_hash(&self, token_hash: &str) -> Result<Option<EnrolmentToken>>;
+    /// The certificate a consumed token produced and the key it certifies;
+    /// None for an unused token or one used before this was recorded.
+    async fn token_enrolment(&self, token_id: &str) -> Result<Option<TokenEnrolment>>;
     async fn list_tokens(&self, tenant: &str, page: &Page) -> Result<Vec<EnrolmentToken>>;
     async fn revoke_token(
         &self,

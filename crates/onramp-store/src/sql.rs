@@ -7,7 +7,7 @@
 
 use crate::{
     EnrolmentCommit, IdentityChangeCursor, NewToken, Result, ShadowChange, Store, StoreError,
-    StoredShadow, Supersede, parse_role, parse_status,
+    StoredShadow, Supersede, TokenEnrolment, parse_role, parse_status,
 };
 use async_trait::async_trait;
 use onramp_domain::{
@@ -65,6 +65,7 @@ impl SqlStore {
         };
         let store = match dialect {
             Dialect::Sqlite => {
+                secure_sqlite_files(url)?;
                 let url = if url.contains('?') {
                     url.to_string()
                 } else {
@@ -131,9 +132,60 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Starts a write transaction. On SQLite it takes the write lock at once
+    /// (BEGIN IMMEDIATE), waiting up to the busy timeout for another process
+    /// (the CLI beside the server) to finish: a deferred transaction that
+    /// reads first and then writes would instead fail at once with
+    /// SQLITE_BUSY(_SNAPSHOT) whenever another connection wrote in between,
+    /// since SQLite cannot wait there without risking a deadlock.
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.writer.begin().await?)
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.writer.begin().await?,
+        })
     }
+}
+
+/// Creates the SQLite database file readable by its owner only, and tightens
+/// an existing one and its `-wal`/`-shm` files: they hold the whole registry.
+/// SQLite gives the `-wal` and `-shm` files it creates later the database
+/// file's mode, so they follow.
+fn secure_sqlite_files(url: &str) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::str::FromStr;
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(());
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let db = options.get_filename().to_path_buf();
+    let io = |path: &std::path::Path, e: std::io::Error| {
+        StoreError::Io(format!("{}: {e}", path.display()))
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(&db, e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.clone().into_os_string();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path, e)),
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 // ---- row mapping ----
@@ -514,11 +566,16 @@ impl Store for SqlStore {
         if let Some(token_id) = &c.token_id {
             // The token is consumed only if it is still usable at this instant:
             // of two concurrent enrolments with one token, exactly one wins.
+            // What it produced is recorded with it, so a retry of this very
+            // request can be answered with the same certificate.
             let used = sqlx::query(
-                "UPDATE enrolment_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL \
+                "UPDATE enrolment_tokens SET used_at = $1, certificate_serial = $2, \
+                 public_key_sha256 = $3 WHERE id = $4 AND used_at IS NULL \
                  AND revoked_at IS NULL AND expires_at > $1",
             )
             .bind(c.now)
+            .bind(&c.certificate.serial)
+            .bind(&c.public_key_sha256)
             .bind(token_id)
             .execute(&mut *tx)
             .await?;
@@ -807,6 +864,35 @@ impl Store for SqlStore {
         .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn token_enrolment(&self, token_id: &str) -> Result<Option<TokenEnrolment>> {
+        let row = sqlx::query(
+            "SELECT used_at, certificate_serial, public_key_sha256 FROM enrolment_tokens \
+             WHERE id = $1",
+        )
+        .bind(token_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let used_at: Option<UnixTime> = row.try_get("used_at")?;
+        let serial: Option<String> = row.try_get("certificate_serial")?;
+        let key: Option<String> = row.try_get("public_key_sha256")?;
+        let (Some(used_at), Some(serial), Some(public_key_sha256)) = (used_at, serial, key) else {
+            return Ok(None);
+        };
+        let certificate = self.get_certificate(&serial).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "token {token_id} names certificate {serial}, which is not recorded"
+            ))
+        })?;
+        Ok(Some(TokenEnrolment {
+            used_at,
+            public_key_sha256,
+            certificate,
+        }))
     }
 
     async fn list_tokens(&self, tenant: &str, page: &Page) -> Result<Vec<EnrolmentToken>> {

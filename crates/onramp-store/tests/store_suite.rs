@@ -86,6 +86,7 @@ fn enrolment(
         serial_number: serial.into(),
         profile: DeviceProfile::default(),
         token_id: token_id.map(str::to_string),
+        public_key_sha256: format!("key-{cert_serial}"),
         supersede: Supersede::AllActive,
         certificate: cert(cert_serial),
         audit: audit(DEFAULT_TENANT, "est.simpleenroll", thing),
@@ -1081,6 +1082,8 @@ suite!(
     registration_creates_the_thing_activates_the_certificate_and_replays,
     an_expired_or_foreign_ownership_token_registers_nothing,
     re_registration_merges_the_thing_and_supersedes_the_first_certificate,
+    a_consumed_token_records_the_certificate_and_key_it_produced,
+    a_second_writer_beside_the_store_waits_instead_of_failing,
     registration_refuses_a_thing_or_serial_owned_by_another,
     a_missing_named_policy_rolls_the_whole_registration_back,
     purging_expired_pending_certificates_reports_only_unregistered_ones,
@@ -2833,4 +2836,149 @@ async fn presence_is_written_in_batches(db: Db) {
         .collect();
     s.set_devices_connected(&many, NOW + 9).await.unwrap();
     assert_eq!(seen("d3").await, Some(NOW + 9));
+}
+
+async fn a_consumed_token_records_the_certificate_and_key_it_produced(db: Db) {
+    let s = db.store.as_ref();
+    s.create_token(
+        &token("t1", "SN1", "thing-1"),
+        &audit(DEFAULT_TENANT, "token.create", "t1"),
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.token_enrolment("t1").await.unwrap().is_none(),
+        "an unused token produced nothing"
+    );
+    assert!(s.token_enrolment("no-such-token").await.unwrap().is_none());
+    s.commit_enrolment(&enrolment("thing-1", "SN1", Some("t1"), "c1"))
+        .await
+        .unwrap();
+    let record = s.token_enrolment("t1").await.unwrap().expect("recorded");
+    assert_eq!(record.used_at, NOW);
+    assert_eq!(record.public_key_sha256, "key-c1");
+    assert_eq!(record.certificate.serial, "c1");
+    assert_eq!(record.certificate.pem, "PEM c1");
+    assert_eq!(record.certificate.status, CertStatus::Active);
+    // A second use is refused and does not overwrite what the first produced.
+    let again = s
+        .commit_enrolment(&enrolment("thing-1", "SN1", Some("t1"), "c2"))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::TokenNotUsable)),
+        "{again:?}"
+    );
+    let record = s.token_enrolment("t1").await.unwrap().expect("recorded");
+    assert_eq!(record.certificate.serial, "c1");
+    assert_eq!(record.public_key_sha256, "key-c1");
+    assert!(s.get_certificate("c2").await.unwrap().is_none());
+    // The record follows the certificate's standing.
+    s.revoke_certificate(
+        DEFAULT_TENANT,
+        "c1",
+        "keyCompromise",
+        &audit(DEFAULT_TENANT, "cert.revoke", "c1"),
+        NOW + 1,
+    )
+    .await
+    .unwrap();
+    let record = s.token_enrolment("t1").await.unwrap().expect("recorded");
+    assert_eq!(record.certificate.status, CertStatus::Revoked);
+}
+
+/// A second store on the same database (the CLI beside the server) writes
+/// while this one runs transactions that read before they write: every call
+/// of both must succeed, none may fail on a locked database.
+async fn a_second_writer_beside_the_store_waits_instead_of_failing(db: Db) {
+    let first = db.store.clone();
+    let second = open(&db.url).await.unwrap();
+    for i in 0..20 {
+        first
+            .create_token(
+                &token(&format!("t{i}"), &format!("SN{i}"), &format!("d{i}")),
+                &audit(DEFAULT_TENANT, "token.create", "t"),
+                NOW,
+            )
+            .await
+            .unwrap();
+        first
+            .commit_enrolment(&enrolment(
+                &format!("d{i}"),
+                &format!("SN{i}"),
+                Some(&format!("t{i}")),
+                &format!("c{i}"),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let s = first.clone();
+        handles.push(tokio::spawn(async move {
+            let thing = format!("d{i}");
+            for round in 0..5 {
+                s.transition_device(
+                    DEFAULT_TENANT,
+                    &thing,
+                    LifecycleAction::Suspend,
+                    &audit(DEFAULT_TENANT, "device.suspend", &thing),
+                    NOW + round,
+                )
+                .await
+                .map_err(|e| format!("suspend {thing}: {e}"))?;
+                s.transition_device(
+                    DEFAULT_TENANT,
+                    &thing,
+                    LifecycleAction::Reactivate,
+                    &audit(DEFAULT_TENANT, "device.reactivate", &thing),
+                    NOW + round,
+                )
+                .await
+                .map_err(|e| format!("reactivate {thing}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for i in 0..20 {
+        let s = second.clone();
+        handles.push(tokio::spawn(async move {
+            s.allowlist_add(
+                DEFAULT_TENANT,
+                &[format!("A{i}")],
+                &audit(DEFAULT_TENANT, "allowlist.add", "a"),
+                NOW,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("allowlist add A{i}: {e}"))
+        }));
+    }
+    let failures: Vec<String> = {
+        let mut f = Vec::new();
+        for h in handles {
+            if let Err(e) = h.await.unwrap() {
+                f.push(e);
+            }
+        }
+        f
+    };
+    assert!(failures.is_empty(), "{failures:?}");
+    for i in 0..20 {
+        assert_eq!(
+            first
+                .get_device(DEFAULT_TENANT, &format!("d{i}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            DeviceStatus::Active
+        );
+        assert!(
+            first
+                .allowlist_contains(DEFAULT_TENANT, &format!("A{i}"))
+                .await
+                .unwrap()
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! are audited as `cli:<user>`.
 
 use crate::config::Config;
-use crate::serve::{import_ca, open_onramp, serve};
+use crate::serve::{DataDir, import_ca, open_onramp, serve};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use onramp_domain::{
@@ -39,8 +39,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: EST, REST API, health and metrics over HTTPS.
+    /// Run the server: EST, REST API, health and metrics over HTTPS. Creates
+    /// the data directory, CA and database on first start.
     Serve,
+    /// Create the data directory, CA and database without starting the server.
+    Init,
     /// The certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -316,11 +319,25 @@ pub async fn run(cli: Cli) -> Result<()> {
         println!("imported the CA into {}", cfg.ca_dir().display());
         return Ok(());
     }
-    let onramp = open_onramp(&cfg).await?;
+    if let Command::Init = cli.command {
+        let onramp = open_onramp(&cfg, DataDir::CreateIfMissing).await?;
+        let issuing = onramp.ca().issuing_info();
+        println!(
+            "data directory {} is ready (issuing CA {}, SHA-256 {}; registry on {})",
+            cfg.data_dir.display(),
+            issuing.subject_dn,
+            issuing.fingerprint,
+            onramp.store().backend()
+        );
+        return Ok(());
+    }
+    let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
     let caller = Caller::local(&cli.tenant);
     let out = Output { json: cli.json };
     match cli.command {
-        Command::Serve | Command::Ca(CaCommand::Import { .. }) => unreachable_command(),
+        Command::Serve | Command::Init | Command::Ca(CaCommand::Import { .. }) => {
+            unreachable_command()
+        }
         Command::Ca(CaCommand::Show) => {
             let ca = onramp.ca();
             let issuing = ca.issuing_info();

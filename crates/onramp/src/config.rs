@@ -2,7 +2,7 @@
 //! environment variables (`ONRAMP_DATA_DIR`, `ONRAMP_DATABASE_URL`,
 //! `ONRAMP_HTTP__LISTEN`, `ONRAMP_ENROLMENT__REQUIRE_ALLOWLIST`, ...).
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -99,6 +99,10 @@ pub struct EnrolmentConfig {
     pub device_cert_validity_days: u32,
     pub token_ttl_secs: i64,
     pub require_allowlist: bool,
+    /// How long after a token enrolment the same request (same token, same
+    /// public key) gets the same certificate again, for a device whose
+    /// response was lost; 0 turns retries off.
+    pub retry_window_secs: i64,
     pub rate_per_source: RateConfig,
     pub rate_per_credential: RateConfig,
     pub bootstrap_cas: Vec<BootstrapCaConfig>,
@@ -126,6 +130,7 @@ organization = "Onramp"
 device_cert_validity_days = 365
 token_ttl_secs = 604800
 require_allowlist = false
+retry_window_secs = 600
 rate_per_source = { per_second = 100, burst = 200 }
 rate_per_credential = { per_second = 0, burst = 5 }
 bootstrap_cas = []
@@ -229,5 +234,79 @@ impl Config {
 
     pub fn hmac_key_path(&self) -> PathBuf {
         self.data_dir.join("secrets").join("hmac.key")
+    }
+
+    /// The data directory as the operator should see it in a message.
+    fn data_dir_shown(&self) -> String {
+        match std::path::absolute(&self.data_dir) {
+            Ok(abs) if abs != self.data_dir => {
+                format!("{} ({})", self.data_dir.display(), abs.display())
+            }
+            _ => self.data_dir.display().to_string(),
+        }
+    }
+
+    /// Creates the data directory (mode 0700) if it does not exist yet.
+    pub fn create_data_dir(&self) -> Result<()> {
+        if self.data_dir.exists() {
+            return Ok(());
+        }
+        if let Some(parent) = self.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        create_private_dir(&self.data_dir)
+    }
+
+    /// Refuses to go on unless the data directory holds a CA and the
+    /// hashing key, as `onramp serve` or `onramp init` leave it.
+    pub fn require_initialised(&self) -> Result<()> {
+        let fix = "Admin commands act on the server's data directory: pass `--data-dir DIR` \
+                   or set ONRAMP_DATA_DIR (or `data_dir` in the --config file). \
+                   Only `onramp serve` and `onramp init` create a new one.";
+        if !self.data_dir.is_dir() {
+            bail!(
+                "the data directory {} does not exist. {fix}",
+                self.data_dir_shown()
+            );
+        }
+        if !onramp_pki::CertificateAuthority::exists(&self.ca_dir()) {
+            bail!(
+                "the data directory {} holds no CA ({} is missing or incomplete). {fix}",
+                self.data_dir_shown(),
+                self.ca_dir().display()
+            );
+        }
+        if !self.hmac_key_path().exists() {
+            bail!(
+                "the data directory {} holds no {}. {fix}",
+                self.data_dir_shown(),
+                self.hmac_key_path().display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a data directory, or a directory of keys in it, that belongs to
+    /// another user or that others may write to: whoever can write there can
+    /// swap the CA key or the registry.
+    pub fn check_data_dir(&self) -> Result<()> {
+        onramp_pki::check_private_dir(&self.data_dir)?;
+        for dir in [self.ca_dir(), self.tls_dir(), self.data_dir.join("secrets")] {
+            if dir.exists() {
+                onramp_pki::check_private_dir(&dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates one directory readable by its owner only (parents must exist).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
     }
 }

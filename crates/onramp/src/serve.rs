@@ -1,25 +1,45 @@
 //! Wiring: open the store, load or create the CA, and run the HTTPS server.
 
 use crate::config::Config;
+use crate::config::create_private_dir;
 use anyhow::{Context, Result, bail};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use onramp_pki::{CaKeyAlgorithm, CertificateAuthority, SecretHasher, pem_to_der_chain};
 use onramp_service::{BootstrapCa, Onramp, ProvisioningSettings, RateLimit, Settings, now};
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Opens everything a service call needs. Creates the data directory and
-/// the CA on first use.
-pub async fn open_onramp(cfg: &Config) -> Result<Onramp> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("securing {}", cfg.data_dir.display()))?;
+/// Whether opening the data directory may create it and the CA: only
+/// `onramp serve` and `onramp init` may; every admin command must find the
+/// server's existing directory, or its tokens and certificates would come
+/// from a CA the server never sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDir {
+    CreateIfMissing,
+    MustExist,
+}
+
+/// Opens everything a service call needs, after checking that the data
+/// directory and its key directories belong to this user and nobody else
+/// can write to them.
+pub async fn open_onramp(cfg: &Config, data_dir: DataDir) -> Result<Onramp> {
+    match data_dir {
+        DataDir::CreateIfMissing => cfg.create_data_dir()?,
+        DataDir::MustExist => cfg.require_initialised()?,
+    }
+    cfg.check_data_dir()?;
     let store = onramp_store::open(&cfg.database_url())
         .await
         .context("opening the registry database")?;
-    let ca = load_or_create_ca(cfg)?;
+    let ca = match data_dir {
+        DataDir::CreateIfMissing => load_or_create_ca(cfg)?,
+        DataDir::MustExist => {
+            CertificateAuthority::load(&cfg.ca_dir()).context("loading the CA")?
+        }
+    };
+    if data_dir == DataDir::CreateIfMissing {
+        create_private_dir(&cfg.data_dir.join("secrets"))?;
+    }
     let hasher = SecretHasher::load_or_create(&cfg.hmac_key_path())?;
     let mut bootstrap_cas = Vec::new();
     for b in &cfg.enrolment.bootstrap_cas {
@@ -37,6 +57,7 @@ pub async fn open_onramp(cfg: &Config) -> Result<Onramp> {
         device_cert_validity_days: e.device_cert_validity_days,
         token_ttl_secs: e.token_ttl_secs,
         require_allowlist: e.require_allowlist,
+        enrolment_retry_window_secs: e.retry_window_secs.max(0),
         rate_per_source: RateLimit {
             per_second: e.rate_per_source.per_second,
             burst: e.rate_per_source.burst,
@@ -79,6 +100,7 @@ fn load_or_create_ca(cfg: &Config) -> Result<CertificateAuthority> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
     tracing::info!(dir = %dir.display(), algorithm = ?alg, "creating a new root and issuing CA");
+    create_private_dir(&dir)?;
     CertificateAuthority::create(&dir, alg, &cfg.ca.organization, now()).context("creating the CA")
 }
 
@@ -97,7 +119,7 @@ fn install_metrics() -> Result<PrometheusHandle> {
 
 pub async fn serve(cfg: Config) -> Result<()> {
     let metrics = install_metrics()?;
-    let onramp = open_onramp(&cfg).await?;
+    let onramp = open_onramp(&cfg, DataDir::CreateIfMissing).await?;
     let identity = onramp
         .ca()
         .ensure_server_identity(&cfg.tls_dir(), &cfg.http.hosts, now())
@@ -256,7 +278,10 @@ pub fn import_ca(cfg: &Config, cert: &std::path::Path, key: &std::path::Path) ->
             cfg.ca_dir().display()
         );
     }
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    // Importing is how a CA comes into a new data directory, as `init` is.
+    cfg.create_data_dir()?;
+    cfg.check_data_dir()?;
+    create_private_dir(&cfg.ca_dir())?;
     let cert_pem =
         std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
     let key_pem =

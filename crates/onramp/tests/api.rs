@@ -433,7 +433,9 @@ fn health_readiness_metrics_openapi_and_ca_chain() {
     let token = s.token("SN-6");
     let d = device_csr(s.dir.path(), "d", "/CN=SN-6");
     assert_eq!(s.enrol(&d, "SN-6", &token).status, 200);
-    assert_eq!(s.enrol(&d, "SN-6", &token).status, 401);
+    // Another key, so that this is a refused reuse and not an answered retry.
+    let other = device_csr(s.dir.path(), "d-other", "/CN=SN-6");
+    assert_eq!(s.enrol(&other, "SN-6", &token).status, 401);
     let m = s.curl(&[&s.url("/metrics")]).text();
     for needle in [
         "onramp_enrolments_total{operation=\"simpleenroll\",outcome=\"success\"} 1",
