@@ -108,7 +108,7 @@ const TEMPLATE_BODY: &str = r#"{
 const CLAIM_VALIDITY_DAYS: &str = "30";
 /// Provisioning rate limits, per claim and per source address, out of the
 /// way: every device uses the one claim and connects from 127.0.0.1.
-const PROVISIONING_ENV: [(&str, &str); 4] = [
+const PROVISIONING_ENV: [(&str, &str); 8] = [
     ("ONRAMP_PROVISIONING__RATE_PER_CLAIM__PER_SECOND", "1000000"),
     ("ONRAMP_PROVISIONING__RATE_PER_CLAIM__BURST", "1000000"),
     (
@@ -116,6 +116,13 @@ const PROVISIONING_ENV: [(&str, &str); 4] = [
         "1000000",
     ),
     ("ONRAMP_PROVISIONING__RATE_PER_SOURCE__BURST", "1000000"),
+    (
+        "ONRAMP_MQTT__CLAIM_RATE_PER_CERTIFICATE__PER_SECOND",
+        "1000000",
+    ),
+    ("ONRAMP_MQTT__CLAIM_RATE_PER_CERTIFICATE__BURST", "1000000"),
+    ("ONRAMP_MQTT__CLAIM_RATE_PER_SOURCE__PER_SECOND", "1000000"),
+    ("ONRAMP_MQTT__CLAIM_RATE_PER_SOURCE__BURST", "1000000"),
 ];
 const KEEP_ALIVE_SECS: u16 = 60;
 /// Packet ids of the two requests a device publishes.

@@ -76,12 +76,12 @@ impl Default for GatewaySettings {
             },
             revocation_poll: Duration::from_millis(250),
             claim_rate_per_certificate: RateLimit {
-                per_second: 100,
-                burst: 200,
+                per_second: 200,
+                burst: 1000,
             },
             claim_rate_per_source: RateLimit {
-                per_second: 5,
-                burst: 20,
+                per_second: 50,
+                burst: 200,
             },
         }
     }

@@ -149,8 +149,8 @@ session_expiry_default_secs = 3600
 handshake_timeout_secs = 10
 rate_per_source = { per_second = 500, burst = 1000 }
 rate_per_identity = { per_second = 1, burst = 5 }
-claim_rate_per_certificate = { per_second = 100, burst = 200 }
-claim_rate_per_source = { per_second = 5, burst = 20 }
+claim_rate_per_certificate = { per_second = 200, burst = 1000 }
+claim_rate_per_source = { per_second = 50, burst = 200 }
 
 [provisioning]
 ownership_token_ttl_secs = 3600
