@@ -10,13 +10,23 @@ connection. Steps are given as one JSON list:
   {"op": "csr", "csr_file": "path"}         CreateCertificateFromCsr
   {"op": "register", "template": "t", "token": "<literal>|$last",
    "parameters": {...}}                     RegisterThing
-  {"op": "publish", "topic": "t"}           any publish; reports whether it was refused
-  {"op": "subscribe", "filter": "f"}        reports the granted reason code
+  {"op": "publish", "topic": "t", "qos": 1, "size": n}
+                                            any publish (payload "x", or n bytes);
+                                            reports the PUBACK's reason code
+  {"op": "subscribe", "filter": "f"}        reports the SUBACK's reason codes
+  {"op": "sleep", "seconds": s}
 
 Each step prints one JSON line: {"step": i, "topic": reply topic, "payload": {...}}
-or {"step": i, "refused": bool, "reason": ...}. "$last" is the ownership token
-of the most recent accepted create/csr step. Exit status 0 unless the
-connection could not be made.
+for a request, {"step": i, "puback": code, "reason": text, "refused": bool} for a
+QoS 1 publish, {"step": i, "codes": [text], "values": [code]} for a subscribe.
+Silence is never a refusal: a PUBACK or SUBACK that does not come within the
+timeout gives "puback": null / "codes": null and "timeout": "PUBACK" / "SUBACK"
+(and "refused" is absent), so a server that never answers cannot pass for one
+that refuses. Every line also has "disconnected" and, once the server has
+closed the connection, "disconnect": {"code", "reason", "from_server"} (the
+MQTT 5 DISCONNECT reason code; from_server is false when the connection just
+ended). "$last" is the ownership token of the most recent accepted create/csr
+step. Exit status 0 unless the connection could not be made.
 """
 
 from __future__ import annotations
@@ -31,6 +41,27 @@ import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+
+class Client(mqtt.Client):
+    """paho's client, reading a server DISCONNECT's reason code itself.
+
+    paho-mqtt 2.1.0 reads the reason code only when properties follow it
+    (remaining length > 2) and reports "Normal disconnection" otherwise; MQTT 5
+    (3.14.2.1) puts the reason code in the first byte whenever the remaining
+    length is at least 1.
+    """
+
+    server_disconnect_code: "int | None" = None
+
+    def _handle_disconnect(self) -> None:
+        if self._in_packet["remaining_length"] >= 1:
+            self.server_disconnect_code = self._in_packet["packet"][0]
+        elif self.server_disconnect_code is None:
+            self.server_disconnect_code = 0
+        super()._handle_disconnect()
 
 
 def main() -> int:
@@ -48,32 +79,41 @@ def main() -> int:
     steps = json.loads(args.steps)
 
     proto = mqtt.MQTTv5 if args.protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=proto)
+    client = Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=proto)
     ctx = ssl.create_default_context(cafile=args.cafile)
     ctx.load_cert_chain(args.cert, args.key)
     client.tls_set_context(ctx)
 
     inbox: "queue.Queue[tuple[str, bytes]]" = queue.Queue()
-    acks: "queue.Queue[tuple[str, object]]" = queue.Queue()
+    acks: "queue.Queue[tuple[str, int, object]]" = queue.Queue()
     connected = threading.Event()
     gone = threading.Event()
-    state = {"rc": None}
+    state = {"rc": None, "disconnect": None}
 
     def on_connect(c, userdata, flags, rc, props=None):
         state["rc"] = str(rc)
         connected.set()
 
     def on_disconnect(c, userdata, flags, rc, props=None):
+        # Only the first: paho reconnects, and later drops say nothing new.
+        if state["disconnect"] is None:
+            from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+            code = getattr(rc, "value", rc)
+            reason = str(rc)
+            if from_server and c.server_disconnect_code is not None:
+                code = c.server_disconnect_code
+                reason = str(ReasonCode(PacketTypes.DISCONNECT, identifier=code))
+            state["disconnect"] = {"code": code, "reason": reason, "from_server": from_server}
         gone.set()
 
     def on_message(c, userdata, msg):
         inbox.put((msg.topic, msg.payload))
 
     def on_subscribe(c, userdata, mid, codes, props=None):
-        acks.put(("suback", [str(x) for x in codes]))
+        acks.put(("suback", mid, ([str(x) for x in codes], [getattr(x, "value", x) for x in codes])))
 
     def on_publish(c, userdata, mid, rc, props=None):
-        acks.put(("puback", str(rc)))
+        acks.put(("puback", mid, (str(rc), getattr(rc, "value", rc))))
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
@@ -92,15 +132,29 @@ def main() -> int:
         return 2
     print(json.dumps({"connect": "ok"}), flush=True)
 
-    def subscribe(filters: list[str]) -> list[str]:
-        client.subscribe([(f, 1) for f in filters])
-        try:
-            return acks.get(timeout=args.timeout)[1]
-        except queue.Empty:
-            return ["timeout"]
+    def wait_ack(kind: str, mid: int, timeout: float):
+        """The acknowledgement of packet `mid`, or None on timeout."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                got, got_mid, value = acks.get(timeout=0.1)
+            except queue.Empty:
+                # Callbacks run in order on one thread: an acknowledgement
+                # that came before the connection ended is already queued.
+                if gone.is_set():
+                    return None
+                continue
+            if got == kind and got_mid == mid:
+                return value
+        return None
+
+    def subscribe(filters: list[str]):
+        _, mid = client.subscribe([(f, 1) for f in filters])
+        return wait_ack("suback", mid, args.timeout)
 
     def request(topic: str, payload: bytes, replies: str) -> dict:
-        subscribe([replies + "/accepted", replies + "/rejected"])
+        if subscribe([replies + "/accepted", replies + "/rejected"]) is None:
+            return {"timeout": "SUBACK"}
         client.publish(topic, payload, qos=1)
         deadline = time.time() + args.timeout
         while time.time() < deadline:
@@ -142,17 +196,26 @@ def main() -> int:
             topic = f"$aws/provisioning-templates/{step['template']}/provision/json"
             out = request(topic, json.dumps(body).encode(), topic)
         elif op == "publish":
-            info = client.publish(step["topic"], step.get("payload", "x"), qos=1)
-            try:
-                kind, rc = acks.get(timeout=3)
-                refused = rc not in ("Success", "0")
-                out = {"refused": refused, "reason": rc}
-            except queue.Empty:
-                out = {"refused": True, "reason": "no PUBACK", "disconnected": gone.is_set()}
-            del info
+            qos = step.get("qos", 1)
+            payload = b"x" * step["size"] if "size" in step else step.get("payload", "x")
+            info = client.publish(step["topic"], payload, qos=qos)
+            if qos == 0:
+                # No acknowledgement exists; give the server time to react.
+                time.sleep(1)
+                out = {}
+            else:
+                ack = wait_ack("puback", info.mid, 3)
+                if ack is None:
+                    out = {"puback": None, "timeout": "PUBACK"}
+                else:
+                    reason, code = ack
+                    out = {"puback": code, "reason": reason, "refused": code >= 0x80}
         elif op == "subscribe":
-            codes = subscribe([step["filter"]])
-            out = {"codes": codes}
+            ack = subscribe([step["filter"]])
+            if ack is None:
+                out = {"codes": None, "values": None, "timeout": "SUBACK"}
+            else:
+                out = {"codes": ack[0], "values": ack[1]}
         elif op == "sleep":
             time.sleep(step["seconds"])
             out = {}
@@ -160,6 +223,8 @@ def main() -> int:
             raise SystemExit(f"unknown step {op}")
         out["step"] = i
         out["disconnected"] = out.get("disconnected", False) or gone.is_set()
+        if state["disconnect"] is not None:
+            out["disconnect"] = state["disconnect"]
         print(json.dumps(out), flush=True)
     client.disconnect()
     client.loop_stop()

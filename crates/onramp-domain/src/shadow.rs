@@ -338,6 +338,11 @@ fn parse_root(bytes: &[u8], limits: &ShadowLimits) -> Result<JsonObject, ShadowE
         return Err(ShadowError::too_deep(limits.max_depth));
     }
     match serde_json::from_str::<Value>(text) {
+        // A stored shadow holding serde_json's raw-value marker as a key would
+        // fail every later read of it (see `crate::json`).
+        Ok(root) if crate::json::holds_raw_value_marker(text, &root) => {
+            Err(ShadowError::invalid_json())
+        }
         Ok(Value::Object(root)) => Ok(root),
         _ => Err(ShadowError::invalid_json()),
     }
@@ -820,6 +825,27 @@ pub fn validate_shadow_name(name: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_holding_the_raw_value_marker_as_a_key_is_refused() {
+        // Accepted before, such a shadow was stored but every later read of it
+        // failed with 500 (the shadow_update fuzz target checks this round trip).
+        let limits = ShadowLimits::default();
+        for payload in [
+            r#"{"state":{"reported":{"x":{"a":1,"$serde_json::private::RawValue":0}}}}"#,
+            r#"{"state":{"desired":{"x":{"a":1,"\u0024serde_json::private::RawValu\u0065":0}}}}"#,
+            r#"{"state":{"reported":{"$serde_json::private::RawValue":"{\"b\":1}"}}}"#,
+        ] {
+            assert_eq!(
+                parse_update_request(payload.as_bytes(), &limits),
+                Err(ShadowError::invalid_json()),
+                "{payload}"
+            );
+        }
+        // The control: the same shape with an ordinary key is accepted.
+        let ok = r#"{"state":{"reported":{"x":{"a":1,"b":0}}}}"#;
+        assert!(parse_update_request(ok.as_bytes(), &limits).is_ok());
+    }
 
     #[test]
     fn nesting_scan_ignores_brackets_in_strings() {

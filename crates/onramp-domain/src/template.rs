@@ -25,9 +25,6 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The largest template body AWS IoT accepts, in characters.
-/// serde_json's private marker key for raw values (see [`ProvisioningTemplate::parse`]).
-const RAW_VALUE_MARKER: &str = "serde_json::private::RawValue";
-
 pub const MAX_TEMPLATE_CHARS: usize = 10_240;
 
 /// How deeply values and intrinsic functions may nest inside one property.
@@ -398,19 +395,20 @@ impl ProvisioningTemplate {
                 });
             }
         }
+        // serde_json refuses input nested deeper than 128 levels, so this
+        // cannot exhaust the stack either.
+        let root: Value =
+            serde_json::from_str(body).map_err(|e| TemplateError::InvalidJson(e.to_string()))?;
         // serde_json (with the `raw_value` feature another crate of the build
         // turns on) treats an object with this key as raw JSON text: such a
         // template would save but produce documents that never read back.
-        if body.contains(RAW_VALUE_MARKER) {
+        // Checked on the parsed keys too, where an escaped spelling shows.
+        if crate::json::holds_raw_value_marker(body, &root) {
             return Err(invalid(
                 "template",
                 "the key `$serde_json::private::RawValue` is reserved",
             ));
         }
-        // serde_json refuses input nested deeper than 128 levels, so this
-        // cannot exhaust the stack either.
-        let root: Value =
-            serde_json::from_str(body).map_err(|e| TemplateError::InvalidJson(e.to_string()))?;
         let Value::Object(root) = root else {
             return Err(invalid(
                 "template",
@@ -2558,5 +2556,12 @@ mod tests {
         let body = r#"{"Resources":{"p":{"Type":"AWS::IoT::Policy","Properties":{"PolicyDocument":{"a":0,"$serde_json::private::RawValue":0}}}}}"#;
         let e = ProvisioningTemplate::parse(body).unwrap_err();
         assert!(e.to_string().contains("reserved"), "{e}");
+        // Spelt with JSON escapes the text does not show it; the parsed key does.
+        let escaped = r#"{"Resources":{"p":{"Type":"AWS::IoT::Policy","Properties":{"PolicyDocument":{"a":0,"\u0024serde_json::private::RawValu\u0065":0}}}}}"#;
+        let e = ProvisioningTemplate::parse(escaped).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        // The control: the same template with an ordinary key parses.
+        let ok = r#"{"Resources":{"p":{"Type":"AWS::IoT::Policy","Properties":{"PolicyDocument":{"a":0,"b":0}}}}}"#;
+        assert!(ProvisioningTemplate::parse(ok).is_ok());
     }
 }

@@ -85,7 +85,11 @@ async fn cacerts(State(state): State<AppState>) -> Result<Response, EstError> {
         .map(Vec::as_slice)
         .collect();
     let p7 = certs_only_pkcs7(&chain).map_err(ServiceError::from)?;
-    Ok(base64_body("application/pkcs7-mime", &p7))
+    // RFC 7030 §4.1.3 names the smime-type; strict EST clients check it.
+    Ok(base64_body(
+        "application/pkcs7-mime; smime-type=certs-only",
+        &p7,
+    ))
 }
 
 async fn csrattrs() -> Result<Response, EstError> {

@@ -404,7 +404,24 @@ impl Onramp {
 
     /// Reports active claim certificates that expire within the warning
     /// window: an audit event, a gauge and a log line each. Returns them.
+    /// This is the server's daily check, audited as `system`.
     pub async fn check_claim_expiry(&self) -> Result<Vec<ClaimCertificate>> {
+        self.report_expiring_claims("system", "maintenance").await
+    }
+
+    /// The same check run on request (`onramp claim check-expiry`): its audit
+    /// events name the caller, not `system`.
+    pub async fn check_claim_expiry_as(&self, caller: &Caller) -> Result<Vec<ClaimCertificate>> {
+        caller.require(Permission::ManageProvisioning)?;
+        self.report_expiring_claims(&caller.actor, &caller.source)
+            .await
+    }
+
+    async fn report_expiring_claims(
+        &self,
+        actor: &str,
+        source: &str,
+    ) -> Result<Vec<ClaimCertificate>> {
         let now = now();
         let window = self.inner.settings.provisioning.claim_expiry_warning_days * 86_400;
         let expiring = self
@@ -422,10 +439,10 @@ impl Onramp {
             let entry = AuditEntry {
                 id: 0,
                 tenant: c.tenant.clone(),
-                actor: "system".into(),
+                actor: actor.into(),
                 action: "claim_certificate_expiring".into(),
                 target: format!("claim:{}", c.serial),
-                source: "maintenance".into(),
+                source: source.into(),
                 outcome: Outcome::Success,
                 detail: format!(
                     "template {}, expires at {} ({days} days)",

@@ -295,9 +295,28 @@ struct AuditArgs {
     limit: u32,
 }
 
+/// rustls warns, in this module, about clients that break RFC 6066's SNI
+/// rules, above all for every client that puts an IP address in SNI (mosquitto
+/// does whenever it connects to one). Nothing an operator can act on, so it
+/// logs errors only, unless RUST_LOG names the module itself.
+const RUSTLS_SNI_MODULE: &str = "rustls::msgs::handshake";
+
+/// The log filter: RUST_LOG (or the default), with rustls' SNI warnings quietened.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let mut filter = rust_log
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    if !rust_log.is_some_and(|v| v.contains(RUSTLS_SNI_MODULE))
+        && let Ok(directive) = format!("{RUSTLS_SNI_MODULE}=error").parse()
+    {
+        filter = filter.add_directive(directive);
+    }
+    filter
+}
+
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = log_filter(rust_log.as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -888,5 +907,18 @@ mod tests {
     fn timestamps_print_as_utc() {
         assert_eq!(super::ts(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::ts(1_790_000_000), "2026-09-21T14:13:20Z");
+    }
+
+    #[test]
+    fn rustls_sni_warnings_are_quiet_unless_asked_for() {
+        let quiet = "rustls::msgs::handshake=error";
+        for rust_log in [None, Some("debug,rustls=info"), Some("not a [filter")] {
+            let filter = super::log_filter(rust_log).to_string();
+            assert!(filter.contains(quiet), "{rust_log:?}: {filter}");
+        }
+        // Naming the module in RUST_LOG is the way to see them again.
+        let filter = super::log_filter(Some("info,rustls::msgs::handshake=debug")).to_string();
+        assert!(!filter.contains(quiet), "{filter}");
+        assert!(filter.contains("rustls::msgs::handshake=debug"), "{filter}");
     }
 }

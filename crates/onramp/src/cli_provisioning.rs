@@ -371,7 +371,7 @@ pub async fn claim(
             )
         }
         ClaimCommand::CheckExpiry => {
-            let list = onramp.check_claim_expiry().await?;
+            let list = onramp.check_claim_expiry_as(caller).await?;
             let rows = list
                 .iter()
                 .map(|c| vec![c.serial.clone(), c.template.clone(), ts(c.not_after)])

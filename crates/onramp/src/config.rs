@@ -310,3 +310,134 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DEFAULTS;
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+
+    const REFERENCE: &str = include_str!("../../../docs/configuration.md");
+
+    /// Settings without a default, which the reference shows commented out.
+    const WITHOUT_DEFAULT: [&str; 1] = ["database_url"];
+
+    /// The settings reference: the first TOML block of docs/configuration.md.
+    fn reference_block() -> &'static str {
+        let start = REFERENCE
+            .find("```toml\n")
+            .expect("docs/configuration.md has a ```toml block")
+            + "```toml\n".len();
+        let len = REFERENCE[start..]
+            .find("```")
+            .expect("the ```toml block is closed");
+        &REFERENCE[start..start + len]
+    }
+
+    fn parse(toml: &str) -> Value {
+        config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("valid TOML")
+    }
+
+    /// Every setting by its dotted name (`data_dir`, `mqtt.listen`), with its
+    /// value. Tables at the top level are sections; values inside a section
+    /// (such as `{ per_second, burst }`) are one setting.
+    fn settings(root: &Value) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        for (key, value) in root.as_object().expect("a TOML document is a table") {
+            match value.as_object() {
+                Some(section) => {
+                    for (inner, v) in section {
+                        out.insert(format!("{key}.{inner}"), v.clone());
+                    }
+                }
+                None => {
+                    out.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_setting_is_in_the_configuration_reference_with_its_default() {
+        let defaults = settings(&parse(DEFAULTS));
+        let documented = settings(&parse(reference_block()));
+        let missing: Vec<&String> = defaults
+            .keys()
+            .filter(|k| !documented.contains_key(*k))
+            .collect();
+        let wrong: Vec<String> = defaults
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = documented.get(k)?;
+                (d != v).then(|| format!("{k}: documented {d}, default {v}"))
+            })
+            .collect();
+        let unknown: Vec<&String> = documented
+            .keys()
+            .filter(|k| !defaults.contains_key(*k))
+            .collect();
+        assert!(
+            missing.is_empty() && wrong.is_empty() && unknown.is_empty(),
+            "docs/configuration.md's settings block disagrees with the built-in defaults\n\
+             not documented (add `key = default` under its [section]): {missing:?}\n\
+             documented with another value: {wrong:?}\n\
+             documented but not a setting: {unknown:?}"
+        );
+        // The control: the walk sees the sections, not just the top level.
+        assert!(defaults.contains_key("mqtt.require_client_id_match"));
+        assert!(defaults.len() > 30, "{}", defaults.len());
+    }
+
+    #[test]
+    fn settings_without_a_default_are_in_the_reference_commented_out() {
+        let block = reference_block();
+        for key in WITHOUT_DEFAULT {
+            assert!(
+                block.lines().any(|l| l.starts_with(&format!("# {key} = "))),
+                "docs/configuration.md does not show `# {key} = ...`"
+            );
+            // It is a real setting: the configuration accepts it.
+            let with = format!("{key} = \"sqlite://x.db\"\n{DEFAULTS}");
+            let cfg: Result<super::Config, _> = config::Config::builder()
+                .add_source(config::File::from_str(&with, config::FileFormat::Toml))
+                .build()
+                .and_then(|c| c.try_deserialize());
+            assert!(cfg.is_ok(), "{key}: {:?}", cfg.err());
+        }
+    }
+
+    #[test]
+    fn the_data_directory_table_lists_every_file_the_server_writes_there() {
+        // Every name the server's own code joins to the data directory is an
+        // entry of it.
+        let sources = [include_str!("serve.rs"), include_str!("config.rs")];
+        let needle = "data_dir.join(\"";
+        let mut names = Vec::new();
+        for source in sources {
+            for (at, _) in source.match_indices(needle) {
+                let rest = &source[at + needle.len()..];
+                if let Some(end) = rest.find('"') {
+                    names.push(&rest[..end]);
+                }
+            }
+        }
+        assert!(names.contains(&"mqtt.addr"), "{names:?}");
+        let table = REFERENCE
+            .split("## The data directory")
+            .nth(1)
+            .expect("docs/configuration.md has a data directory section");
+        let undocumented: Vec<&&str> = names
+            .iter()
+            .filter(|n| !table.contains(&format!("`{n}`")) && !table.contains(&format!("`{n}/")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in the data directory table of docs/configuration.md: {undocumented:?}"
+        );
+    }
+}

@@ -26,7 +26,7 @@ fn enrol_happy_path(backend: Backend) {
     assert_eq!(ca.status, 200);
     assert_eq!(
         ca.header("content-type").as_deref(),
-        Some("application/pkcs7-mime")
+        Some("application/pkcs7-mime; smime-type=certs-only")
     );
     let chain = pkcs7_to_pem(s.dir.path(), "cacerts", &ca.body);
     let out = openssl(&[

@@ -1,9 +1,89 @@
-//! The MQTT gateway against real clients: mosquitto_pub / mosquitto_sub.
+//! The MQTT gateway against real clients: mosquitto_pub / mosquitto_sub, and
+//! paho-mqtt (through `tests/provisioning/claim_client.py`) where a test needs
+//! the exact reason code of a PUBACK, SUBACK or DISCONNECT.
 
 mod support;
 
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::*;
+
+const CLIENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/provisioning/claim_client.py"
+);
+
+/// Runs `steps` over one paho-mqtt connection as `id` (client id = its name)
+/// with MQTT `protocol` "5" or "3"; returns one JSON line per step.
+fn paho(s: &Server, id: &Identity, protocol: &str, steps: Value) -> Vec<Value> {
+    let out = std::process::Command::new("python3")
+        .arg(CLIENT)
+        .args(["--port", &s.mqtt_port.to_string()])
+        .arg("--cafile")
+        .arg(&s.root_pem)
+        .arg("--cert")
+        .arg(&id.cert)
+        .arg("--key")
+        .arg(&id.key)
+        .args(["--client-id", &id.name, "--protocol", protocol])
+        .args(["--steps", &steps.to_string()])
+        .output()
+        .expect("python3 with paho-mqtt (pip install -r tests/requirements.txt)");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        lines.first().map(|l| &l["connect"]),
+        Some(&json!("ok")),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lines.len(),
+        steps.as_array().map_or(0, Vec::len) + 1,
+        "{stdout}"
+    );
+    lines[1..].to_vec()
+}
+
+/// An identity whose policy allows everything, to watch every topic a test
+/// expects nothing on (a `#` subscription misses `$` topics, so it names them).
+fn spy(s: &Server) -> Identity {
+    let id = s.device("spy");
+    let policy = s.path("all.json");
+    std::fs::write(
+        &policy,
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    for args in [
+        &[
+            "policy",
+            "create",
+            "all",
+            "--document",
+            policy.to_str().unwrap(),
+        ][..],
+        &["policy", "attach", "all", "--device", "spy"][..],
+    ] {
+        let out = s.cli(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    id
+}
+
+/// The server closed the connection with this MQTT 5 DISCONNECT reason code.
+fn assert_disconnected_with(line: &Value, code: u64) {
+    assert_eq!(line["disconnected"], true, "{line}");
+    assert_eq!(line["disconnect"]["from_server"], true, "{line}");
+    assert_eq!(line["disconnect"]["code"], code, "{line}");
+}
 
 #[test]
 fn devices_publish_to_their_own_topics_and_services_receive_qos0_and_qos1() {
@@ -344,19 +424,79 @@ fn an_expired_certificate_cannot_connect() {
     let ca = onramp_pki::CertificateAuthority::load(&s.data.join("ca")).unwrap();
     let d = device_csr(s.dir.path(), "old", "/CN=OLD-1");
     let csr = onramp_pki::parse_csr(&std::fs::read(&d.csr_der).unwrap()).unwrap();
-    let two_years_ago = onramp_service::now() - 2 * 365 * 86_400;
+    // Valid for one day, of which all but a few seconds have passed.
+    let left = 6;
+    let issued_at = onramp_service::now() - 86_400 + left;
     let cert = ca
-        .issue_device_cert(&csr, "OLD-1", "OLD-1", 30, two_years_ago)
+        .issue_device_cert(&csr, "OLD-1", "OLD-1", 1, issued_at)
         .unwrap();
+    let expires = cert.not_after;
+    // Registered as the device's active certificate, as an enrolment would.
+    let url = format!("sqlite://{}", s.data.join("onramp.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = onramp_store::open(&url).await.unwrap();
+        let now = onramp_service::now();
+        store
+            .commit_enrolment(&onramp_store::EnrolmentCommit {
+                tenant: "default".into(),
+                thing_name: "OLD-1".into(),
+                serial_number: "OLD-1".into(),
+                profile: Default::default(),
+                token_id: None,
+                supersede: onramp_store::Supersede::AllActive,
+                certificate: onramp_store::NewCertificate {
+                    serial: cert.serial.clone(),
+                    fingerprint: cert.fingerprint.clone(),
+                    pem: cert.pem.clone(),
+                    not_before: cert.not_before,
+                    not_after: cert.not_after,
+                },
+                audit: onramp_domain::AuditEntry {
+                    id: 0,
+                    tenant: "default".into(),
+                    actor: "test".into(),
+                    action: "est.simpleenroll".into(),
+                    target: "device:OLD-1".into(),
+                    source: "local".into(),
+                    outcome: onramp_domain::Outcome::Success,
+                    detail: String::new(),
+                    at: now,
+                },
+                now,
+            })
+            .await
+            .unwrap();
+    });
+    assert_eq!(s.certs_of("OLD-1")[0]["status"], "active");
     let pem = s.path("old.pem");
-    std::fs::write(&pem, cert.pem).unwrap();
+    std::fs::write(&pem, &cert.pem).unwrap();
     let id = Identity {
         name: "OLD-1".into(),
         cert: pem,
         key: d.key,
     };
-    let (ok, _) = s.mosquitto_pub(&id, &["-t", "things/OLD-1/x", "-m", "x"]);
-    assert!(!ok, "an expired certificate fails the TLS handshake");
+    // The control: while it is valid, the registered certificate connects.
+    let (ok, err) = s.mosquitto_pub(&id, &["-t", "things/OLD-1/x", "-m", "x"]);
+    assert!(ok, "a registered, unexpired certificate connects: {err}");
+    // Then it expires, and nothing else changes.
+    while onramp_service::now() <= expires {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, err) = s.mosquitto_pub(&id, &["-t", "things/OLD-1/x", "-m", "x"]);
+    assert!(!ok, "an expired certificate connected");
+    let log = s.server_log();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("MQTT TLS handshake failed"))
+        .unwrap_or_default();
+    assert!(
+        refusal.to_lowercase().contains("expired"),
+        "refused at the TLS handshake for its expiry: {err}\n{refusal}"
+    );
 }
 
 fn assert_refused(s: &Server, id: &Identity, client_id: &str) -> String {
@@ -443,29 +583,78 @@ fn a_client_id_other_than_the_thing_name_is_refused() {
 #[test]
 fn publishing_outside_the_policy_closes_the_connection_and_nothing_leaks() {
     let s = Server::start(Backend::Sqlite);
-    let svc = s.service("svc-1");
+    let spy = spy(&s);
     let d1 = s.device("D1");
     s.device("D2");
-    let sub = s.mosquitto_sub(
-        &svc,
-        "svc-1",
-        &["-t", "things/#", "-t", "$aws/things/#", "-W", "3"],
-    );
-    settle();
-    // Another device's topic, a wildcard-looking one, and a server-only event topic.
-    for topic in [
+    // Another device's topic, its shadow, a server-only event topic, a foreign tree.
+    let forbidden = [
         "things/D2/telemetry",
         "$aws/things/D2/shadow/update",
         "$aws/events/presence/connected/D2",
         "other/topic",
-    ] {
-        let _ = s.mosquitto_pub(&d1, &["-t", topic, "-m", "forged", "-q", "1"]);
-    }
-    let (_, lines, _) = sub.wait();
-    assert!(
-        lines.iter().all(|l| !l.contains("forged")),
-        "leaked: {lines:?}"
+    ];
+    // Before each forged message, and once after the last, D1 sends a control
+    // message on its own topic: all of them must arrive, none of the forged.
+    let sub = s.mosquitto_sub(
+        &spy,
+        "spy",
+        &[
+            "-t",
+            "things/#",
+            "-t",
+            "$aws/things/#",
+            "-t",
+            "$aws/events/presence/connected/D2",
+            "-t",
+            "other/#",
+            "-C",
+            &(forbidden.len() + 1).to_string(),
+            "-W",
+            "20",
+        ],
     );
+    settle();
+    for (i, topic) in forbidden.iter().enumerate() {
+        // MQTT 3.1.1 has no negative PUBACK: the refusal is the closed connection.
+        let r = paho(
+            &s,
+            &d1,
+            "3",
+            json!([
+                {"op": "publish", "topic": "things/D1/control", "payload": format!("control-{i}")},
+                {"op": "publish", "topic": topic, "payload": "forged"}
+            ]),
+        );
+        assert_eq!(r[0]["puback"], 0, "{topic}: {r:?}");
+        assert_eq!(r[0]["disconnected"], false, "{topic}: {r:?}");
+        assert_eq!(r[1]["puback"], Value::Null, "{topic}: {r:?}");
+        assert_eq!(
+            r[1]["disconnected"], true,
+            "{topic}: the connection stayed open: {r:?}"
+        );
+        // Waits out the per-thing connect rate (1/s after a burst of 5).
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let last = s.mosquitto_pub(
+        &d1,
+        &["-t", "things/D1/control", "-m", "control-end", "-q", "1"],
+    );
+    assert!(last.0, "{}", last.1);
+    let (ok, lines, err) = sub.wait();
+    assert!(ok, "{err} {lines:?}");
+    let mut want: Vec<String> = (0..forbidden.len())
+        .map(|i| format!("things/D1/control control-{i}"))
+        .collect();
+    want.push("things/D1/control control-end".into());
+    assert_eq!(lines, want, "leaked or lost");
+    let log = s.server_log();
+    for topic in forbidden {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("publish denied by policy") && l.contains(topic)),
+            "no denial logged for {topic}"
+        );
+    }
 }
 
 #[test]
@@ -473,24 +662,72 @@ fn mqtt5_gets_a_not_authorized_puback_for_a_foreign_topic() {
     let s = Server::start(Backend::Sqlite);
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
-    let sub = s.mosquitto_sub(&svc, "svc-1", &["-t", "things/#", "-W", "3"]);
+    let sub = s.mosquitto_sub(&svc, "svc-1", &["-t", "things/#", "-C", "2", "-W", "10"]);
     settle();
-    let (ok, err) = s.mosquitto_pub(
+    let r = paho(
+        &s,
         &d1,
-        &[
-            "-V",
-            "mqttv5",
-            "-t",
-            "things/D2/telemetry",
-            "-m",
-            "forged",
-            "-q",
-            "1",
-        ],
+        "5",
+        json!([
+            {"op": "publish", "topic": "things/D1/telemetry", "payload": "control-1"},
+            {"op": "publish", "topic": "things/D2/telemetry", "payload": "forged"},
+            // QoS 0 has no acknowledgement: a refused one is dropped, the connection stays.
+            {"op": "publish", "topic": "things/D2/telemetry", "payload": "forged", "qos": 0},
+            {"op": "publish", "topic": "things/D1/telemetry", "payload": "control-2"}
+        ]),
     );
-    assert!(!ok || err.contains("authori"), "{err}");
-    let (_, lines, _) = sub.wait();
-    assert!(lines.is_empty(), "leaked: {lines:?}");
+    assert_eq!(r[0]["puback"], 0, "{r:?}");
+    assert_eq!(r[1]["puback"], 135, "PUBACK Not authorized: {r:?}");
+    assert_eq!(r[1]["refused"], true, "{r:?}");
+    assert_eq!(r[2]["disconnected"], false, "{r:?}");
+    assert_eq!(r[3]["puback"], 0, "the connection stays usable: {r:?}");
+    assert_eq!(r[3]["disconnected"], false, "{r:?}");
+    let (ok, lines, err) = sub.wait();
+    assert!(ok, "{err} {lines:?}");
+    assert_eq!(
+        lines,
+        [
+            "things/D1/telemetry control-1",
+            "things/D1/telemetry control-2"
+        ],
+        "leaked or lost"
+    );
+}
+
+#[test]
+fn a_topic_over_256_bytes_gets_disconnect_144() {
+    let s = Server::start(Backend::Sqlite);
+    let d1 = s.device("D1");
+    let topic = |len: usize| {
+        let prefix = "things/D1/";
+        format!("{prefix}{}", "t".repeat(len - prefix.len()))
+    };
+    let r = paho(
+        &s,
+        &d1,
+        "5",
+        json!([
+            {"op": "publish", "topic": topic(256)},
+            {"op": "publish", "topic": topic(257)}
+        ]),
+    );
+    assert_eq!(r[0]["puback"], 0, "256 bytes is within AWS's limit: {r:?}");
+    assert_eq!(r[1]["puback"], Value::Null, "{r:?}");
+    assert_disconnected_with(&r[1], 144);
+    // MQTT 3.1.1 has no DISCONNECT from the server: the connection is closed.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = paho(
+        &s,
+        &d1,
+        "3",
+        json!([
+            {"op": "publish", "topic": topic(256)},
+            {"op": "publish", "topic": topic(257)}
+        ]),
+    );
+    assert_eq!(r[0]["puback"], 0, "{r:?}");
+    assert_eq!(r[1]["puback"], Value::Null, "{r:?}");
+    assert_eq!(r[1]["disconnected"], true, "{r:?}");
 }
 
 #[test]
@@ -568,22 +805,49 @@ fn tenants_do_not_see_each_others_topics() {
         .status
         .success()
     );
+    // A device of acme's that publishes (the service's own client id is busy
+    // with its subscription).
+    let token = s.cli_json(&[
+        "--tenant", "acme", "token", "create", "--serial", "acme-dev",
+    ])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let acme_dev = s.device_with_token("acme-dev", &token);
     let d1 = s.device("D1");
-    let ours = s.mosquitto_sub(&svc, "svc-1", &["-t", "things/#", "-C", "1", "-W", "5"]);
-    let theirs = s.mosquitto_sub(&acme, "acme-svc", &["-t", "things/#", "-W", "3"]);
-    settle();
-    assert!(
-        s.mosquitto_pub(
-            &d1,
-            &["-t", "things/D1/telemetry", "-m", "private", "-q", "1"]
-        )
-        .0
+    // Each side counts exactly the messages of its own tenant; one from the
+    // other tenant would take a place in its list.
+    let ours = s.mosquitto_sub(&svc, "svc-1", &["-t", "things/#", "-C", "2", "-W", "10"]);
+    let theirs = s.mosquitto_sub(
+        &acme,
+        "acme-svc",
+        &["-t", "things/#", "-C", "1", "-W", "10"],
     );
+    settle();
+    let publish = |id: &Identity, topic: &str, payload: &str| {
+        let (ok, err) = s.mosquitto_pub(id, &["-t", topic, "-m", payload, "-q", "1"]);
+        assert!(ok, "{topic}: {err}");
+    };
+    publish(&d1, "things/D1/telemetry", "private");
+    publish(&acme_dev, "things/acme-dev/telemetry", "acme-only");
+    publish(&d1, "things/D1/telemetry", "private-2");
     let (ok, lines, err) = ours.wait();
-    assert!(ok, "{err}");
-    assert_eq!(lines, ["things/D1/telemetry private"]);
-    let (_, leaked, _) = theirs.wait();
-    assert!(leaked.is_empty(), "crossed tenants: {leaked:?}");
+    assert!(ok, "{err} {lines:?}");
+    assert_eq!(
+        lines,
+        [
+            "things/D1/telemetry private",
+            "things/D1/telemetry private-2"
+        ],
+        "crossed tenants or lost"
+    );
+    let (ok, lines, err) = theirs.wait();
+    assert!(ok, "{err} {lines:?}");
+    assert_eq!(
+        lines,
+        ["things/acme-dev/telemetry acme-only"],
+        "crossed tenants or lost"
+    );
 }
 
 #[test]
@@ -651,11 +915,13 @@ fn suspending_a_device_drops_its_live_connection() {
 fn garbage_on_the_mqtt_port_is_dropped_without_harm() {
     let s = Server::start(Backend::Sqlite);
     let d1 = s.device("D1");
-    // A TLS client that speaks no MQTT, then random bytes.
+    // A TLS client that speaks no MQTT: random bytes after the handshake. The
+    // server must close the connection: `timeout` ends openssl with 124 if not.
+    let started = Instant::now();
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "head -c 4096 /dev/urandom | timeout 5 openssl s_client -quiet -connect localhost:{} -CAfile {} -cert {} -key {} 2>/dev/null; true",
+            "head -c 4096 /dev/urandom | timeout 10 openssl s_client -quiet -verify_return_error -connect localhost:{} -CAfile {} -cert {} -key {}",
             s.mqtt_port,
             s.root_pem.display(),
             d1.cert.display(),
@@ -663,7 +929,27 @@ fn garbage_on_the_mqtt_port_is_dropped_without_harm() {
         ))
         .output()
         .unwrap();
-    assert!(out.status.success());
+    let code = out.status.code();
+    assert_ne!(
+        code,
+        Some(124),
+        "the server kept the connection open: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(9));
+    // The bytes reached the MQTT layer (the TLS handshake completed) and were
+    // refused there.
+    let log = s.server_log();
+    assert!(
+        !log.contains("MQTT TLS handshake failed"),
+        "the handshake failed, so no garbage reached MQTT:\n{log}"
+    );
+    assert!(
+        s.curl(&[&s.url("/metrics")])
+            .text()
+            .contains("onramp_mqtt_connects_total{outcome=\"not_mqtt\"}"),
+        "{log}"
+    );
     // The server is still there for well-behaved clients.
     assert!(
         s.mosquitto_pub(&d1, &["-t", "things/D1/x", "-m", "still-up"])
@@ -676,51 +962,36 @@ fn an_oversize_payload_closes_the_connection_and_is_not_delivered() {
     let s = Server::start(Backend::Sqlite);
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
-    let sub = s.mosquitto_sub(&svc, "svc-1", &["-t", "things/#", "-W", "3"]);
-    settle();
-    let big = s.path("big.bin");
-    std::fs::write(&big, vec![b'x'; 200 * 1024]).unwrap();
-    let _ = s.mosquitto_pub(
-        &d1,
-        &[
-            "-V",
-            "mqttv5",
-            "-t",
-            "things/D1/blob",
-            "-f",
-            big.to_str().unwrap(),
-            "-q",
-            "1",
-        ],
-    );
-    let (_, lines, _) = sub.wait();
-    assert!(lines.is_empty(), "an oversize message was delivered");
-    // A payload within the limit goes through.
-    let ok = s.path("ok.bin");
-    std::fs::write(&ok, vec![b'y'; 100 * 1024]).unwrap();
+    // Topic and payload length of each message: the 200 KiB one would show up
+    // between the two controls.
     let sub = s.mosquitto_sub(
         &svc,
         "svc-1",
-        &["-t", "things/#", "-C", "1", "-W", "5", "-N"],
+        &["-t", "things/#", "-C", "2", "-W", "15", "-F", "%t %l"],
     );
     settle();
-    assert!(
-        s.mosquitto_pub(
-            &d1,
-            &[
-                "-t",
-                "things/D1/blob",
-                "-f",
-                ok.to_str().unwrap(),
-                "-q",
-                "1"
-            ]
-        )
-        .0
+    let r = paho(
+        &s,
+        &d1,
+        "5",
+        json!([
+            {"op": "publish", "topic": "things/D1/blob", "size": 100 * 1024},
+            {"op": "publish", "topic": "things/D1/blob", "size": 200 * 1024}
+        ]),
     );
+    assert_eq!(
+        r[0]["puback"], 0,
+        "a payload within the limit goes through: {r:?}"
+    );
+    assert_eq!(r[1]["puback"], Value::Null, "{r:?}");
+    // DISCONNECT 149: Packet too large.
+    assert_disconnected_with(&r[1], 149);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (ok, err) = s.mosquitto_pub(&d1, &["-t", "things/D1/blob", "-m", "y", "-q", "1"]);
+    assert!(ok, "{err}");
     let (done, lines, err) = sub.wait();
-    assert!(done, "{err}");
-    assert_eq!(lines.len(), 1);
+    assert!(done, "{err} {lines:?}");
+    assert_eq!(lines, ["things/D1/blob 102400", "things/D1/blob 1"]);
 }
 
 #[test]
@@ -773,4 +1044,40 @@ fn gateway_metrics_count_connections_messages_and_denials() {
     ] {
         assert!(m.contains(needle), "{needle} missing from\n{m}");
     }
+}
+
+#[test]
+fn a_client_connecting_to_an_ip_address_causes_no_tls_warning() {
+    let s = Server::start(Backend::Sqlite);
+    let d1 = s.device("D1");
+    // mosquitto puts the address it connects to in SNI, even an IP address
+    // (RFC 6066 forbids it); the server must take that quietly.
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &s.mqtt_port.to_string()])
+        .arg("--cafile")
+        .arg(&s.root_pem)
+        .arg("--cert")
+        .arg(&d1.cert)
+        .arg("--key")
+        .arg(&d1.key)
+        .args(["-i", "D1", "-t", "things/D1/x", "-m", "by-ip", "-q", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = s.server_log();
+    // The control: the connection is in the log, so the log is being read.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("MQTT client connected") && l.contains("D1")),
+        "{log}"
+    );
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("SNI"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }

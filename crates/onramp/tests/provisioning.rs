@@ -260,21 +260,31 @@ fn fleet_flow(backend: Backend) {
 
     // The device reconnects with its own identity and uses its own topic.
     let me = save_identity(&s, "sensor-S1", &created);
-    // Subscribe and publish on its own topics over one connection (paho).
+    // Issued before RegisterThing named the thing, so the subject cannot carry it.
+    assert!(
+        x509_field(&me.cert, "-subject").contains("CN = Onramp provisioned device"),
+        "{}",
+        x509_field(&me.cert, "-subject")
+    );
+    // Subscribe and publish on its own topics over one connection (paho); its
+    // policy is least privilege: another thing's topic is refused with PUBACK
+    // 135 (Not authorized) and the connection stays usable.
     let r = steps_ok_as(
         &s,
         &me,
         "sensor-S1",
         json!([
             {"op": "subscribe", "filter": "device/sensor-S1/+"},
+            {"op": "publish", "topic": "device/sensor-S1/telemetry"},
+            {"op": "publish", "topic": "device/sensor-S2/telemetry"},
             {"op": "publish", "topic": "device/sensor-S1/telemetry"}
         ]),
     );
-    assert!(
-        r[0]["codes"][0].as_str().unwrap().starts_with("Granted"),
-        "{r:?}"
-    );
-    assert_eq!(r[1]["refused"], false, "{r:?}");
+    assert_eq!(r[0]["values"], json!([1]), "granted QoS 1: {r:?}");
+    assert_eq!(r[1]["puback"], 0, "{r:?}");
+    assert_eq!(r[2]["puback"], 135, "another thing's topic: {r:?}");
+    assert_eq!(r[3]["puback"], 0, "{r:?}");
+    assert_eq!(r[3]["disconnected"], false, "{r:?}");
     let mosq = Identity {
         name: "sensor-S1".into(),
         ..me.clone()
@@ -284,24 +294,6 @@ fn fleet_flow(backend: Backend) {
         &["-t", "device/sensor-S1/telemetry", "-m", "21.5", "-q", "1"],
     );
     assert!(ok, "{err}");
-    // Its policy is least privilege: another thing's topic is refused.
-    let (ok, err) = s.mosquitto_pub(
-        &mosq,
-        &[
-            "-t",
-            "device/sensor-S2/telemetry",
-            "-m",
-            "x",
-            "-q",
-            "1",
-            "-V",
-            "mqttv5",
-        ],
-    );
-    assert!(
-        !ok || err.contains("authori"),
-        "publishing on another thing's topic must be refused"
-    );
 }
 
 #[test]
@@ -657,6 +649,8 @@ fn a_claim_certificate_may_only_provision() {
         &s,
         &c.identity,
         json!([
+            // The control: what the claim policy allows is granted.
+            {"op": "subscribe", "filter": "$aws/certificates/create/json/accepted"},
             {"op": "subscribe", "filter": "#"},
             {"op": "subscribe", "filter": "$aws/things/+/shadow/#"},
             {"op": "publish", "topic": "device/sensor-S1/telemetry"},
@@ -664,30 +658,38 @@ fn a_claim_certificate_may_only_provision() {
             // Another template's topic: refused by the claim policy.
             {"op": "publish", "topic": "$aws/provisioning-templates/other/provision/json"},
             // An unknown template: refused the same way.
-            {"op": "publish", "topic": "$aws/provisioning-templates/nope/provision/json"}
+            {"op": "publish", "topic": "$aws/provisioning-templates/nope/provision/json"},
+            // Still connected and answered after the refusals.
+            {"op": "subscribe", "filter": "$aws/certificates/create/json/rejected"}
         ]),
     );
-    for sub in &r[0..2] {
-        let codes = sub["codes"].as_array().unwrap();
-        assert!(
-            codes
-                .iter()
-                .all(|c| c != "Granted QoS 1" && c != "Granted QoS 0"),
-            "{sub}"
-        );
+    assert_eq!(r[0]["values"], json!([1]), "{:?}", r[0]);
+    for sub in &r[1..3] {
+        // SUBACK 135: Not authorized.
+        assert_eq!(sub["values"], json!([135]), "{sub}");
     }
-    for p in &r[2..6] {
-        assert_eq!(p["refused"], true, "{p}");
+    for p in &r[3..7] {
+        // PUBACK 135: Not authorized.
+        assert_eq!(p["puback"], 135, "{p}");
     }
-    // Over MQTT 3.1.1 a refused publish closes the connection.
+    assert_eq!(r[7]["values"], json!([1]), "{:?}", r[7]);
+    assert_eq!(r[7]["disconnected"], false, "{:?}", r[7]);
+    // Over MQTT 3.1.1 a refused publish closes the connection (after an
+    // allowed subscription shows the connection worked).
     let lines = run_client(
         &s,
         &c.identity,
         "factory-2",
         "3",
-        json!([{"op": "publish", "topic": "device/x/y"}]),
+        json!([
+            {"op": "subscribe", "filter": "$aws/certificates/create/json/accepted"},
+            {"op": "publish", "topic": "device/x/y"}
+        ]),
     );
-    assert_eq!(lines[1]["disconnected"], true, "{lines:?}");
+    assert_eq!(lines[1]["values"], json!([1]), "{lines:?}");
+    assert_eq!(lines[1]["disconnected"], false, "{lines:?}");
+    assert_eq!(lines[2]["puback"], Value::Null, "{lines:?}");
+    assert_eq!(lines[2]["disconnected"], true, "{lines:?}");
     // A disabled template refuses; a missing parameter is named.
     let out = s.cli(&["template", "update", "other", "--disable"]);
     assert!(out.status.success());
@@ -908,12 +910,19 @@ fn jitp_provisions_a_manufacturer_device_on_first_connection() {
     let event: Value = serde_json::from_str(lines[0].split_once(' ').unwrap().1).unwrap();
     assert_eq!(event["caCertificateId"], ca_id.as_str());
     assert_eq!(event["certificateId"], certs[0]["fingerprint"]);
-    // Its policy comes from the template: other topics are refused.
-    let (ok, err) = s.mosquitto_pub(
+    // Its policy comes from the template: its own topic is allowed, others
+    // are refused with PUBACK 135 (Not authorized).
+    let r = steps_ok_as(
+        &s,
         &meter,
-        &["-t", "meters/other", "-m", "1", "-q", "1", "-V", "mqttv5"],
+        "meter-0001",
+        json!([
+            {"op": "publish", "topic": "meters/meter-0001"},
+            {"op": "publish", "topic": "meters/other"}
+        ]),
     );
-    assert!(!ok || err.contains("authori"), "{err}");
+    assert_eq!(r[0]["puback"], 0, "{r:?}");
+    assert_eq!(r[1]["puback"], 135, "{r:?}");
     // A second connection does not provision again.
     let (ok, err) = s.mosquitto_pub(&meter, &["-t", "meters/meter-0001", "-m", "2", "-q", "1"]);
     assert!(ok, "{err}");
@@ -1022,7 +1031,15 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
         .collect();
     assert_eq!(serials, vec![short["serial"].as_str().unwrap()]);
     assert!(String::from_utf8_lossy(&report.stderr).contains("claim_certificate_expiring"));
-    assert_eq!(audit(&s, "claim_certificate_expiring").len(), 1);
+    let events = audit(&s, "claim_certificate_expiring");
+    assert_eq!(events.len(), 1);
+    // A check run by hand is credited to the operator who ran it.
+    assert!(
+        events[0]["actor"].as_str().unwrap().starts_with("cli:"),
+        "{:?}",
+        events[0]
+    );
+    assert_eq!(events[0]["source"], "local", "{:?}", events[0]);
     // Rotation: a new claim for the same template; the old one is refused.
     let rotated = s.cli_json(&[
         "claim",
