@@ -173,7 +173,26 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Par
 }
 
 fn json_rejection(r: JsonRejection) -> ServiceError {
-    ServiceError::BadRequest(format!("invalid JSON body: {}", r.body_text()))
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ServiceError::PayloadTooLarge(format!("the request body exceeds {JSON_LIMIT} bytes"))
+        }
+        _ if is_body_timeout(&r) => {
+            ServiceError::Timeout("the request body did not arrive in time".into())
+        }
+        _ => ServiceError::BadRequest(format!("invalid JSON body: {}", r.body_text())),
+    }
+}
+
+fn is_body_timeout(r: &JsonRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(e) = source {
+        if e.is::<crate::BodyTimeout>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A page of results; pass `next` back as `after` for the following page.
