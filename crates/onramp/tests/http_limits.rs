@@ -357,11 +357,12 @@ fn early_refusals_reach_curl_intact_over_http2_and_http1() {
     let at = |p: &std::path::Path| format!("@{}", p.display());
     let (big, huge, small) = (at(&big), at(&huge), at(&small));
 
+    let pkcs10 = "Content-Type: application/pkcs10";
     // EST, no credential, a body over the limit: 413 before the body is read.
     assert_refusals_intact(
         &s,
         20,
-        &["-X", "POST", "--data-binary", &big, &est],
+        &["-H", pkcs10, "--data-binary", &big, &est],
         413,
         "the request body exceeds 65536 bytes\n",
     );
@@ -369,17 +370,17 @@ fn early_refusals_reach_curl_intact_over_http2_and_http1() {
     assert_refusals_intact(
         &s,
         5,
-        &["-X", "POST", "--data-binary", &huge, &est],
+        &["-H", pkcs10, "--data-binary", &huge, &est],
         413,
         "the request body exceeds 65536 bytes\n",
     );
-    // Wrong Content-Type: refused on the headers alone.
+    // Wrong Content-Type (curl's default form type): refused on the headers alone.
     assert_refusals_intact(
         &s,
         20,
-        &["-H", "Content-Type: text/plain", "--data-binary", &big, &est],
+        &["-X", "POST", "--data-binary", &big, &est],
         400,
-        "Content-Type must be application/pkcs10, not `text/plain`\n",
+        "Content-Type must be application/pkcs10, not `application/x-www-form-urlencoded`\n",
     );
     // The API without a key, with a body it never reads.
     let tokens = s.url("/api/v1/tokens");
