@@ -213,7 +213,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ServiceError> {
         if !ct.starts_with("application/pkcs10") {
             return Err(ServiceError::BadRequest(format!(
                 "Content-Type must be application/pkcs10, not `{}`",
-                ct.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(100).collect::<String>()
+                ct.chars()
+                    .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                    .take(100)
+                    .collect::<String>()
             )));
         }
     }

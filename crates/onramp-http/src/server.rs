@@ -457,21 +457,20 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!("onramp_http_timeouts_total", "kind" => "handshake")
-                        .increment(1);
-                    tracing::debug!(%addr, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics::counter!("onramp_http_timeouts_total", "kind" => "handshake")
+                            .increment(1);
+                        tracing::debug!(%addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let session = tls.get_ref().1;
             let chain = ClientChain(Arc::new(
                 session

@@ -2,8 +2,7 @@
 
 use crate::{Onramp, Result, ServiceError, now};
 use onramp_domain::{
-    AuditEntry, DeviceProfile, Outcome, TokenRefusal, check_subject,
-    validate_serial_number,
+    AuditEntry, DeviceProfile, Outcome, TokenRefusal, check_subject, validate_serial_number,
 };
 use onramp_pki::{CertInfo, VerifiedCsr, parse_cert, parse_csr, signed_by};
 use onramp_store::{EnrolmentCommit, NewCertificate, Supersede};

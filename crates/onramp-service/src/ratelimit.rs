@@ -3,8 +3,8 @@
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter as Governor, state::keyed::DefaultKeyedStateStore};
-use std::num::NonZeroU32;
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -102,9 +102,7 @@ impl FailureLimiter {
                 .flatten()
         });
         match state.and_then(|f| f.locked_until) {
-            Some(until) if until > now => {
-                Err((until - now).as_secs_f64().ceil().max(1.0) as u64)
-            }
+            Some(until) if until > now => Err((until - now).as_secs_f64().ceil().max(1.0) as u64),
             _ => Ok(()),
         }
     }
@@ -151,7 +149,8 @@ impl FailureLimiter {
     pub fn sweep(&self, now: Instant) {
         let reset = self.limit.max_backoff;
         self.lock().retain(|_, f| {
-            f.locked_until.is_some_and(|u| u > now) || now.saturating_duration_since(f.last) <= reset
+            f.locked_until.is_some_and(|u| u > now)
+                || now.saturating_duration_since(f.last) <= reset
         });
     }
 }
@@ -197,7 +196,10 @@ mod tests {
         l.fail("a", t0);
         l.succeed("a");
         l.fail("a", t0);
-        assert!(l.check("a", t0).is_ok(), "the count restarted after success");
+        assert!(
+            l.check("a", t0).is_ok(),
+            "the count restarted after success"
+        );
         l.fail("b", t0);
         l.fail("b", t0);
         let later = t0 + Duration::from_secs(61);

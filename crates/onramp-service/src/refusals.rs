@@ -239,11 +239,7 @@ impl Onramp {
     }
 
     /// Counts a refused token toward its serial's back-off; a success clears it.
-    pub(crate) fn note_serial_outcome<T>(
-        &self,
-        credential: &EnrolCredential,
-        result: &Result<T>,
-    ) {
+    pub(crate) fn note_serial_outcome<T>(&self, credential: &EnrolCredential, result: &Result<T>) {
         if let EnrolCredential::Token { username, .. } = credential {
             let key = serial_key(username);
             match result {
@@ -320,7 +316,10 @@ mod tests {
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].detail, "count=1; unknown enrolment token");
         for t in 101..150 {
-            assert!(a.record(entry("serial:SN-1", "10.0.0.1"), "unauthorized", t).is_empty());
+            assert!(
+                a.record(entry("serial:SN-1", "10.0.0.1"), "unauthorized", t)
+                    .is_empty()
+            );
         }
         assert!(a.due(159, false).is_empty(), "the window is still open");
         let rest = a.due(160, false);
@@ -333,10 +332,22 @@ mod tests {
     #[test]
     fn different_serials_and_reasons_are_kept_apart() {
         let a = RefusalAggregator::new(60);
-        assert_eq!(a.record(entry("serial:SN-1", "s"), "unauthorized", 0).len(), 1);
-        assert_eq!(a.record(entry("serial:SN-2", "s"), "unauthorized", 0).len(), 1);
-        assert_eq!(a.record(entry("serial:SN-1", "s"), "locked_out", 0).len(), 1);
-        assert!(a.record(entry("serial:SN-1", "s"), "unauthorized", 1).is_empty());
+        assert_eq!(
+            a.record(entry("serial:SN-1", "s"), "unauthorized", 0).len(),
+            1
+        );
+        assert_eq!(
+            a.record(entry("serial:SN-2", "s"), "unauthorized", 0).len(),
+            1
+        );
+        assert_eq!(
+            a.record(entry("serial:SN-1", "s"), "locked_out", 0).len(),
+            1
+        );
+        assert!(
+            a.record(entry("serial:SN-1", "s"), "unauthorized", 1)
+                .is_empty()
+        );
         let all = a.due(2, true);
         assert_eq!(all.len(), 1, "only SN-1/unauthorized had more than one");
         assert_eq!(all[0].target, "serial:SN-1");
@@ -349,7 +360,11 @@ mod tests {
         a.record(entry("t", "s"), "unauthorized", 5);
         let rows = a.record(entry("t", "s"), "unauthorized", 12);
         assert_eq!(rows.len(), 2);
-        assert_eq!(count(&rows[0]), 1, "the one after the first in the old window");
+        assert_eq!(
+            count(&rows[0]),
+            1,
+            "the one after the first in the old window"
+        );
         assert_eq!(rows[1].detail, "count=1; unknown enrolment token");
     }
 
@@ -363,6 +378,10 @@ mod tests {
         let rows = a.due(60, false);
         let overflow: Vec<_> = rows.iter().filter(|r| r.target == "(many)").collect();
         assert_eq!(overflow.len(), 1);
-        assert_eq!(count(overflow[0]), 49, "50 over the cap: one first row, 49 counted");
+        assert_eq!(
+            count(overflow[0]),
+            49,
+            "50 over the cap: one first row, 49 counted"
+        );
     }
 }

@@ -220,14 +220,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    onramp_http::serve(
-        listener,
-        Arc::new(tls),
-        app,
-        cfg.http.limits(),
-        stopped(),
-    )
-    .await?;
+    onramp_http::serve(listener, Arc::new(tls), app, cfg.http.limits(), stopped()).await?;
     sweeper.abort();
     refusal_audits.abort();
     onramp.flush_refusal_audits(true).await;

@@ -281,7 +281,10 @@ fn connections_over_the_per_source_cap_are_refused_before_tls() {
         if r.status == 200 {
             break r.text();
         }
-        assert!(Instant::now() < deadline, "the freed place was not reusable");
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was not reusable"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let refused_count: f64 = metrics
@@ -492,7 +495,11 @@ fn failed_tokens_lock_out_the_serial(backend: Backend) {
         assert_eq!(r.status, 429, "{}", r.text());
         let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=8).contains(&wait), "{wait}");
-        assert!(r.text().contains("too many failed attempts"), "{}", r.text());
+        assert!(
+            r.text().contains("too many failed attempts"),
+            "{}",
+            r.text()
+        );
         locked += 1;
     }
     // Even the right token waits: the back-off is per serial.
@@ -513,10 +520,12 @@ fn failed_tokens_lock_out_the_serial(backend: Backend) {
     let rows = wait_for_audit_sum(&s, "est.simpleenroll", "serial:SN-L", 5 + locked);
     assert!(rows.len() <= 4, "{rows:?}");
     assert!(rows.iter().all(|r| r["outcome"] == "denied"));
-    assert!(
-        rows.iter()
-            .any(|r| r["detail"].as_str().unwrap().contains("too many failed attempts"))
-    );
+    assert!(rows.iter().any(|r| {
+        r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed attempts")
+    }));
 }
 
 #[test]
@@ -534,8 +543,14 @@ fn wrong_api_keys_are_limited_per_address_and_audited_aggregated() {
     let s = Server::start_with(
         Backend::Sqlite,
         &[
-            ("ONRAMP_HTTP__API_KEY_FAILURES_PER_SOURCE__MAX_FAILURES", "3"),
-            ("ONRAMP_HTTP__API_KEY_FAILURES_PER_SOURCE__BACKOFF_SECS", "60"),
+            (
+                "ONRAMP_HTTP__API_KEY_FAILURES_PER_SOURCE__MAX_FAILURES",
+                "3",
+            ),
+            (
+                "ONRAMP_HTTP__API_KEY_FAILURES_PER_SOURCE__BACKOFF_SECS",
+                "60",
+            ),
             ("ONRAMP_HTTP__REFUSAL_AUDIT_WINDOW_SECS", "3"),
         ],
         None,
@@ -609,8 +624,15 @@ fn malformed_est_requests_are_audited_aggregated() {
     let rows = wait_for_audit_sum(&s, "est.simpleenroll", "serial:SN-G", 25);
     assert!(rows.len() <= 4, "{rows:?}");
     let details: Vec<&str> = rows.iter().map(|r| r["detail"].as_str().unwrap()).collect();
-    assert!(details.iter().any(|d| d.contains("exceeds 65536 bytes")), "{details:?}");
-    assert!(details.iter().any(|d| d.contains("not base64") || d.contains("Content-Type")));
+    assert!(
+        details.iter().any(|d| d.contains("exceeds 65536 bytes")),
+        "{details:?}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("not base64") || d.contains("Content-Type"))
+    );
     // Control: none of this touched the token, which still enrols.
     let d = device_csr(s.dir.path(), "g", "/CN=SN-G");
     assert_eq!(s.enrol(&d, "SN-G", &token).status, 200);
