@@ -156,6 +156,24 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
+/// Text body whose rejections use the API's error shape.
+pub struct TextBody(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for TextBody {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match String::from_request(req, state).await {
+            Ok(text) => Ok(TextBody(text)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError(ServiceError::PayloadTooLarge(format!(
+                    "the request body exceeds {CSV_LIMIT} bytes"
+                ))))
+            }
+            Err(r) => Err(ApiError(ServiceError::BadRequest(r.body_text()))),
+        }
+    }
+}
+
 /// Query string whose rejections use the API's error shape.
 pub struct Params<T>(pub T);
 
@@ -173,7 +191,26 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Par
 }
 
 fn json_rejection(r: JsonRejection) -> ServiceError {
-    ServiceError::BadRequest(format!("invalid JSON body: {}", r.body_text()))
+    match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ServiceError::PayloadTooLarge(format!("the request body exceeds {JSON_LIMIT} bytes"))
+        }
+        _ if is_body_timeout(&r) => {
+            ServiceError::Timeout("the request body did not arrive in time".into())
+        }
+        _ => ServiceError::BadRequest(format!("invalid JSON body: {}", r.body_text())),
+    }
+}
+
+fn is_body_timeout(r: &JsonRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(e) = source {
+        if e.is::<crate::BodyTimeout>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A page of results; pass `next` back as `after` for the following page.
@@ -429,7 +466,7 @@ pub async fn allowlist_add(
 pub async fn allowlist_import(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,
-    body: String,
+    TextBody(body): TextBody,
 ) -> Result<Json<Added>, ApiError> {
     Ok(Json(Added {
         added: s.onramp.allowlist_import_csv(&caller, &body).await?,

@@ -14,6 +14,9 @@ fn status_of(e: &ServiceError) -> StatusCode {
         ServiceError::Conflict(_) => StatusCode::CONFLICT,
         ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ServiceError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ServiceError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -47,8 +50,12 @@ impl IntoResponse for ApiError {
             ServiceError::Forbidden(_) => "forbidden",
             ServiceError::NotFound(_) => "not_found",
             ServiceError::Conflict(_) => "conflict",
-            ServiceError::RateLimited { .. } => "rate_limited",
+            ServiceError::RateLimited { .. } | ServiceError::TooManyFailures { .. } => {
+                "rate_limited"
+            }
             ServiceError::Unavailable { .. } => "unavailable",
+            ServiceError::PayloadTooLarge(_) => "payload_too_large",
+            ServiceError::Timeout(_) => "timeout",
             ServiceError::Internal(_) => "internal",
         };
         let body = serde_json::json!({"error": {"code": code, "message": public_message(&self.0)}});
@@ -59,7 +66,8 @@ impl IntoResponse for ApiError {
 }
 
 /// An EST error: a readable text reason, with the RFC's status codes.
-/// Rate limiting answers 503 with Retry-After (RFC 7030 §4.2.3).
+/// Rate limiting answers 503 with Retry-After (RFC 7030 §4.2.3); a serial
+/// locked out after failed tokens answers 429 with Retry-After.
 pub struct EstError(pub ServiceError);
 
 impl From<ServiceError> for EstError {
@@ -95,7 +103,8 @@ fn decorate(e: &ServiceError, resp: &mut Response, challenge: &'static str) {
             );
         }
         ServiceError::RateLimited { retry_after_secs }
-        | ServiceError::Unavailable { retry_after_secs } => {
+        | ServiceError::Unavailable { retry_after_secs }
+        | ServiceError::TooManyFailures { retry_after_secs } => {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }

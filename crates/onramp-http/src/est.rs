@@ -10,13 +10,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use base64::Engine;
 use onramp_pki::{base64_mime, certs_only_pkcs7, csr_attributes, decode_base64_lenient};
-use onramp_service::{EnrolCredential, Enrolled, ServiceError};
+use onramp_service::{EnrolCredential, EnrolOperation, Enrolled, ServiceError};
 
 /// A CSR is a few hundred bytes; 64 KiB leaves room for RSA-4096 and attributes.
 const EST_BODY_LIMIT: usize = 64 * 1024;
-/// An oversize body is read and dropped up to this size so that the client
-/// sees the 413 instead of a reset connection; beyond it the connection closes.
-const EST_DRAIN_LIMIT: usize = 1024 * 1024;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -28,37 +25,62 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Reads the request body up to [`EST_BODY_LIMIT`]; anything larger is a 413.
-async fn read_body(body: Body) -> Result<Vec<u8>, Response> {
+/// What is left unread is drained by the server before the refusal goes out.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ServiceError> {
     use http_body_util::BodyExt;
+    let too_large = || {
+        ServiceError::PayloadTooLarge(format!("the request body exceeds {EST_BODY_LIMIT} bytes"))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > EST_BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
     let mut body = body;
     let mut buf = Vec::new();
-    let mut total = 0usize;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read\n",
-            )
-                .into_response());
-        };
-        if let Some(data) = frame.data_ref() {
-            total += data.len();
-            if total <= EST_BODY_LIMIT {
-                buf.extend_from_slice(data);
-            } else if total > EST_DRAIN_LIMIT {
-                break;
+        let frame = frame.map_err(|e| {
+            if e.into_inner().is::<crate::BodyTimeout>() {
+                ServiceError::Timeout("the request body did not arrive in time".into())
+            } else {
+                ServiceError::BadRequest("the request body could not be read".into())
             }
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > EST_BODY_LIMIT {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(data);
         }
     }
-    if total > EST_BODY_LIMIT {
-        return Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("the request body exceeds {EST_BODY_LIMIT} bytes\n"),
-        )
-            .into_response());
-    }
     Ok(buf)
+}
+
+/// The CSR of an EST request: Content-Type, size and encoding checked.
+async fn read_csr(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ServiceError> {
+    check_content_type(headers)?;
+    let body = read_body(headers, body).await?;
+    decode_base64_lenient(&body).ok_or_else(|| {
+        ServiceError::BadRequest("the body is not base64-encoded DER (RFC 7030 §4.2.1)".into())
+    })
+}
+
+/// A request refused before the enrolment itself is counted and audited
+/// like any other refusal.
+async fn refused(
+    state: &AppState,
+    op: EnrolOperation,
+    credential: &EnrolCredential,
+    source: &str,
+    e: ServiceError,
+) -> Response {
+    let e = state
+        .onramp
+        .enrolment_refused(op, credential, source, e)
+        .await;
+    EstError(e).into_response()
 }
 
 fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
@@ -104,12 +126,19 @@ async fn simpleenroll(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let body = read_body(body).await?;
-    let credential = credential(&headers, &chain).map_err(IntoResponse::into_response)?;
-    let csr = csr_from_body(&headers, &body).map_err(IntoResponse::into_response)?;
+    let op = EnrolOperation::SimpleEnroll;
+    let source = source.0.ip().to_string();
+    let credential = match credential(&headers, &chain) {
+        Ok(c) => c,
+        Err(e) => return Err(refused(&state, op, &EnrolCredential::None, &source, e).await),
+    };
+    let csr = match read_csr(&headers, body).await {
+        Ok(csr) => csr,
+        Err(e) => return Err(refused(&state, op, &credential, &source, e).await),
+    };
     let enrolled = state
         .onramp
-        .simple_enroll(&credential, &csr, &source.0.ip().to_string())
+        .simple_enroll(&credential, &csr, &source)
         .await
         .map_err(|e| EstError(e).into_response())?;
     certs_only(&enrolled).map_err(IntoResponse::into_response)
@@ -122,7 +151,8 @@ async fn simplereenroll(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let body = read_body(body).await?;
+    let op = EnrolOperation::SimpleReenroll;
+    let source = source.0.ip().to_string();
     let credential = if chain.0.is_empty() {
         EnrolCredential::None
     } else {
@@ -130,10 +160,13 @@ async fn simplereenroll(
             chain: chain.0.to_vec(),
         }
     };
-    let csr = csr_from_body(&headers, &body).map_err(IntoResponse::into_response)?;
+    let csr = match read_csr(&headers, body).await {
+        Ok(csr) => csr,
+        Err(e) => return Err(refused(&state, op, &credential, &source, e).await),
+    };
     let enrolled = state
         .onramp
-        .simple_reenroll(&credential, &csr, &source.0.ip().to_string())
+        .simple_reenroll(&credential, &csr, &source)
         .await
         .map_err(|e| EstError(e).into_response())?;
     certs_only(&enrolled).map_err(IntoResponse::into_response)
@@ -149,12 +182,10 @@ fn certs_only(enrolled: &Enrolled) -> Result<Response, EstError> {
 
 /// HTTP Basic (user = serial number, password = token) wins over a client
 /// certificate; with neither, the service refuses with 401.
-fn credential(headers: &HeaderMap, chain: &ClientChain) -> Result<EnrolCredential, EstError> {
+fn credential(headers: &HeaderMap, chain: &ClientChain) -> Result<EnrolCredential, ServiceError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let bad = || {
-            EstError(ServiceError::Unauthorized(
-                "the Authorization header is not valid HTTP Basic".into(),
-            ))
+            ServiceError::Unauthorized("the Authorization header is not valid HTTP Basic".into())
         };
         let text = value.to_str().map_err(|_| bad())?;
         let encoded = text
@@ -180,18 +211,18 @@ fn credential(headers: &HeaderMap, chain: &ClientChain) -> Result<EnrolCredentia
 }
 
 /// RFC 7030 §4.2.1: `application/pkcs10`, base64-encoded DER.
-fn csr_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, EstError> {
+fn check_content_type(headers: &HeaderMap) -> Result<(), ServiceError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
         if !ct.starts_with("application/pkcs10") {
-            return Err(EstError(ServiceError::BadRequest(format!(
-                "Content-Type must be application/pkcs10, not `{ct}`"
-            ))));
+            return Err(ServiceError::BadRequest(format!(
+                "Content-Type must be application/pkcs10, not `{}`",
+                ct.chars()
+                    .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                    .take(100)
+                    .collect::<String>()
+            )));
         }
     }
-    decode_base64_lenient(body).ok_or_else(|| {
-        EstError(ServiceError::BadRequest(
-            "the body is not base64-encoded DER (RFC 7030 §4.2.1)".into(),
-        ))
-    })
+    Ok(())
 }

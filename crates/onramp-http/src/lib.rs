@@ -11,7 +11,7 @@ mod ops;
 mod server;
 
 pub use openapi::openapi_json;
-pub use server::{ClientChain, SourceAddr, serve, tls_config};
+pub use server::{BodyTimeout, ClientChain, HttpLimits, SourceAddr, serve, tls_config};
 
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;

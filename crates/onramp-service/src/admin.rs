@@ -51,18 +51,32 @@ impl Onramp {
     // ---- API keys and callers ----
 
     /// Resolves a bearer API key to its caller. Unknown or revoked keys are refused alike.
+    /// An address that failed too often lately is refused (429) before the
+    /// key is even looked up; failures are audited aggregated per address.
     pub async fn authenticate_api_key(&self, secret: &str, source: &str) -> Result<Caller> {
+        let failures = &self.inner.api_key_failures;
+        if let Err(retry_after_secs) = failures.check(source, std::time::Instant::now()) {
+            let e = ServiceError::TooManyFailures { retry_after_secs };
+            self.api_auth_refused(source, &e).await;
+            return Err(e);
+        }
         let hash = self.inner.hasher.hash(secret);
         match self.inner.store.get_api_key_by_hash(&hash).await? {
-            Some(key) if key.revoked_at.is_none() => Ok(Caller {
-                tenant: key.tenant,
-                role: key.role,
-                actor: format!("apikey:{}", key.id),
-                source: source.to_string(),
-            }),
-            _ => Err(ServiceError::Unauthorized(
-                "invalid or revoked API key".into(),
-            )),
+            Some(key) if key.revoked_at.is_none() => {
+                failures.succeed(source);
+                Ok(Caller {
+                    tenant: key.tenant,
+                    role: key.role,
+                    actor: format!("apikey:{}", key.id),
+                    source: source.to_string(),
+                })
+            }
+            _ => {
+                failures.fail(source, std::time::Instant::now());
+                let e = ServiceError::Unauthorized("invalid or revoked API key".into());
+                self.api_auth_refused(source, &e).await;
+                Err(e)
+            }
         }
     }
 

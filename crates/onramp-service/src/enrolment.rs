@@ -41,7 +41,7 @@ pub enum EnrolOperation {
 }
 
 impl EnrolOperation {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EnrolOperation::SimpleEnroll => "simpleenroll",
             EnrolOperation::SimpleReenroll => "simplereenroll",
@@ -108,48 +108,20 @@ impl Onramp {
         let result = self
             .enrol_inner(op, credential, csr_der, source, &mut known)
             .await;
+        self.note_serial_outcome(credential, &result);
         let outcome = match &result {
             Ok(_) => "success",
-            Err(ServiceError::RateLimited { .. }) => "rate_limited",
-            Err(ServiceError::Unavailable { .. }) => "unavailable",
-            Err(ServiceError::BadRequest(_)) => "invalid",
-            Err(ServiceError::Unauthorized(_) | ServiceError::Forbidden(_)) => "denied",
-            Err(ServiceError::Conflict(_) | ServiceError::NotFound(_)) => "denied",
-            Err(ServiceError::Internal(_)) => "error",
+            Err(e) => crate::refusals::enrol_outcome(e),
         };
         metrics::counter!("onramp_enrolments_total", "operation" => op.as_str(), "outcome" => outcome)
             .increment(1);
         metrics::histogram!("onramp_enrolment_duration_seconds", "operation" => op.as_str())
             .record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            // Rate-limited requests are counted, not audited: a flood must not
-            // turn into a flood of writes (and a busy registry cannot take one).
-            if !matches!(
-                e,
-                ServiceError::RateLimited { .. } | ServiceError::Unavailable { .. }
-            ) {
-                tracing::info!(operation = op.as_str(), source, reason = %e, "enrolment refused");
-                let (tenant, target) =
-                    known.unwrap_or_else(|| (DEFAULT_TENANT.into(), "unknown".into()));
-                let entry = AuditEntry {
-                    id: 0,
-                    tenant,
-                    actor: credential_actor(credential),
-                    action: format!("est.{}", op.as_str()),
-                    target,
-                    source: source.to_string(),
-                    outcome: if matches!(e, ServiceError::Internal(_)) {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Denied
-                    },
-                    detail: e.to_string(),
-                    at: now(),
-                };
-                if let Err(audit_err) = self.inner.store.append_audit(&entry).await {
-                    tracing::error!(error = %audit_err, "could not audit an enrolment refusal");
-                }
-            }
+            // Aggregated per window (see `refusals`); rate-limited ones and a
+            // busy registry only counted.
+            self.audit_enrolment_refusal(op, credential, source, known, e)
+                .await;
         }
         result
     }
@@ -167,6 +139,7 @@ impl Onramp {
             .source_limiter
             .check(source)
             .map_err(|retry_after_secs| ServiceError::RateLimited { retry_after_secs })?;
+        self.check_serial_failures(credential)?;
         let now = now();
         let applicant = match op {
             EnrolOperation::SimpleEnroll => self.applicant_for_enrol(credential, now).await?,
@@ -516,7 +489,7 @@ fn bootstrap_serial(info: &CertInfo) -> Result<String> {
     Ok(serial)
 }
 
-fn credential_actor(credential: &EnrolCredential) -> String {
+pub(crate) fn credential_actor(credential: &EnrolCredential) -> String {
     match credential {
         EnrolCredential::Token { username, .. } => format!("token-holder:{}", sanitize(username)),
         EnrolCredential::ClientCert { chain } => {

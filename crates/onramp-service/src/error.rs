@@ -22,6 +22,15 @@ pub enum ServiceError {
     /// was written and the same request may be sent again.
     #[error("the registry is busy; retry in {retry_after_secs} s")]
     Unavailable { retry_after_secs: u64 },
+    /// Too many failed credentials for this serial or address lately.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    TooManyFailures { retry_after_secs: u64 },
+    /// The request body is over its limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The request did not arrive in time.
+    #[error("{0}")]
+    Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

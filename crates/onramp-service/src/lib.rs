@@ -10,6 +10,7 @@ mod error;
 mod gateway;
 mod provisioning;
 mod ratelimit;
+mod refusals;
 mod shadow;
 
 pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
@@ -22,7 +23,8 @@ pub use provisioning::{
     ClaimContext, CreatedClaim, ProvisioningReply, ProvisioningSettings, TemplateDetail,
     TemplateSettings,
 };
-pub use ratelimit::{RateLimit, RateLimiter};
+pub use ratelimit::{FailureLimit, FailureLimiter, RateLimit, RateLimiter};
+pub use refusals::RefusalAggregator;
 pub use shadow::{MessageSink, ShadowOp, ShadowTopic};
 
 use onramp_pki::{CertificateAuthority, SecretHasher};
@@ -47,6 +49,12 @@ pub struct Settings {
     /// Devices with no attached policy get Onramp's least-privilege device policy.
     pub default_device_policy: bool,
     pub provisioning: ProvisioningSettings,
+    /// Back-off after failed enrolment tokens, per claimed serial number.
+    pub failures_per_serial: FailureLimit,
+    /// Back-off after failed API keys, per source address.
+    pub api_key_failures_per_source: FailureLimit,
+    /// Refusals of the same kind within this window share one audit row.
+    pub refusal_audit_window_secs: i64,
 }
 
 impl Default for Settings {
@@ -69,6 +77,17 @@ impl Default for Settings {
             bootstrap_cas: Vec::new(),
             default_device_policy: true,
             provisioning: ProvisioningSettings::default(),
+            failures_per_serial: FailureLimit {
+                max_failures: 5,
+                backoff: std::time::Duration::from_secs(10),
+                max_backoff: std::time::Duration::from_secs(600),
+            },
+            api_key_failures_per_source: FailureLimit {
+                max_failures: 10,
+                backoff: std::time::Duration::from_secs(10),
+                max_backoff: std::time::Duration::from_secs(600),
+            },
+            refusal_audit_window_secs: 60,
         }
     }
 }
@@ -89,6 +108,9 @@ struct Inner {
     claim_limiter: RateLimiter,
     throttle_audit_limiter: RateLimiter,
     provisioning_source_limiter: RateLimiter,
+    serial_failures: FailureLimiter,
+    api_key_failures: FailureLimiter,
+    refusals: RefusalAggregator,
     /// Parsed provisioning templates by (tenant, name, version).
     #[allow(clippy::type_complexity)]
     parsed_templates: std::sync::Mutex<
@@ -125,6 +147,9 @@ impl Onramp {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
                 presence: std::sync::OnceLock::new(),
+                serial_failures: FailureLimiter::new(settings.failures_per_serial),
+                api_key_failures: FailureLimiter::new(settings.api_key_failures_per_source),
+                refusals: RefusalAggregator::new(settings.refusal_audit_window_secs),
                 parsed_templates: std::sync::Mutex::new(std::collections::HashMap::new()),
                 throttle_audit_limiter: RateLimiter::new(RateLimit {
                     per_second: 0,
@@ -168,6 +193,8 @@ impl Onramp {
         self.inner.claim_limiter.sweep();
         self.inner.throttle_audit_limiter.sweep();
         self.inner.provisioning_source_limiter.sweep();
+        self.inner.serial_failures.sweep(std::time::Instant::now());
+        self.inner.api_key_failures.sweep(std::time::Instant::now());
     }
 
     /// Readiness: the database accepts writes and the CA key signs.

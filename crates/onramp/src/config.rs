@@ -68,6 +68,42 @@ pub struct HttpConfig {
     pub listen: String,
     /// Names and addresses in the server certificate.
     pub hosts: Vec<String>,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout_secs: u64,
+    /// Time allowed for a request head (and, on HTTP/1.1, between requests).
+    pub header_read_timeout_secs: u64,
+    /// Time allowed for a request body, from its head.
+    pub body_read_timeout_secs: u64,
+    /// A connection with no request in progress is closed after this.
+    pub idle_timeout_secs: u64,
+    /// Live HTTPS connections, in total and per client IP address.
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest request head in bytes (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header_bytes: u32,
+    /// HTTP/2 PING interval; an unanswered PING closes the connection.
+    pub h2_keep_alive_interval_secs: u64,
+    /// Unread body bytes of a refused request read and discarded before the
+    /// refusal is sent; beyond, the connection is closed.
+    pub max_discard_bytes: u64,
+    /// Back-off after failed API keys, per client IP address.
+    pub api_key_failures_per_source: FailureConfig,
+    /// Refusals (EST, API authentication) of one kind, target and source
+    /// within this window are written as one audit row with a count.
+    pub refusal_audit_window_secs: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureConfig {
+    /// Failures in a row before the back-off starts; 0 disables it.
+    pub max_failures: u32,
+    /// First back-off; each further failure doubles it.
+    pub backoff_secs: u64,
+    /// Longest back-off; failures older than this are forgotten.
+    pub max_backoff_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +141,8 @@ pub struct EnrolmentConfig {
     pub retry_window_secs: i64,
     pub rate_per_source: RateConfig,
     pub rate_per_credential: RateConfig,
+    /// Back-off after failed enrolment tokens, per claimed serial number.
+    pub failures_per_serial: FailureConfig,
     pub bootstrap_cas: Vec<BootstrapCaConfig>,
 }
 
@@ -121,6 +159,18 @@ data_dir = "./onramp-data"
 [http]
 listen = "0.0.0.0:8443"
 hosts = ["localhost", "127.0.0.1", "::1"]
+handshake_timeout_secs = 10
+header_read_timeout_secs = 10
+body_read_timeout_secs = 30
+idle_timeout_secs = 60
+max_connections = 10000
+max_connections_per_source = 256
+h2_max_concurrent_streams = 32
+max_header_bytes = 65536
+h2_keep_alive_interval_secs = 30
+max_discard_bytes = 16777216
+api_key_failures_per_source = { max_failures = 10, backoff_secs = 10, max_backoff_secs = 600 }
+refusal_audit_window_secs = 60
 
 [ca]
 key_algorithm = "ecdsa-p256"
@@ -133,6 +183,7 @@ require_allowlist = false
 retry_window_secs = 600
 rate_per_source = { per_second = 100, burst = 200 }
 rate_per_credential = { per_second = 0, burst = 5 }
+failures_per_serial = { max_failures = 5, backoff_secs = 10, max_backoff_secs = 600 }
 bootstrap_cas = []
 
 [mqtt]
@@ -439,5 +490,36 @@ mod tests {
             undocumented.is_empty(),
             "not in the data directory table of docs/configuration.md: {undocumented:?}"
         );
+    }
+}
+
+impl FailureConfig {
+    pub fn limit(&self) -> onramp_service::FailureLimit {
+        onramp_service::FailureLimit {
+            max_failures: self.max_failures,
+            backoff: std::time::Duration::from_secs(self.backoff_secs.max(1)),
+            max_backoff: std::time::Duration::from_secs(
+                self.max_backoff_secs.max(self.backoff_secs.max(1)),
+            ),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The HTTPS edge's limits; zero durations and caps are raised to one.
+    pub fn limits(&self) -> onramp_http::HttpLimits {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        onramp_http::HttpLimits {
+            handshake_timeout: secs(self.handshake_timeout_secs),
+            header_read_timeout: secs(self.header_read_timeout_secs),
+            body_read_timeout: secs(self.body_read_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            max_connections: self.max_connections.max(1),
+            max_connections_per_source: self.max_connections_per_source.max(1),
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams.max(1),
+            max_header_bytes: self.max_header_bytes.max(8192),
+            h2_keep_alive_interval: secs(self.h2_keep_alive_interval_secs),
+            max_discard_bytes: self.max_discard_bytes,
+        }
     }
 }

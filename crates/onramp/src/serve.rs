@@ -85,6 +85,9 @@ pub async fn open_onramp(cfg: &Config, data_dir: DataDir) -> Result<Onramp> {
                 jitp_drop_first_connection: p.jitp_drop_first_connection,
             }
         },
+        failures_per_serial: e.failures_per_serial.limit(),
+        api_key_failures_per_source: cfg.http.api_key_failures_per_source.limit(),
+        refusal_audit_window_secs: cfg.http.refusal_audit_window_secs.max(1),
     };
     Ok(Onramp::new(store, ca, hasher, settings))
 }
@@ -232,16 +235,29 @@ pub async fn serve(cfg: Config) -> Result<()> {
             }
         })
     };
+    // Aggregated refusal audit rows are written when their window ends.
+    let refusal_audits = {
+        let onramp = onramp.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                onramp.flush_refusal_audits(false).await;
+            }
+        })
+    };
     let app = onramp_http::router(onramp_http::AppState {
-        onramp,
+        onramp: onramp.clone(),
         metrics: Some(metrics),
     });
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    onramp_http::serve(listener, Arc::new(tls), app, stopped()).await?;
+    onramp_http::serve(listener, Arc::new(tls), app, cfg.http.limits(), stopped()).await?;
     sweeper.abort();
+    refusal_audits.abort();
+    onramp.flush_refusal_audits(true).await;
     if let Some((served, maintenance)) = mqtt {
         maintenance.abort();
         let _ = served.await;
