@@ -4,7 +4,7 @@
 //! checks and sets desired state through the REST API. This test starts the
 //! server, enrols the device and judges the script's exit status.
 //!
-//! The SDK must be installed: `pip install -r tests/requirements.txt`.
+//! The SDK must be installed: `scripts/services.sh` puts it in `.venv/`.
 
 mod support;
 
@@ -19,20 +19,24 @@ const CHECK_SCRIPT: &str = concat!(
 /// `ok ...` lines of a complete run: connect and six checks, per protocol.
 const CHECKS: usize = 14;
 
-const INSTALL_HINT: &str = "run `pip install -r tests/requirements.txt` (awsiotsdk)";
+const INSTALL_HINT: &str = PYTHON_FIX;
 
-/// Fails (never skips) when python3 or the SDK is missing.
+/// Fails (never skips) when Python or the SDK is missing.
 fn require_sdk() {
     let probe = "import awsiot, awscrt, awsiot.iotshadow, awsiot.mqtt5_client_builder, \
                  awsiot.mqtt_connection_builder\n\
                  assert hasattr(awsiot.iotshadow, 'IotShadowClientV2'), 'awsiotsdk without IotShadowClientV2'";
-    match Command::new("python3").args(["-c", probe]).output() {
+    match Command::new(python()).args(["-c", probe]).output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
-            "python3 cannot import the AWS IoT Device SDK; {INSTALL_HINT}\n{}",
+            "{} cannot import the AWS IoT Device SDK; {INSTALL_HINT}\n{}",
+            python().display(),
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => panic!("python3 could not be started ({e}); install Python 3 and {INSTALL_HINT}"),
+        Err(e) => panic!(
+            "{} could not be started ({e}); {INSTALL_HINT}",
+            python().display()
+        ),
     }
 }
 
@@ -47,7 +51,7 @@ fn aws_iot_device_sdk_shadow_client_works_against_onramp() {
     let s = Server::start(Backend::Sqlite);
     let device = s.device("D1");
     let key = s.api_key("operator");
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(CHECK_SCRIPT)
         .args(["--port", &s.mqtt_port.to_string()])
         .args(["--https-url", &s.url("")])
@@ -61,7 +65,7 @@ fn aws_iot_device_sdk_shadow_client_works_against_onramp() {
         .args(["--thing", &device.name])
         .env("PYTHONUNBUFFERED", "1")
         .output()
-        .unwrap_or_else(|e| panic!("python3 {CHECK_SCRIPT}: {e}"));
+        .unwrap_or_else(|e| panic!("python {CHECK_SCRIPT}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = || {
@@ -151,7 +155,7 @@ fn aws_iot_device_sdk_fleet_provisioning_works_against_onramp() {
     assert!(o.status.success());
     let out_dir = s.path("issued");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(FLEET_SCRIPT)
         .args(["--port", &s.mqtt_port.to_string()])
         .arg("--ca")
@@ -169,7 +173,7 @@ fn aws_iot_device_sdk_fleet_provisioning_works_against_onramp() {
         .arg(&out_dir)
         .env("PYTHONUNBUFFERED", "1")
         .output()
-        .unwrap_or_else(|e| panic!("python3 {FLEET_SCRIPT}: {e}"));
+        .unwrap_or_else(|e| panic!("python {FLEET_SCRIPT}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = format!(

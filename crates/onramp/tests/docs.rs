@@ -61,7 +61,7 @@ fn the_provisioning_guide_examples_work() {
             {"op": "create"},
             {"op": "register", "template": "pumps", "parameters": {"SerialNumber": serial}}
         ]);
-        let out = Command::new("python3")
+        let out = Command::new(python_with(PAHO))
             .arg(CLIENT)
             .args(["--port", &s.mqtt_port.to_string()])
             .arg("--cafile")

@@ -2,7 +2,7 @@
 //! MQTT 5: `tests/paho/gateway_check.py` runs the checks; these tests start
 //! the server, enrol the identities it needs and judge its exit status.
 //!
-//! paho-mqtt must be installed: `pip install -r tests/requirements.txt`.
+//! paho-mqtt must be installed: `scripts/services.sh` puts it in `.venv/`.
 
 mod support;
 
@@ -17,19 +17,23 @@ const CHECK_SCRIPT: &str = concat!(
 /// How many `ok ...` lines a complete run prints.
 const CHECKS: usize = 10;
 
-const INSTALL_HINT: &str = "run `pip install -r tests/requirements.txt` (paho-mqtt==2.1.0)";
+const INSTALL_HINT: &str = PYTHON_FIX;
 
-/// Fails (never skips) when python3 or paho-mqtt 2 is missing.
+/// Fails (never skips) when Python or paho-mqtt 2 is missing.
 fn require_paho() {
     let probe = "import paho.mqtt, paho.mqtt.client, paho.mqtt.enums\n\
                  assert paho.mqtt.__version__.startswith('2.'), paho.mqtt.__version__";
-    match Command::new("python3").args(["-c", probe]).output() {
+    match Command::new(python()).args(["-c", probe]).output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => panic!(
-            "python3 cannot import paho-mqtt 2.x; {INSTALL_HINT}\n{}",
+            "{} cannot import paho-mqtt 2.x; {INSTALL_HINT}\n{}",
+            python().display(),
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => panic!("python3 could not be started ({e}); install Python 3 and {INSTALL_HINT}"),
+        Err(e) => panic!(
+            "{} could not be started ({e}); {INSTALL_HINT}",
+            python().display()
+        ),
     }
 }
 
@@ -81,7 +85,7 @@ fn run_checks(protocol: &str) {
     require_paho();
     let s = Server::start(Backend::Sqlite);
     let ids = enrol(&s);
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg(CHECK_SCRIPT)
         .args(["--host", "localhost", "--port", &s.mqtt_port.to_string()])
         .arg("--cafile")
@@ -93,7 +97,7 @@ fn run_checks(protocol: &str) {
         .args(["--other-id", &ids.other])
         .env("PYTHONUNBUFFERED", "1")
         .output()
-        .unwrap_or_else(|e| panic!("python3 {CHECK_SCRIPT}: {e}"));
+        .unwrap_or_else(|e| panic!("python {CHECK_SCRIPT}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = || {

@@ -109,7 +109,7 @@ fn run_client(
     protocol: &str,
     steps: Value,
 ) -> Vec<Value> {
-    let out = Command::new("python3")
+    let out = Command::new(python_with(PAHO))
         .arg(CLIENT)
         .args(["--port", &s.mqtt_port.to_string()])
         .arg("--cafile")
@@ -121,7 +121,7 @@ fn run_client(
         .args(["--client-id", client_id, "--protocol", protocol])
         .args(["--steps", &steps.to_string()])
         .output()
-        .expect("python3 with paho-mqtt (pip install -r tests/requirements.txt)");
+        .unwrap_or_else(|e| panic!("{CLIENT}: {e}; {PYTHON_FIX}"));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<Value> = stdout
         .lines()

@@ -673,3 +673,82 @@ impl Server {
         s
     }
 }
+
+/// What to do when a Python test client cannot run.
+pub const PYTHON_FIX: &str = "run `scripts/services.sh` (it installs tests/requirements.txt into \
+     the project's virtual environment, .venv/; `scripts/test` runs it for you), or set \
+     ONRAMP_TEST_PYTHON to an interpreter that has those packages";
+
+/// The modules the paho-mqtt clients import.
+pub const PAHO: &[&str] = &["paho.mqtt.client", "paho.mqtt.enums"];
+/// The modules the AWS IoT Device SDK clients import.
+pub const AWS_SDK: &[&str] = &["awscrt.mqtt5", "awsiot.iotshadow", "awsiot.iotidentity"];
+
+/// The repository's root, where `.venv/` lives.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python interpreter the tests run their clients with: `ONRAMP_TEST_PYTHON`
+/// (exported by `scripts/test`), else the project venv's, else `python3`.
+pub fn python() -> PathBuf {
+    choose_python(
+        std::env::var_os("ONRAMP_TEST_PYTHON"),
+        &repo_root().join(".venv/bin/python"),
+    )
+}
+
+/// The choice `python()` makes, given the variable's value and the venv path.
+pub fn choose_python(from_env: Option<std::ffi::OsString>, venv_python: &Path) -> PathBuf {
+    match from_env {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ if venv_python.exists() => venv_python.to_path_buf(),
+        _ => PathBuf::from("python3"),
+    }
+}
+
+/// Whether `py` starts and imports `modules`; the error says which failed and
+/// how to fix it.
+pub fn check_python_modules(py: &Path, modules: &[&str]) -> Result<(), String> {
+    let import = format!("import {}", modules.join(", "));
+    match Command::new(py).args(["-c", &import]).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().last().unwrap_or("no error output");
+            Err(format!(
+                "{} cannot `{import}` ({last}); {PYTHON_FIX}",
+                py.display()
+            ))
+        }
+        Err(e) => Err(format!(
+            "{} could not be started ({e}); {PYTHON_FIX}",
+            py.display()
+        )),
+    }
+}
+
+/// `python()`, once it is known to import `modules` (checked once per set of
+/// modules); panics with the fix otherwise, rather than letting a test fail
+/// later on a client's missing output.
+pub fn python_with(modules: &[&str]) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CHECKED: OnceLock<Mutex<HashMap<String, Result<(), String>>>> = OnceLock::new();
+    let py = python();
+    let key = format!("{}|{}", py.display(), modules.join(","));
+    let answer = {
+        let mut checked = CHECKED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        checked
+            .entry(key)
+            .or_insert_with(|| check_python_modules(&py, modules))
+            .clone()
+    };
+    if let Err(why) = answer {
+        panic!("{why}");
+    }
+    py
+}
