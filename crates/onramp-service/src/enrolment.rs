@@ -2,8 +2,8 @@
 
 use crate::{Onramp, Result, ServiceError, now};
 use onramp_domain::{
-    AuditEntry, DEFAULT_TENANT, DeviceProfile, EnrolmentRetry, Outcome, TokenRefusal,
-    check_subject, validate_serial_number,
+    AuditEntry, DeviceProfile, EnrolmentRetry, Outcome, TokenRefusal, check_subject,
+    validate_serial_number,
 };
 use onramp_pki::{
     CertInfo, VerifiedCsr, fingerprint_sha256, parse_cert, parse_csr, pem_to_der_chain, signed_by,

@@ -132,6 +132,7 @@ fn kind_of(e: &ServiceError) -> &'static str {
         ServiceError::NotFound(_) | ServiceError::Conflict(_) => "conflict",
         ServiceError::RateLimited { .. } => "rate_limited",
         ServiceError::TooManyFailures { .. } => "locked_out",
+        ServiceError::Unavailable { .. } => "unavailable",
         ServiceError::PayloadTooLarge(_) => "too_large",
         ServiceError::Timeout(_) => "timeout",
         ServiceError::Internal(_) => "internal",

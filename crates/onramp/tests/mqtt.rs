@@ -447,6 +447,8 @@ fn an_expired_certificate_cannot_connect() {
                 serial_number: "OLD-1".into(),
                 profile: Default::default(),
                 token_id: None,
+                // No token is consumed, so no retry will look for the key.
+                public_key_sha256: String::new(),
                 supersede: onramp_store::Supersede::AllActive,
                 certificate: onramp_store::NewCertificate {
                     serial: cert.serial.clone(),
