@@ -362,6 +362,37 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     }
 }
 
+impl FailureConfig {
+    pub fn limit(&self) -> onramp_service::FailureLimit {
+        onramp_service::FailureLimit {
+            max_failures: self.max_failures,
+            backoff: std::time::Duration::from_secs(self.backoff_secs.max(1)),
+            max_backoff: std::time::Duration::from_secs(
+                self.max_backoff_secs.max(self.backoff_secs.max(1)),
+            ),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The HTTPS edge's limits; zero durations and caps are raised to one.
+    pub fn limits(&self) -> onramp_http::HttpLimits {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        onramp_http::HttpLimits {
+            handshake_timeout: secs(self.handshake_timeout_secs),
+            header_read_timeout: secs(self.header_read_timeout_secs),
+            body_read_timeout: secs(self.body_read_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            max_connections: self.max_connections.max(1),
+            max_connections_per_source: self.max_connections_per_source.max(1),
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams.max(1),
+            max_header_bytes: self.max_header_bytes.max(8192),
+            h2_keep_alive_interval: secs(self.h2_keep_alive_interval_secs),
+            max_discard_bytes: self.max_discard_bytes,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::DEFAULTS;
@@ -490,36 +521,5 @@ mod tests {
             undocumented.is_empty(),
             "not in the data directory table of docs/configuration.md: {undocumented:?}"
         );
-    }
-}
-
-impl FailureConfig {
-    pub fn limit(&self) -> onramp_service::FailureLimit {
-        onramp_service::FailureLimit {
-            max_failures: self.max_failures,
-            backoff: std::time::Duration::from_secs(self.backoff_secs.max(1)),
-            max_backoff: std::time::Duration::from_secs(
-                self.max_backoff_secs.max(self.backoff_secs.max(1)),
-            ),
-        }
-    }
-}
-
-impl HttpConfig {
-    /// The HTTPS edge's limits; zero durations and caps are raised to one.
-    pub fn limits(&self) -> onramp_http::HttpLimits {
-        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
-        onramp_http::HttpLimits {
-            handshake_timeout: secs(self.handshake_timeout_secs),
-            header_read_timeout: secs(self.header_read_timeout_secs),
-            body_read_timeout: secs(self.body_read_timeout_secs),
-            idle_timeout: secs(self.idle_timeout_secs),
-            max_connections: self.max_connections.max(1),
-            max_connections_per_source: self.max_connections_per_source.max(1),
-            h2_max_concurrent_streams: self.h2_max_concurrent_streams.max(1),
-            max_header_bytes: self.max_header_bytes.max(8192),
-            h2_keep_alive_interval: secs(self.h2_keep_alive_interval_secs),
-            max_discard_bytes: self.max_discard_bytes,
-        }
     }
 }
