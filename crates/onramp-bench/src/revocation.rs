@@ -366,10 +366,13 @@ async fn measure(args: &RevocationArgs, server: &Server) -> Result<Report> {
         }
     }
     drop(pings);
-    let counters = feed_counters(&client).await.unwrap_or_else(|e| {
-        progress(SCENARIO, &format!("reading /metrics failed: {e:#}"));
-        BTreeMap::new()
-    });
+    let counters = match feed_counters(&client).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            progress(SCENARIO, &format!("reading /metrics failed: {e:#}"));
+            None
+        }
+    };
 
     let outcome = Outcome::of(&revocations, &closed, &is_target, timeout);
     progress(
@@ -393,7 +396,7 @@ async fn measure(args: &RevocationArgs, server: &Server) -> Result<Report> {
         },
         cpu,
         peak_rss_kib,
-        &counters,
+        counters.as_ref(),
     ))
 }
 
@@ -504,13 +507,16 @@ async fn connect_all(
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                 let Some((i, identity)) = next else { break };
                 let thing = thing_name(i);
-                let dialer = Dialer::with_roots(addr, roots.clone(), identity.chain, identity.key, kx)?;
+                let dialer =
+                    Dialer::with_roots(addr, roots.clone(), identity.chain, identity.key, kx)?;
                 let opened = tokio::time::timeout(
                     CONNECT_TIMEOUT,
                     dialer.open(None, &thing, KEEP_ALIVE_SECS),
                 )
                 .await
-                .map_err(|_| anyhow::anyhow!("connecting {thing}: no CONNACK within {CONNECT_TIMEOUT:?}"))?
+                .map_err(|_| {
+                    anyhow::anyhow!("connecting {thing}: no CONNACK within {CONNECT_TIMEOUT:?}")
+                })?
                 .with_context(|| format!("connecting {thing}"))?;
                 let (tx, rx) = mpsc::unbounded_channel();
                 tokio::spawn(hold(i, opened.conn, rx, closed.clone()));
@@ -674,7 +680,7 @@ fn summarise(
     survivors: Survivors,
     cpu: CpuUse,
     peak_rss_kib: u64,
-    counters: &BTreeMap<String, f64>,
+    counters: Option<&BTreeMap<String, f64>>,
 ) -> Report {
     let cut = Latency::of(o.cut.clone());
     let since_sent = Latency::of(o.cut_since_sent.clone());
@@ -695,7 +701,9 @@ fn summarise(
     let total = args.devices + args.idle_connections;
     let server_ms_per = ms(cpu.server) / revocations.len().max(1) as f64;
     let rss_mib = peak_rss_kib as f64 / 1024.0;
-    let counter = |name: &str| counters.get(name).copied().unwrap_or(f64::NAN);
+    // A counter not yet incremented is not exported: zero, if /metrics was read.
+    let counter = |name: &str| counters.map(|c| c.get(name).copied().unwrap_or(0.0));
+    let shown = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let cuts_total = counter("onramp_mqtt_identity_cuts_total");
     let feed_errors = counter("onramp_mqtt_identity_feed_errors_total");
     let mut rows: Vec<(String, String)> = vec![
@@ -716,11 +724,11 @@ fn summarise(
             "cut / never cut / refused".into(),
             format!("{} / {} / {}", o.cut.len(), o.never_cut, o.refused),
         ),
+        ("cut after answer ms (p50/p90/p99/max)".into(), cut.line()),
         (
-            "cut after answer ms (p50/p90/p99/max)".into(),
-            cut.line(),
+            "  cut before the answer was read".into(),
+            o.before_answer.to_string(),
         ),
-        ("  cut before the answer was read".into(), o.before_answer.to_string()),
         ("cut after request ms".into(), since_sent.line()),
         ("API answer ms".into(), api.line()),
         (
@@ -744,10 +752,9 @@ fn summarise(
         ("server peak RSS".into(), format!("{rss_mib:.1} MiB")),
         (
             "identity cuts / feed errors (metrics)".into(),
-            format!("{cuts_total} / {feed_errors}"),
+            format!("{} / {}", shown(cuts_total), shown(feed_errors)),
         ),
     ]);
-    let finite = |x: f64| x.is_finite().then_some(x);
     let json = serde_json::json!({
         "scenario": SCENARIO,
         "backend": args.server.backend(),
@@ -774,8 +781,8 @@ fn summarise(
         "cpu": cpu.json(),
         "server_cpu_ms_per_revocation": round3(server_ms_per),
         "server_peak_rss_kib": peak_rss_kib,
-        "identity_cuts_total": finite(cuts_total),
-        "identity_feed_errors_total": finite(feed_errors),
+        "identity_cuts_total": cuts_total,
+        "identity_feed_errors_total": feed_errors,
     });
     Report {
         title: format!(
@@ -836,10 +843,7 @@ mod tests {
         let mut is_target = vec![false; 8];
         is_target[..5].fill(true);
         let o = Outcome::of(&revocations, &closed, &is_target, Duration::from_secs(10));
-        assert_eq!(
-            o.cut,
-            vec![Duration::from_millis(250), Duration::ZERO]
-        );
+        assert_eq!(o.cut, vec![Duration::from_millis(250), Duration::ZERO]);
         assert_eq!(
             o.cut_since_sent,
             vec![Duration::from_millis(260), Duration::from_millis(5)]
