@@ -8,6 +8,7 @@ mod https;
 mod mqtt;
 mod onboard;
 mod report;
+mod revocation;
 mod server;
 mod shadow_bench;
 mod sys;
@@ -53,6 +54,10 @@ enum Command {
     /// certificate, get a certificate (CreateKeysAndCertificate or
     /// CreateCertificateFromCsr), register a thing and connect as it.
     Onboard(onboard::OnboardArgs),
+    /// Revocation reaches live connections: devices stay connected over
+    /// MQTT while an operator revokes (or suspends) some of them; the time
+    /// from each API answer to the server closing that connection.
+    Revocation(revocation::RevocationArgs),
 }
 
 #[tokio::main]
@@ -65,6 +70,7 @@ async fn main() -> ExitCode {
         Command::MqttFanin(args) => mqtt::fanin::run(args).await,
         Command::Shadow(args) => shadow_bench::run(args).await,
         Command::Onboard(args) => onboard::run(args).await,
+        Command::Revocation(args) => revocation::run(args).await,
         Command::MqttIdleWorker(args) => {
             return match mqtt::idle::worker(args).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -372,7 +372,12 @@ async fn enrol_devices(client: &Client, api_key: &str, n: usize) -> Result<Vec<I
 
 /// `POST /.well-known/est/simpleenroll` with HTTP Basic; returns the
 /// certificate (DER).
-async fn enrol(conn: &mut Connection, thing: &str, token: &str, csr: &[u8]) -> Result<Vec<u8>> {
+pub(crate) async fn enrol(
+    conn: &mut Connection,
+    thing: &str,
+    token: &str,
+    csr: &[u8],
+) -> Result<Vec<u8>> {
     let basic = STANDARD.encode(format!("{thing}:{token}"));
     let body = Bytes::from(STANDARD.encode(csr));
     let request = Request::post(ENROL_PATH)

@@ -367,7 +367,7 @@ pub fn read_identity(root: &Path, cert: &Path, key: &Path) -> Result<ClientIdent
 }
 
 /// `onramp_mqtt_*` samples of a Prometheus text exposition.
-fn parse_counters(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn parse_counters(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| l.starts_with("onramp_mqtt_"))
         .filter_map(|l| {
