@@ -23,13 +23,11 @@
 //! counts as lost. At the end every connection that was not revoked must
 //! answer a PINGREQ within [`PING_TIMEOUT`].
 
-use crate::est::{create_token, csr_with_key};
 use crate::https::{Client, Connection};
 use crate::mqtt::client::{Conn, Dialer, Kx, root_store};
 use crate::mqtt::{CpuMark, CpuUse, parse_counters, progress, round3};
 use crate::report::{Latency, Report, ms};
 use crate::server::{Server, ServerArgs};
-use crate::shadow_bench::enrol;
 use crate::sys;
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -40,11 +38,10 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderVal
 use hyper::{Request, StatusCode};
 use rmqtt_codec::v3::Packet;
 use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -58,8 +55,6 @@ const SERVER_ENV: &[(&str, &str)] = &[
     ("ONRAMP_MQTT__RATE_PER_SOURCE__BURST", "10000000"),
     ("ONRAMP_MQTT__MAX_CONNECTIONS", "1000000"),
 ];
-/// HTTPS connections (and tasks) that create tokens and enrol.
-const SETUP_CONNECTIONS: usize = 8;
 /// Devices connecting to the gateway at once before the clock starts.
 const CONNECT_CONCURRENCY: usize = 32;
 /// Time allowed for one device's TCP, TLS and CONNECT before the clock.
@@ -207,7 +202,7 @@ async fn measure(args: &RevocationArgs, server: &Server) -> Result<Report> {
         .context("the API key is not a valid header value")?;
 
     let started = Instant::now();
-    let identities = enrol_devices(&client, &bearer, total).await?;
+    let identities = enrol_devices(&client, &api_key, total).await?;
     progress(
         SCENARIO,
         &format!(
@@ -420,63 +415,22 @@ async fn operator_api_key(server: &Server) -> Result<String> {
         .to_string())
 }
 
-/// A token per device through the API, then its EST enrolment with its own
-/// key and CSR, over a few keep-alive connections.
-async fn enrol_devices(client: &Client, bearer: &HeaderValue, n: usize) -> Result<Vec<Identity>> {
-    let prepared = tokio::task::spawn_blocking(move || {
-        (0..n)
-            .map(|i| {
-                let (key, csr) = csr_with_key(&thing_name(i))?;
-                Ok((key.serialize_der(), csr))
-            })
-            .collect::<Result<Vec<_>>>()
-    })
-    .await
-    .context("generating keys and CSRs")??;
-    let prepared = Arc::new(prepared);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = JoinSet::new();
-    for _ in 0..SETUP_CONNECTIONS.min(n) {
-        let client = client.clone();
-        let bearer = bearer.clone();
-        let next = next.clone();
-        let prepared = prepared.clone();
-        tasks.spawn(async move {
-            let mut conn = client.connect().await?;
-            let mut done = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((key, csr)) = prepared.get(i) else {
-                    break;
-                };
-                let thing = thing_name(i);
-                let token = create_token(&mut conn, &bearer, &thing).await?;
-                let cert = enrol(&mut conn, &thing, &token, csr).await?;
-                let serial = onramp_pki::parse_cert(&cert)
-                    .with_context(|| format!("the certificate of {thing}"))?
-                    .serial;
-                done.push((
-                    i,
-                    Identity {
-                        chain: vec![CertificateDer::from(cert)],
-                        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone())),
-                        serial,
-                    },
-                ));
-            }
-            anyhow::Ok(done)
-        });
-    }
-    let mut slots: Vec<Option<Identity>> = (0..n).map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        for (i, identity) in joined.context("an enrolment task failed")?? {
-            slots[i] = Some(identity);
-        }
-    }
-    slots
+/// Enrols `n` devices over EST (see the shadow scenario) and notes each
+/// certificate's serial, which revocation names.
+async fn enrol_devices(client: &Client, api_key: &str, n: usize) -> Result<Vec<Identity>> {
+    crate::shadow_bench::enrol_devices(client, api_key, n, thing_name)
+        .await?
         .into_iter()
-        .enumerate()
-        .map(|(i, s)| s.with_context(|| format!("{} was not enrolled", thing_name(i))))
+        .map(|d| {
+            let serial = onramp_pki::parse_cert(&d.cert)
+                .with_context(|| format!("the certificate of {}", d.thing))?
+                .serial;
+            Ok(Identity {
+                chain: vec![d.cert],
+                key: d.key,
+                serial,
+            })
+        })
         .collect()
 }
 

@@ -247,7 +247,7 @@ async fn measure(args: &ShadowArgs, server: &Server, config: Option<&str>) -> Re
     let api_key = admin_api_key(server, config).await?;
 
     let started = Instant::now();
-    let identities = enrol_devices(&client, &api_key, n).await?;
+    let identities = enrol_devices(&client, &api_key, n, thing_name).await?;
     progress(&format!(
         "enrolled {n} devices through EST in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -305,15 +305,20 @@ async fn measure(args: &ShadowArgs, server: &Server, config: Option<&str>) -> Re
 // Enrolment
 
 /// A device's identity after enrolment.
-struct Identity {
-    thing: String,
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
+pub(crate) struct Identity {
+    pub(crate) thing: String,
+    pub(crate) cert: CertificateDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 /// Creates a token for each device through the API, then enrols it with its
 /// own P-256 key and CSR, over a few keep-alive connections.
-async fn enrol_devices(client: &Client, api_key: &str, n: usize) -> Result<Vec<Identity>> {
+pub(crate) async fn enrol_devices(
+    client: &Client,
+    api_key: &str,
+    n: usize,
+    thing_name: fn(usize) -> String,
+) -> Result<Vec<Identity>> {
     let bearer = HeaderValue::from_str(&format!("Bearer {api_key}"))
         .context("the API key is not a valid header value")?;
     let prepared = tokio::task::spawn_blocking(move || {
