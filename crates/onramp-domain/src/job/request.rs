@@ -18,8 +18,10 @@ pub struct JobRequestLimits {
     pub max_client_token_bytes: usize,
     /// Pairs in `statusDetails`.
     pub max_status_details: usize,
-    /// Characters of one `statusDetails` key or value.
-    pub max_status_detail_chars: usize,
+    /// Characters of one `statusDetails` key.
+    pub max_status_detail_key_chars: usize,
+    /// Characters of one `statusDetails` value.
+    pub max_status_detail_value_chars: usize,
 }
 
 impl Default for JobRequestLimits {
@@ -28,7 +30,11 @@ impl Default for JobRequestLimits {
             max_payload_bytes: 128 * 1024,
             max_client_token_bytes: 64,
             max_status_details: 10,
-            max_status_detail_chars: 128,
+            // AWS's API reference: keys 1–128 of `[A-Za-z0-9:_-]`, values
+            // 1–1024 characters (its 2019 limits table said 128 for both;
+            // devices may rely on the larger value).
+            max_status_detail_key_chars: 128,
+            max_status_detail_value_chars: 1024,
         }
     }
 }
@@ -277,18 +283,29 @@ fn status_details_of(
             limits.max_status_details
         )));
     }
-    let max = limits.max_status_detail_chars;
-    let fits = |s: &str| (1..=max).contains(&s.chars().count());
+    let key_max = limits.max_status_detail_key_chars;
+    let value_max = limits.max_status_detail_value_chars;
     let mut details = StatusDetails::new();
     for (key, value) in map {
+        let key_ok = (1..=key_max).contains(&key.chars().count())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-'));
+        if !key_ok {
+            return Err(JobRejection::invalid_request(format!(
+                "statusDetails keys must be 1 to {key_max} of A-Z, a-z, 0-9, ':', '_' and '-'"
+            )));
+        }
         let Value::String(value) = value else {
             return Err(JobRejection::invalid_request(format!(
                 "statusDetails.{key} must be a string"
             )));
         };
-        if !fits(key) || !fits(value) {
+        let value_ok = (1..=value_max).contains(&value.chars().count())
+            && !value.chars().any(char::is_control);
+        if !value_ok {
             return Err(JobRejection::invalid_request(format!(
-                "statusDetails keys and values must be 1 to {max} characters"
+                "statusDetails.{key} must be 1 to {value_max} characters, none of them control characters"
             )));
         }
         details.insert(key.clone(), value.clone());
@@ -410,6 +427,7 @@ mod tests {
             r#"{"status":"SUCCEEDED","statusDetails":{"a":1}}"#,
             r#"{"status":"SUCCEEDED","statusDetails":{"a":{"b":"c"}}}"#,
             r#"{"status":"SUCCEEDED","statusDetails":{"":"v"}}"#,
+            r#"{"status":"SUCCEEDED","statusDetails":{"bad key":"v"}}"#,
             r#"{"status":"SUCCEEDED","statusDetails":{"k":""}}"#,
         ] {
             assert_eq!(
@@ -437,13 +455,40 @@ mod tests {
         let sized = |k: usize, v: usize| {
             format!(
                 r#"{{"status":"IN_PROGRESS","statusDetails":{{"{}":"{}"}}}}"#,
-                "é".repeat(k),
-                "v".repeat(v)
+                "k".repeat(k),
+                "é".repeat(v)
             )
         };
-        assert!(parse_update_request(sized(128, 128).as_bytes(), &limits()).is_ok());
+        assert!(parse_update_request(sized(128, 1024).as_bytes(), &limits()).is_ok());
         assert!(parse_update_request(sized(129, 1).as_bytes(), &limits()).is_err());
-        assert!(parse_update_request(sized(1, 129).as_bytes(), &limits()).is_err());
+        assert!(parse_update_request(sized(1, 1025).as_bytes(), &limits()).is_err());
+        for bad_key in ["step one", "é", "a/b", "a.b"] {
+            let payload =
+                serde_json::json!({"status": "IN_PROGRESS", "statusDetails": {bad_key: "v"}});
+            assert_eq!(
+                code_of(parse_update_request(
+                    &serde_json::to_vec(&payload).unwrap(),
+                    &limits()
+                )),
+                JobErrorCode::InvalidRequest,
+                "{bad_key}"
+            );
+        }
+        assert!(
+            parse_update_request(
+                br#"{"status":"IN_PROGRESS","statusDetails":{"ns:step_1-a":"any text, even spaces"}}"#,
+                &limits()
+            )
+            .is_ok()
+        );
+        assert!(
+            parse_update_request(
+                br#"{"status":"IN_PROGRESS","statusDetails":{"k":"line\nbreak"}}"#,
+                &limits()
+            )
+            .is_err(),
+            "control characters are refused in values"
+        );
         let empty =
             parse_update_request(br#"{"status":"IN_PROGRESS","statusDetails":{}}"#, &limits())
                 .unwrap();
