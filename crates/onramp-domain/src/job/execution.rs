@@ -8,8 +8,8 @@
 
 use super::{
     Confirmation, ConfirmationConfig, DescribeRequest, FailureReason, JobConfig, JobExecution,
-    JobExecutionStatus, JobRejection, MAX_RETRIES, RetryFailureType, StartNextRequest, StepTimeout,
-    UpdateRequest, next_pending,
+    JobExecutionStatus, JobRejection, MAX_RETRIES, NEXT_JOB_ID, Notifications, RetryFailureType,
+    StartNextRequest, StepTimeout, UpdateRequest, next_pending, notifications,
 };
 use crate::UnixTime;
 use crate::version::FirmwareVersion;
@@ -26,6 +26,92 @@ pub struct ExecutionChange {
     /// The next execution of the same job, queued because this one ended as
     /// FAILED or TIMED_OUT and the job's retry configuration allows another.
     pub retry: Option<JobExecution>,
+}
+
+impl ExecutionChange {
+    /// A thing's executions after this change: the changed execution in
+    /// place of its previous version, and the retry, if any, added.
+    pub fn apply_to(&self, executions: &[JobExecution]) -> Vec<JobExecution> {
+        let same = |e: &JobExecution| {
+            e.job_id == self.execution.job_id
+                && e.execution_number == self.execution.execution_number
+        };
+        let mut out: Vec<JobExecution> = executions
+            .iter()
+            .map(|e| {
+                if same(e) {
+                    self.execution.clone()
+                } else {
+                    e.clone()
+                }
+            })
+            .collect();
+        if !executions.iter().any(same) {
+            out.push(self.execution.clone());
+        }
+        out.extend(self.retry.iter().cloned());
+        out
+    }
+
+    /// The `notify` and `notify-next` payloads this change calls for, given
+    /// the thing's executions before it.
+    pub fn notifications(
+        &self,
+        before: &[JobExecution],
+        now: UnixTime,
+        document_of: &dyn Fn(&str) -> Option<serde_json::Value>,
+    ) -> Notifications {
+        notifications(before, &self.apply_to(before), now, document_of)
+    }
+}
+
+/// The execution of `job_id` a request is about: the one numbered
+/// `execution_number` when given, else the job's latest on this thing.
+pub fn find_execution<'a>(
+    executions: &'a [JobExecution],
+    job_id: &str,
+    execution_number: Option<u64>,
+) -> Option<&'a JobExecution> {
+    let of_job = executions.iter().filter(|e| e.job_id == job_id);
+    match execution_number {
+        Some(n) => of_job.into_iter().find(|e| e.execution_number == n),
+        None => of_job.max_by_key(|e| e.execution_number),
+    }
+}
+
+/// UpdateJobExecution against a thing's executions: finds the execution
+/// (ResourceNotFound when the thing has none of that job) and applies
+/// [`apply_update`] to it.
+pub fn update_in(
+    executions: &[JobExecution],
+    job_id: &str,
+    request: &UpdateRequest,
+    now: UnixTime,
+    config: &JobConfig,
+) -> Result<ExecutionChange, JobRejection> {
+    let execution =
+        find_execution(executions, job_id, request.execution_number).ok_or_else(|| {
+            JobRejection::resource_not_found(format!("no execution of job {job_id} for this thing"))
+        })?;
+    apply_update(execution, request, now, config)
+}
+
+/// DescribeJobExecution against a thing's executions. For `$next` the
+/// answer is the next pending execution, or `None` when nothing is pending;
+/// for a job id, the execution [`describe`] allows.
+pub fn describe_in<'a>(
+    executions: &'a [JobExecution],
+    job_id: &str,
+    request: &DescribeRequest,
+) -> Result<Option<&'a JobExecution>, JobRejection> {
+    if job_id == NEXT_JOB_ID {
+        return Ok(next_pending(executions));
+    }
+    describe(
+        find_execution(executions, job_id, request.execution_number),
+        request,
+    )
+    .map(Some)
 }
 
 /// A copy of `execution` one version on, last updated `now`.
@@ -880,6 +966,88 @@ mod tests {
                 .retry
                 .is_none()
         );
+    }
+
+    #[test]
+    fn requests_find_the_latest_or_the_named_execution() {
+        let mut first = with_status(Failed);
+        first.execution_number = 1;
+        let mut second = queued();
+        second.execution_number = 2;
+        let other = JobExecution::queued("job-2", "thing-1", T0);
+        let all = [first.clone(), second.clone(), other];
+        assert_eq!(find_execution(&all, "job-1", None), Some(&second));
+        assert_eq!(find_execution(&all, "job-1", Some(1)), Some(&first));
+        assert_eq!(find_execution(&all, "job-1", Some(3)), None);
+        assert_eq!(find_execution(&all, "job-9", None), None);
+
+        let err = update_in(
+            &all,
+            "job-9",
+            &UpdateRequest::to(InProgress),
+            T0,
+            &no_config(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, JobErrorCode::ResourceNotFound);
+        let change = update_in(
+            &all,
+            "job-1",
+            &UpdateRequest::to(InProgress),
+            T0,
+            &no_config(),
+        )
+        .unwrap();
+        assert_eq!(change.execution.execution_number, 2);
+        let mut old = UpdateRequest::to(InProgress);
+        old.execution_number = Some(1);
+        assert_eq!(
+            update_in(&all, "job-1", &old, T0, &no_config())
+                .unwrap_err()
+                .code,
+            JobErrorCode::InvalidStateTransition
+        );
+    }
+
+    #[test]
+    fn describe_in_answers_next_and_named_jobs() {
+        let request = DescribeRequest {
+            execution_number: None,
+            include_job_document: true,
+            client_token: None,
+        };
+        let a = JobExecution::queued("a", "t", 5);
+        let b = JobExecution::queued("b", "t", 1);
+        let all = [a.clone(), b.clone()];
+        assert_eq!(describe_in(&all, NEXT_JOB_ID, &request).unwrap(), Some(&b));
+        assert_eq!(describe_in(&all, "a", &request).unwrap(), Some(&a));
+        assert_eq!(describe_in(&[], NEXT_JOB_ID, &request).unwrap(), None);
+        assert_eq!(
+            describe_in(&all, "c", &request).unwrap_err().code,
+            JobErrorCode::ResourceNotFound
+        );
+    }
+
+    #[test]
+    fn a_change_replaces_its_execution_and_adds_the_retry() {
+        let config = JobConfig {
+            job_executions_retry_config: Some(retry_config(&[(RetryFailureType::Failed, 1)])),
+            ..JobConfig::default()
+        };
+        let other = JobExecution::queued("job-0", "thing-1", T0 + 50);
+        let before = [other.clone(), queued()];
+        let change = update(&before[1], Failed, T0 + 60, &config).unwrap();
+        let after = change.apply_to(&before);
+        assert_eq!(after.len(), 3);
+        assert_eq!(after[0], other);
+        assert_eq!(after[1].status, Failed);
+        assert_eq!(after[2].execution_number, 2);
+        let n = change.notifications(&before, T0 + 60, &|_| None);
+        assert!(n.notify.is_some(), "the list changed");
+        let next = n
+            .notify_next
+            .expect("job-0 is next now: queued before the retry");
+        assert_eq!(next["execution"]["jobId"], "job-0");
     }
 
     fn confirming(minutes: u32) -> JobConfig {

@@ -431,18 +431,68 @@ mod tests {
 
         #[test]
         fn abort_triggers_exactly_at_the_threshold_and_not_before_the_minimum(
-            min in 1u32..200,
-            threshold_hundredths in 1u32..=10_000,
-            succeeded in 0u64..500,
-            failed in 0u64..500,
+            min in 1u32..300,
+            executed_index in 0usize..EXACT_DIVISORS.len(),
+            failed_seed in any::<u64>(),
         ) {
-            let threshold = f64::from(threshold_hundredths) / 100.0;
+            // Executed counts that divide 10 000, so that every failure
+            // count is a percentage with at most two decimals: the
+            // threshold can be set to exactly that percentage.
+            let executed = EXACT_DIVISORS[executed_index];
+            let failed = 1 + failed_seed % executed;
+            let threshold = (failed * 10_000 / executed) as f64 / 100.0;
             let config = AbortConfig { criteria_list: vec![criteria(AbortFailureType::Failed, min, threshold)] };
-            let counts = ExecutionCounts { succeeded, failed, ..ExecutionCounts::default() };
-            let executed = succeeded + failed;
-            let expected = executed >= u64::from(min)
-                && u128::from(failed) * 10_000 >= u128::from(threshold_hundredths) * u128::from(executed);
-            prop_assert_eq!(should_abort(&config, &counts).is_some(), expected);
+            let at = |failed: u64| should_abort(&config, &ExecutionCounts {
+                failed,
+                succeeded: executed - failed,
+                ..ExecutionCounts::default()
+            });
+            let enough = executed >= u64::from(min);
+            prop_assert_eq!(at(failed).is_some(), enough, "exactly at {}%", threshold);
+            prop_assert!(at(failed - 1).is_none(), "just below {}%", threshold);
+            if enough {
+                prop_assert!(at(executed).is_some());
+            }
+        }
+
+        #[test]
+        fn an_exponential_rollout_never_exceeds_its_maximum_in_any_window(
+            max in 1u32..=1000,
+            base in 1u32..=1000,
+            factor_tenths in 11u32..=50,
+            step in 1u32..300,
+            demand_per_second in 0u32..2000,
+            seconds in 60i64..300,
+        ) {
+            let config = exponential(max, base, f64::from(factor_tenths) / 10.0, Some(step), None);
+            let mut state = RolloutState::default();
+            let mut per_second = Vec::new();
+            let mut rates = Vec::new();
+            for now in 0..seconds {
+                let rate = current_rate(&config, &state);
+                rates.push((rate, state.notified));
+                let release = released_allowance(&config, &state, now).min(demand_per_second);
+                state.record_release(now, release);
+                // Every released execution notifies its thing.
+                state.notified += u64::from(release);
+                per_second.push(u64::from(release));
+            }
+            for start in 0..per_second.len() {
+                let window: u64 = per_second[start..(start + 60).min(per_second.len())].iter().sum();
+                prop_assert!(window <= u64::from(max));
+            }
+            // The rate changed only when another `step` things were notified.
+            for pair in rates.windows(2) {
+                let ((r0, n0), (r1, n1)) = (pair[0], pair[1]);
+                if n0 / u64::from(step) == n1 / u64::from(step) {
+                    prop_assert_eq!(r0, r1);
+                }
+            }
         }
     }
+
+    const EXACT_DIVISORS: [u64; 25] = [
+        1, 2, 4, 5, 8, 10, 16, 20, 25, 40, 50, 80, 100, 125, 200, 250, 400, 500, 625, 1000, 1250,
+        2000, 2500, 5000, 10_000,
+    ];
 }
