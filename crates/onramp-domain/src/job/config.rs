@@ -158,6 +158,8 @@ pub enum JobConfigError {
     },
     #[error("the job document must be a JSON object")]
     DocumentNotObject,
+    #[error("the job document holds a key reserved by Onramp's JSON storage")]
+    DocumentReservedKey,
     #[error("the job document is {size} bytes; at most {max} are allowed")]
     DocumentTooLarge { size: usize, max: usize },
 }
@@ -354,7 +356,13 @@ pub fn validate_job_document(document: &[u8]) -> Result<Value, JobConfigError> {
             max: JOB_DOCUMENT_MAX_BYTES,
         });
     }
-    match serde_json::from_slice::<Value>(document) {
+    let text = std::str::from_utf8(document).map_err(|_| JobConfigError::DocumentNotObject)?;
+    match serde_json::from_str::<Value>(text) {
+        // A stored document holding serde_json's raw-value marker as a key
+        // would fail every later read of it (see `crate::json`).
+        Ok(value) if crate::json::holds_raw_value_marker(text, &value) => {
+            Err(JobConfigError::DocumentReservedKey)
+        }
         Ok(value @ Value::Object(_)) => Ok(value),
         _ => Err(JobConfigError::DocumentNotObject),
     }
@@ -548,6 +556,10 @@ mod tests {
         assert_eq!(
             validate_job_document(b"{"),
             Err(JobConfigError::DocumentNotObject)
+        );
+        assert_eq!(
+            validate_job_document(br#"{"a":{"b":1,"$serde_json::private::RawValue":1}}"#),
+            Err(JobConfigError::DocumentReservedKey)
         );
         let pad = |n: usize| format!(r#"{{"a":"{}"}}"#, "x".repeat(n - 8));
         assert!(validate_job_document(pad(32 * 1024).as_bytes()).is_ok());

@@ -136,7 +136,11 @@ pub enum FailureReason {
 
 /// Where a SUCCEEDED execution of a job that requires confirmation stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "state"
+)]
 pub enum Confirmation {
     /// Waiting for the device to report `firmware_version` before `deadline`.
     Pending {
@@ -508,6 +512,24 @@ mod tests {
             );
             assert_eq!(reply.get("executionState").is_some(), has_state, "{code}");
         }
+    }
+
+    #[test]
+    fn a_stored_execution_reads_back_as_it_was_written() {
+        let mut e = JobExecution::queued("job-1", "thing-1", 10);
+        e.status = JobExecutionStatus::Succeeded;
+        e.confirmation = Some(Confirmation::Pending {
+            deadline: 70,
+            firmware_version: "2.5.0".into(),
+        });
+        e.retry_attempts.timed_out = 2;
+        let stored = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            stored["confirmation"],
+            json!({"state": "pending", "deadline": 70, "firmwareVersion": "2.5.0"})
+        );
+        assert_eq!(stored["retryAttempts"], json!({"failed": 0, "timedOut": 2}));
+        assert_eq!(serde_json::from_value::<JobExecution>(stored).unwrap(), e);
     }
 
     #[test]
