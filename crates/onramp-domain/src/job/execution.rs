@@ -65,6 +65,16 @@ impl ExecutionChange {
     }
 }
 
+/// A change without a retry, such as a start.
+impl From<JobExecution> for ExecutionChange {
+    fn from(execution: JobExecution) -> Self {
+        ExecutionChange {
+            execution,
+            retry: None,
+        }
+    }
+}
+
 /// The execution of `job_id` a request is about: the one numbered
 /// `execution_number` when given, else the job's latest on this thing.
 pub fn find_execution<'a>(
@@ -72,9 +82,9 @@ pub fn find_execution<'a>(
     job_id: &str,
     execution_number: Option<u64>,
 ) -> Option<&'a JobExecution> {
-    let of_job = executions.iter().filter(|e| e.job_id == job_id);
+    let mut of_job = executions.iter().filter(|e| e.job_id == job_id);
     match execution_number {
-        Some(n) => of_job.into_iter().find(|e| e.execution_number == n),
+        Some(n) => of_job.find(|e| e.execution_number == n),
         None => of_job.max_by_key(|e| e.execution_number),
     }
 }

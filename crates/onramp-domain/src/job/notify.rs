@@ -178,8 +178,7 @@ mod tests {
             .unwrap()
             .unwrap()
             .execution;
-        let after = replace(&before, started);
-        let n = notifications(&before, &after, 30, &doc);
+        let n = ExecutionChange::from(started).notifications(&before, 30, &doc);
         let notify = n.notify.unwrap();
         assert_eq!(notify["jobs"]["IN_PROGRESS"][0]["jobId"], "a");
         assert_eq!(notify["jobs"]["QUEUED"][0]["jobId"], "b");
