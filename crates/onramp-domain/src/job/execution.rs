@@ -1256,5 +1256,83 @@ mod tests {
             }
             prop_assert_eq!(timed_out, retries + 1);
         }
+
+        #[test]
+        fn a_version_mismatch_wins_over_every_other_check_and_reports_the_current_state(
+            status in proptest::sample::select(JobExecutionStatus::ALL.to_vec()),
+            target in proptest::sample::select(JobExecutionStatus::ALL.to_vec()),
+            version in 1u64..1000,
+            expected in 0u64..1000,
+        ) {
+            prop_assume!(expected != version);
+            let mut e = with_status(status);
+            e.version = version;
+            let request = UpdateRequest {
+                expected_version: Some(expected),
+                ..UpdateRequest::to(target)
+            };
+            let err = apply_update(&e, &request, T0, &no_config()).unwrap_err();
+            prop_assert_eq!(err.code, JobErrorCode::VersionMismatch);
+            prop_assert_eq!(err.execution_state, Some(e.state()));
+        }
+
+        #[test]
+        fn a_timer_fires_at_its_deadline_and_not_a_second_before(
+            in_progress in proptest::option::of(1u32..=10_080),
+            step in proptest::option::of(1u32..=10_080),
+            started in 0i64..1_000_000,
+        ) {
+            prop_assume!(in_progress.is_some() || step.is_some());
+            let config = JobConfig {
+                timeout_config: in_progress.map(|m| TimeoutConfig { in_progress_timeout_in_minutes: m }),
+                ..JobConfig::default()
+            };
+            let request = StartNextRequest {
+                step_timeout: step.map(StepTimeout::Minutes),
+                ..StartNextRequest::default()
+            };
+            let running = start(&queued(), &request, T0 + started, &config).unwrap();
+            let expected = [in_progress, step]
+                .into_iter()
+                .flatten()
+                .map(|m| T0 + started + i64::from(m) * 60)
+                .min()
+                .unwrap();
+            prop_assert_eq!(running.deadline(), Some(expected));
+            prop_assert!(expire(&running, expected - 1, &config).is_none());
+            prop_assert_eq!(expire(&running, expected, &config).unwrap().execution.status, TimedOut);
+        }
+
+        #[test]
+        fn the_next_execution_does_not_depend_on_listing_order(
+            specs in proptest::collection::vec((0usize..8, 0i64..50), 0..8),
+            rotate in 0usize..8,
+        ) {
+            let list: Vec<JobExecution> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, &(k, at))| {
+                    let mut e = JobExecution::queued(&format!("j{i}"), "t", at);
+                    e.status = JobExecutionStatus::ALL[k];
+                    e
+                })
+                .collect();
+            let mut rotated = list.clone();
+            if !rotated.is_empty() {
+                let by = rotate % rotated.len();
+                rotated.rotate_left(by);
+            }
+            let next = next_pending(&list);
+            prop_assert_eq!(next, next_pending(&rotated));
+            if let Some(next) = next {
+                let in_progress = list.iter().filter(|e| e.status == InProgress);
+                let queued = list.iter().filter(|e| e.status == Queued);
+                let first = |it: &mut dyn Iterator<Item = &JobExecution>| it.map(|e| e.queued_at).min();
+                match first(&mut in_progress.clone()) {
+                    Some(at) => prop_assert_eq!((next.status, next.queued_at), (InProgress, at)),
+                    None => prop_assert_eq!(Some(next.queued_at), first(&mut queued.clone())),
+                }
+            }
+        }
     }
 }
