@@ -14,6 +14,11 @@
 //!   FAILED for an execution it never marked IN_PROGRESS, so that firmware
 //!   which skips the start step still completes its jobs.
 //! - **An empty `statusDetails` object** is accepted and clears the details.
+//!   Keys and values follow AWS's API reference (keys 1–128 of
+//!   `[A-Za-z0-9:_-]`, values 1–1024 characters without control characters),
+//!   at most ten pairs.
+//! - **Nothing pending.** start-next, `$next` and `notify-next` then carry
+//!   no `execution` member at all, as AWS documents for start-next.
 //! - **Execution numbers on retry.** A retry is a new execution of the same
 //!   job with the next execution number, queued afresh.
 //! - **Truthful success** (Onramp's own): a job may require that a SUCCEEDED
