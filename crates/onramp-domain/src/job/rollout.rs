@@ -14,6 +14,10 @@ use crate::UnixTime;
 /// The rollout window, in seconds.
 pub const ROLLOUT_WINDOW_SECONDS: i64 = 60;
 
+/// More increases than any valid factor needs to go from 1 to 1000 per
+/// minute (1.1^73 > 1000).
+const MAX_RATE_INCREASES: u64 = 1000;
+
 /// A job's rollout so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RolloutState {
@@ -55,7 +59,7 @@ fn in_window(at: UnixTime, now: UnixTime) -> bool {
 /// Executions per minute allowed with the counts in `state`.
 pub fn current_rate(config: &RolloutConfig, state: &RolloutState) -> u32 {
     let max = config.maximum_per_minute;
-    let Some(exp) = &config.exponential_rate else {
+    let Some(exp) = config.exponential_rate.as_ref().filter(|_| max > 0) else {
         return max;
     };
     let criteria = exp.rate_increase_criteria;
@@ -69,17 +73,23 @@ pub fn current_rate(config: &RolloutConfig, state: &RolloutState) -> u32 {
     };
     let increases = count / u64::from(step.max(1));
     // Multiplied step by step and stopped at the cap, so that no power is
-    // ever computed that could overflow or lose precision.
+    // ever computed that could overflow or lose precision. A factor that
+    // validation would refuse never grows the rate, and the step count is
+    // bounded so that a factor barely above 1 cannot stall the caller.
     let mut rate = f64::from(exp.base_rate_per_minute.min(max));
-    for _ in 0..increases {
+    let factor = exp.increment_factor;
+    if !(factor.is_finite() && factor > 1.0) {
+        return (rate as u32).clamp(1, max);
+    }
+    for _ in 0..increases.min(MAX_RATE_INCREASES) {
         if rate >= f64::from(max) {
             break;
         }
-        rate *= exp.increment_factor;
+        rate *= factor;
     }
     let rate = rate.min(f64::from(max)).floor();
     // In 0..=max by the clamp above: the cast cannot truncate.
-    (rate as u32).max(1).min(max)
+    (rate as u32).clamp(1, max)
 }
 
 /// How many more executions may be released at `now`.
@@ -246,6 +256,27 @@ mod tests {
             current_rate(&config, &state),
             22,
             "10 × 1.5 × 1.5, rounded down"
+        );
+    }
+
+    #[test]
+    fn an_unvalidated_factor_neither_grows_the_rate_nor_stalls() {
+        for factor in [1.0, 0.5, f64::NAN, f64::INFINITY, 1.000_000_1] {
+            let config = exponential(1000, 7, factor, Some(1), None);
+            let state = RolloutState {
+                notified: u64::MAX,
+                ..RolloutState::default()
+            };
+            let rate = current_rate(&config, &state);
+            assert!((7..=1000).contains(&rate), "{factor}: {rate}");
+        }
+        let zero_max = RolloutConfig {
+            maximum_per_minute: 0,
+            exponential_rate: None,
+        };
+        assert_eq!(
+            released_allowance(&zero_max, &RolloutState::default(), 0),
+            0
         );
     }
 
