@@ -278,6 +278,8 @@ mod tests {
             released_allowance(&zero_max, &RolloutState::default(), 0),
             0
         );
+        let zero_exponential = exponential(0, 7, 2.0, Some(1), None);
+        assert_eq!(current_rate(&zero_exponential, &RolloutState::default()), 0);
     }
 
     #[test]
