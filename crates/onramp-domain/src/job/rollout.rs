@@ -7,16 +7,14 @@
 //! `baseRatePerMinute` and is multiplied by `incrementFactor` each time
 //! another `numberOfNotifiedThings` (or `numberOfSucceededThings`) things
 //! have been notified (or have succeeded), never above `maximumPerMinute`.
+//! Rates are whole executions per minute, rounded down, and each increase
+//! adds at least one.
 
 use super::{AbortConfig, AbortFailureType, RolloutConfig};
 use crate::UnixTime;
 
 /// The rollout window, in seconds.
 pub const ROLLOUT_WINDOW_SECONDS: i64 = 60;
-
-/// More increases than any valid factor needs to go from 1 to 1000 per
-/// minute (1.1^73 > 1000).
-const MAX_RATE_INCREASES: u64 = 1000;
 
 /// A job's rollout so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,24 +70,25 @@ pub fn current_rate(config: &RolloutConfig, state: &RolloutState) -> u32 {
         (None, None) => (0, 1),
     };
     let increases = count / u64::from(step.max(1));
-    // Multiplied step by step and stopped at the cap, so that no power is
-    // ever computed that could overflow or lose precision. A factor that
-    // validation would refuse never grows the rate, and the step count is
-    // bounded so that a factor barely above 1 cannot stall the caller.
-    let mut rate = f64::from(exp.base_rate_per_minute.min(max));
+    let base = exp.base_rate_per_minute.clamp(1, max);
     let factor = exp.increment_factor;
+    // A factor that validation would refuse never grows the rate.
     if !(factor.is_finite() && factor > 1.0) {
-        return (rate as u32).clamp(1, max);
+        return base;
     }
-    for _ in 0..increases.min(MAX_RATE_INCREASES) {
-        if rate >= f64::from(max) {
-            break;
-        }
-        rate *= factor;
+    // Applied one increase at a time in whole executions, so that a met
+    // criterion always raises the rate by at least one (1 × 1.1 would
+    // otherwise stay at 1 for ever) and no power can overflow. Each
+    // increase adds one or more, so the loop ends within `max` rounds.
+    let mut rate = base;
+    let mut applied = 0u64;
+    while applied < increases && rate < max {
+        let grown = (f64::from(rate) * factor).floor().min(f64::from(max));
+        // In rate..=max by the `min` above: the cast cannot truncate.
+        rate = (grown as u32).max(rate + 1).min(max);
+        applied += 1;
     }
-    let rate = rate.min(f64::from(max)).floor();
-    // In 0..=max by the clamp above: the cast cannot truncate.
-    (rate as u32).clamp(1, max)
+    rate
 }
 
 /// How many more executions may be released at `now`.
@@ -237,6 +236,23 @@ mod tests {
         assert_eq!(rate_at(4000), 800);
         assert_eq!(rate_at(5000), 1000, "capped by maximumPerMinute");
         assert_eq!(rate_at(u64::MAX), 1000);
+    }
+
+    #[test]
+    fn every_increase_adds_at_least_one_execution_per_minute() {
+        let config = exponential(1000, 1, 1.1, Some(10), None);
+        let rates: Vec<u32> = (0..5)
+            .map(|k| {
+                current_rate(
+                    &config,
+                    &RolloutState {
+                        notified: k * 10,
+                        ..RolloutState::default()
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(rates, [1, 2, 3, 4, 5]);
     }
 
     #[test]
@@ -445,6 +461,8 @@ mod tests {
                 prop_assert_eq!(rate, base);
             } else {
                 prop_assert!(rate > base || base == 1000);
+                let increases = notified / u64::from(step);
+                prop_assert!(u64::from(rate) >= (u64::from(base) + increases).min(1000));
             }
             // One more thing never lowers the rate.
             let more = if use_succeeded {
