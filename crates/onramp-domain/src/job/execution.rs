@@ -1279,10 +1279,13 @@ mod tests {
         #[test]
         fn a_timer_fires_at_its_deadline_and_not_a_second_before(
             in_progress in proptest::option::of(1u32..=10_080),
-            step in proptest::option::of(1u32..=10_080),
+            step_minutes in 1u32..=10_080,
+            with_step in any::<bool>(),
             started in 0i64..1_000_000,
         ) {
-            prop_assume!(in_progress.is_some() || step.is_some());
+            // At least one timer runs: the step timer whenever the job has no
+            // in-progress timer.
+            let step = (with_step || in_progress.is_none()).then_some(step_minutes);
             let config = JobConfig {
                 timeout_config: in_progress.map(|m| TimeoutConfig { in_progress_timeout_in_minutes: m }),
                 ..JobConfig::default()
