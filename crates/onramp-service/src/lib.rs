@@ -5,19 +5,23 @@
 
 mod admin;
 mod caller;
+mod device;
 mod enrolment;
 mod error;
 mod gateway;
 mod provisioning;
 mod ratelimit;
 mod refusals;
+mod scheduler;
 mod shadow;
 
 pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
 pub use caller::Caller;
+pub use device::{Audience, DeviceReply, MessageSink, RequestOrigin};
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
 pub use gateway::{Authorizer, DeviceIdentity};
+pub use onramp_domain::{DeviceRequest, ShadowOp, ShadowTopic};
 pub use onramp_store::IdentityChangeCursor;
 pub use provisioning::{
     ClaimContext, CreatedClaim, ProvisioningReply, ProvisioningSettings, TemplateDetail,
@@ -25,7 +29,7 @@ pub use provisioning::{
 };
 pub use ratelimit::{FailureLimit, FailureLimiter, RateLimit, RateLimiter};
 pub use refusals::RefusalAggregator;
-pub use shadow::{MessageSink, ShadowOp, ShadowTopic};
+pub use scheduler::ClusterTask;
 
 use onramp_pki::{CertificateAuthority, SecretHasher};
 use onramp_store::Store;
@@ -123,7 +127,7 @@ struct Inner {
     presence: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(String, String, bool)>>,
     /// Client for pre-provisioning hooks.
     http: reqwest::Client,
-    /// Where shadow replies are published; set by the gateway when it starts.
+    /// Where server-originated messages are published; set by the gateway when it starts.
     sink: std::sync::OnceLock<Arc<dyn MessageSink>>,
     /// Names this process as a shadow writer, so it skips its own writes when
     /// watching for changes made elsewhere.
@@ -174,8 +178,9 @@ impl Onramp {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// The registry's backend, for logs and `onramp init`: "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
     }
 
     pub fn ca(&self) -> &CertificateAuthority {

@@ -346,7 +346,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             cfg.data_dir.display(),
             issuing.subject_dn,
             issuing.fingerprint,
-            onramp.store().backend()
+            onramp.backend()
         );
         return Ok(());
     }

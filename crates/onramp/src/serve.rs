@@ -222,30 +222,13 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let addr = listener.local_addr()?;
     // Tests and scripts read the bound address (the port may be ephemeral).
     std::fs::write(cfg.data_dir.join("https.addr"), addr.to_string())?;
-    tracing::info!(%addr, backend = onramp.store().backend(), "onramp is serving HTTPS (EST, API, health, metrics)");
+    tracing::info!(%addr, backend = onramp.backend(), "onramp is serving HTTPS (EST, API, health, metrics)");
     println!("onramp listening on https://{addr}");
 
-    let sweeper = {
-        let onramp = onramp.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                onramp.sweep_rate_limits();
-            }
-        })
-    };
-    // Aggregated refusal audit rows are written when their window ends.
-    let refusal_audits = {
-        let onramp = onramp.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                onramp.flush_refusal_audits(false).await;
-            }
-        })
-    };
+    // Housekeeping (purges, expiry checks, compaction, shadow deltas,
+    // refusal audits) runs whether or not MQTT is enabled.
+    let (sched_stop_tx, sched_stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(onramp.clone().run_scheduler(sched_stop_rx));
     let app = onramp_http::router(onramp_http::AppState {
         onramp: onramp.clone(),
         metrics: Some(metrics),
@@ -255,9 +238,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     onramp_http::serve(listener, Arc::new(tls), app, cfg.http.limits(), stopped()).await?;
-    sweeper.abort();
-    refusal_audits.abort();
-    onramp.flush_refusal_audits(true).await;
+    let _ = sched_stop_tx.send(true);
+    let _ = scheduler.await;
     if let Some((served, maintenance)) = mqtt {
         maintenance.abort();
         let _ = served.await;
