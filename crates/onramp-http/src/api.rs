@@ -220,7 +220,7 @@ pub struct Listing<T> {
     pub next: Option<String>,
 }
 
-fn listing<T>(items: Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> Listing<T> {
+pub(crate) fn listing<T>(items: Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> Listing<T> {
     let next = if items.len() as u32 == page.limit {
         items.last().map(key)
     } else {

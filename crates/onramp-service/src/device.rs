@@ -35,7 +35,7 @@ pub struct DeviceReply {
 }
 
 impl DeviceReply {
-    fn to_subscribers(topic: String, payload: &Value) -> DeviceReply {
+    pub(crate) fn to_subscribers(topic: String, payload: &Value) -> DeviceReply {
         DeviceReply {
             topic,
             payload: payload.to_string().into_bytes(),
@@ -128,14 +128,7 @@ impl Onramp {
                     .map(|(t, body)| DeviceReply::to_subscribers(t, &body))
                     .collect()
             }
-            DeviceRequest::Jobs(topic) => vec![DeviceReply::to_subscribers(
-                format!("{}/rejected", topic.topic()),
-                &jobs_rejection(
-                    "InvalidRequest",
-                    "jobs are not available on this server",
-                    payload,
-                ),
-            )],
+            DeviceRequest::Jobs(topic) => self.jobs_request(origin.tenant, topic, payload).await,
             DeviceRequest::InvalidTopic { topic, .. } => {
                 metrics::counter!("onramp_device_requests_invalid_topic_total").increment(1);
                 vec![DeviceReply::to_subscribers(

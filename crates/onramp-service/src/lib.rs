@@ -9,6 +9,7 @@ mod device;
 mod enrolment;
 mod error;
 mod gateway;
+mod jobs;
 mod provisioning;
 mod ratelimit;
 mod refusals;
@@ -21,6 +22,7 @@ pub use device::{Audience, DeviceReply, MessageSink, RequestOrigin};
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
 pub use gateway::{Authorizer, DeviceIdentity};
+pub use jobs::{CreateJob, JobDescription, JobTargets, MAX_JOB_TARGETS};
 pub use onramp_domain::{DeviceRequest, ShadowOp, ShadowTopic};
 pub use onramp_store::IdentityChangeCursor;
 pub use provisioning::{
@@ -59,6 +61,8 @@ pub struct Settings {
     pub api_key_failures_per_source: FailureLimit,
     /// Refusals of the same kind within this window share one audit row.
     pub refusal_audit_window_secs: i64,
+    /// Jobs requests per thing; beyond it devices get RequestThrottled.
+    pub jobs_rate_per_thing: RateLimit,
 }
 
 impl Default for Settings {
@@ -92,6 +96,10 @@ impl Default for Settings {
                 max_backoff: std::time::Duration::from_secs(600),
             },
             refusal_audit_window_secs: 60,
+            jobs_rate_per_thing: RateLimit {
+                per_second: 20,
+                burst: 40,
+            },
         }
     }
 }
@@ -127,6 +135,10 @@ struct Inner {
     presence: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(String, String, bool)>>,
     /// Client for pre-provisioning hooks.
     http: reqwest::Client,
+    jobs_limiter: RateLimiter,
+    /// Job documents and configurations by (tenant, job id); both immutable.
+    #[allow(clippy::type_complexity)]
+    job_rules: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<jobs::JobRules>>>,
     /// Where server-originated messages are published; set by the gateway when it starts.
     sink: std::sync::OnceLock<Arc<dyn MessageSink>>,
     /// Names this process as a shadow writer, so it skips its own writes when
@@ -168,6 +180,8 @@ impl Onramp {
                     .build()
                     .unwrap_or_default(),
                 sink: std::sync::OnceLock::new(),
+                jobs_limiter: RateLimiter::new(settings.jobs_rate_per_thing),
+                job_rules: std::sync::Mutex::new(std::collections::HashMap::new()),
                 published_shadows: std::sync::Mutex::new(std::collections::HashMap::new()),
                 node_id: uuid::Uuid::new_v4().simple().to_string(),
                 store,

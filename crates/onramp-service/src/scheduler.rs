@@ -25,14 +25,17 @@ pub enum ClusterTask {
     ShadowCompaction,
     /// Identity-change rows every node has long read.
     IdentityChangePruning,
+    /// Job executions whose in-progress or step timer ran out.
+    JobTimeouts,
 }
 
 impl ClusterTask {
-    pub const ALL: [ClusterTask; 4] = [
+    pub const ALL: [ClusterTask; 5] = [
         ClusterTask::PendingCertificates,
         ClusterTask::ClaimExpiry,
         ClusterTask::ShadowCompaction,
         ClusterTask::IdentityChangePruning,
+        ClusterTask::JobTimeouts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl ClusterTask {
             ClusterTask::ClaimExpiry => "claim-expiry",
             ClusterTask::ShadowCompaction => "shadow-compaction",
             ClusterTask::IdentityChangePruning => "identity-change-pruning",
+            ClusterTask::JobTimeouts => "job-timeouts",
         }
     }
 }
@@ -55,6 +59,8 @@ impl Onramp {
             }
             ClusterTask::ClaimExpiry => 86_400,
             ClusterTask::ShadowCompaction | ClusterTask::IdentityChangePruning => 600,
+            // Timers are set in minutes; a few seconds late is within AWS's own precision.
+            ClusterTask::JobTimeouts => 5,
         }
     }
 
@@ -74,6 +80,10 @@ impl Onramp {
             }
             ClusterTask::IdentityChangePruning => {
                 self.prune_identity_changes().await?;
+            }
+            ClusterTask::JobTimeouts => {
+                // Drain: a batch at a time until nothing is overdue.
+                while self.expire_job_executions(now()).await? == 500 {}
             }
         }
         Ok(())

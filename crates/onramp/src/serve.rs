@@ -88,6 +88,7 @@ pub async fn open_onramp(cfg: &Config, data_dir: DataDir) -> Result<Onramp> {
         failures_per_serial: e.failures_per_serial.limit(),
         api_key_failures_per_source: cfg.http.api_key_failures_per_source.limit(),
         refusal_audit_window_secs: cfg.http.refusal_audit_window_secs.max(1),
+        jobs_rate_per_thing: onramp_service::Settings::default().jobs_rate_per_thing,
     };
     Ok(Onramp::new(store, ca, hasher, settings))
 }
