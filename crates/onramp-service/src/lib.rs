@@ -13,6 +13,7 @@ mod jobs;
 mod provisioning;
 mod ratelimit;
 mod refusals;
+mod rollout;
 mod scheduler;
 mod shadow;
 

@@ -27,15 +27,18 @@ pub enum ClusterTask {
     IdentityChangePruning,
     /// Job executions whose in-progress or step timer ran out.
     JobTimeouts,
+    /// Targets of paced rollouts, released at their configured rate.
+    JobRollouts,
 }
 
 impl ClusterTask {
-    pub const ALL: [ClusterTask; 5] = [
+    pub const ALL: [ClusterTask; 6] = [
         ClusterTask::PendingCertificates,
         ClusterTask::ClaimExpiry,
         ClusterTask::ShadowCompaction,
         ClusterTask::IdentityChangePruning,
         ClusterTask::JobTimeouts,
+        ClusterTask::JobRollouts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl ClusterTask {
             ClusterTask::ShadowCompaction => "shadow-compaction",
             ClusterTask::IdentityChangePruning => "identity-change-pruning",
             ClusterTask::JobTimeouts => "job-timeouts",
+            ClusterTask::JobRollouts => "job-rollouts",
         }
     }
 }
@@ -61,6 +65,7 @@ impl Onramp {
             ClusterTask::ShadowCompaction | ClusterTask::IdentityChangePruning => 600,
             // Timers are set in minutes; a few seconds late is within AWS's own precision.
             ClusterTask::JobTimeouts => 5,
+            ClusterTask::JobRollouts => 1,
         }
     }
 
@@ -84,6 +89,9 @@ impl Onramp {
             ClusterTask::JobTimeouts => {
                 // Drain: a batch at a time until nothing is overdue.
                 while self.expire_job_executions(now()).await? == 500 {}
+            }
+            ClusterTask::JobRollouts => {
+                self.release_rollouts(now()).await?;
             }
         }
         Ok(())

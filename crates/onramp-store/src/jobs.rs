@@ -31,11 +31,13 @@ pub struct JobRecord {
 
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Creates the job and queues its first executions in one transaction.
+    /// Creates the job, queues its first executions and records the targets
+    /// a paced rollout will release later, in one transaction.
     async fn create_job(
         &self,
         job: &JobRecord,
         executions: &[JobExecution],
+        waiting: &[String],
         audit: &AuditEntry,
     ) -> Result<()>;
     async fn get_job(&self, tenant: &str, job_id: &str) -> Result<Option<JobRecord>>;
@@ -77,6 +79,23 @@ pub trait JobStore: Send + Sync {
         expected_version: Option<u64>,
         retry: Option<&JobExecution>,
     ) -> Result<bool>;
+    /// Jobs still in progress with targets waiting for release.
+    async fn jobs_awaiting_release(&self) -> Result<Vec<(String, String)>>;
+    /// The saved state of a job's rollout (opaque JSON), if any.
+    async fn rollout_state(&self, tenant: &str, job_id: &str) -> Result<Option<String>>;
+    /// Releases up to `count` waiting targets of a job still in progress:
+    /// queues an execution for each, marks them released and saves the
+    /// rollout state, in one transaction. Returns the queued executions.
+    async fn release_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        count: u32,
+        now: UnixTime,
+        rollout_state: &str,
+    ) -> Result<Vec<JobExecution>>;
+    /// Drops a job's targets that were never released; returns how many.
+    async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64>;
     /// IN_PROGRESS executions whose timer ran out at `now`, oldest first.
     async fn overdue_executions(
         &self,
@@ -155,6 +174,7 @@ impl JobStore for SqlStore {
         &self,
         job: &JobRecord,
         executions: &[JobExecution],
+        waiting: &[String],
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
@@ -185,6 +205,17 @@ impl JobStore for SqlStore {
         }
         for e in executions {
             insert_execution(&mut tx, &job.tenant, e).await?;
+        }
+        for thing in waiting {
+            sqlx::query(
+                "INSERT INTO job_targets (tenant, job_id, thing_name, released_at) \
+                 VALUES ($1, $2, $3, NULL)",
+            )
+            .bind(&job.tenant)
+            .bind(&job.job_id)
+            .bind(thing)
+            .execute(&mut *tx)
+            .await?;
         }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
@@ -367,6 +398,101 @@ impl JobStore for SqlStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn jobs_awaiting_release(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT t.tenant, t.job_id FROM job_targets t JOIN jobs j \
+             ON j.tenant = t.tenant AND j.job_id = t.job_id \
+             WHERE t.released_at IS NULL AND j.status = 'IN_PROGRESS' ORDER BY t.tenant, t.job_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, r.try_get("job_id")?)))
+            .collect()
+    }
+
+    async fn rollout_state(&self, tenant: &str, job_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT rollout_state FROM jobs WHERE tenant = $1 AND job_id = $2")
+            .bind(tenant)
+            .bind(job_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        match row {
+            Some(r) => Ok(r.try_get("rollout_state")?),
+            None => Ok(None),
+        }
+    }
+
+    async fn release_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        count: u32,
+        now: UnixTime,
+        rollout_state: &str,
+    ) -> Result<Vec<JobExecution>> {
+        let mut tx = self.begin().await?;
+        // The job must still be in progress when the release commits: a
+        // cancel or abort that committed first stops it.
+        let saved = sqlx::query(
+            "UPDATE jobs SET rollout_state = $3, updated_at = $4 \
+             WHERE tenant = $1 AND job_id = $2 AND status = 'IN_PROGRESS'",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .bind(rollout_state)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if saved == 0 || count == 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT thing_name FROM job_targets WHERE tenant = $1 AND job_id = $2 \
+             AND released_at IS NULL ORDER BY thing_name LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .bind(i64::from(count))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut released = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let thing: String = r.try_get("thing_name")?;
+            let marked = sqlx::query(
+                "UPDATE job_targets SET released_at = $4 WHERE tenant = $1 AND job_id = $2 \
+                 AND thing_name = $3 AND released_at IS NULL",
+            )
+            .bind(tenant)
+            .bind(job_id)
+            .bind(&thing)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if marked == 1 {
+                let e = JobExecution::queued(job_id, &thing, now);
+                insert_execution(&mut tx, tenant, &e).await?;
+                released.push(e);
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM job_targets WHERE tenant = $1 AND job_id = $2 AND released_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn overdue_executions(
