@@ -361,7 +361,7 @@ async fn measure(args: &RevocationArgs, server: &Server) -> Result<Report> {
         }
     }
     drop(pings);
-    let counters = match feed_counters(&server).await {
+    let counters = match feed_counters(server).await {
         Ok(c) => Some(c),
         Err(e) => {
             progress(SCENARIO, &format!("reading /metrics failed: {e:#}"));

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Backend, Server, device_csr};
+use support::{Backend, Server, device_csr, metric_value};
 
 // ---- a raw TLS client, to hold connections open the way an attacker would ----
 
