@@ -120,15 +120,26 @@ fn install_metrics() -> Result<PrometheusHandle> {
         .context("installing the metrics recorder")
 }
 
-/// Binds one listener; a failure names the setting that chose the address,
-/// since the usual cause is another process on the port.
-async fn bind(addr: &str, what: &str, setting: &str) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "cannot listen on {addr} for the {what} (setting `{setting}`): another process, \
-             or another Onramp, may be using the port; choose another address"
-        )
-    })
+/// Binds one listener; a failure names the setting that chose the address
+/// (`setting`, its variable `env`, and any `alternative`).
+async fn bind(
+    addr: &str,
+    what: &str,
+    (setting, env, alternative): (&str, &str, &str),
+) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) => {
+            let taken = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process, or another Onramp, holds the port; "
+            } else {
+                ""
+            };
+            Err(anyhow::Error::new(e).context(format!(
+                "cannot listen on {addr} for the {what}: {taken}change `{setting}` ({env}){alternative}"
+            )))
+        }
+    }
 }
 
 pub async fn serve(cfg: Config) -> Result<()> {
@@ -171,7 +182,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
             bind(
                 listen,
                 "operations listener",
-                "ops.listen / ONRAMP_OPS__LISTEN, or \"off\"",
+                (
+                    "ops.listen",
+                    "ONRAMP_OPS__LISTEN",
+                    r#", or set it to "off""#,
+                ),
             )
             .await?,
         ),
@@ -230,7 +245,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let listener = bind(
             &m.listen,
             "MQTT listener",
-            "mqtt.listen / ONRAMP_MQTT__LISTEN",
+            (
+                "mqtt.listen",
+                "ONRAMP_MQTT__LISTEN",
+                ", or set `mqtt.enabled = false`",
+            ),
         )
         .await?;
         let addr = listener.local_addr()?;
@@ -252,7 +271,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let listener = bind(
         &cfg.http.listen,
         "HTTPS listener",
-        "http.listen / ONRAMP_HTTP__LISTEN",
+        ("http.listen", "ONRAMP_HTTP__LISTEN", ""),
     )
     .await?;
     let addr = listener.local_addr()?;
@@ -270,7 +289,12 @@ pub async fn serve(cfg: Config) -> Result<()> {
         }
         None => {
             let _ = std::fs::remove_file(cfg.data_dir.join("ops.addr"));
-            tracing::info!("the operations listener is off (ops.listen)");
+            let metrics = if cfg.http.metrics {
+                "/metrics is served on the HTTPS listener"
+            } else {
+                "/metrics is not served"
+            };
+            tracing::info!("the operations listener is off (ops.listen); {metrics}");
             None
         }
     };

@@ -134,10 +134,20 @@ fn a_taken_ops_port_stops_the_server_with_the_setting_to_change() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "cannot listen on {addr} for the operations listener"
-        )) && stderr.contains("ONRAMP_OPS__LISTEN")
-            && stderr.contains("in use"),
+            "cannot listen on {addr} for the operations listener: another process, or another \
+             Onramp, holds the port; change `ops.listen` (ONRAMP_OPS__LISTEN), or set it to \"off\""
+        )) && stderr.contains("Address already in use"),
         "{stderr}"
+    );
+    // docs/configuration.md shows the message as it is.
+    let shown = stderr
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_default()
+        .replace(&addr, "127.0.0.1:9464");
+    assert!(
+        include_str!("../../../docs/configuration.md").contains(&shown),
+        "docs/configuration.md does not show {shown:?}"
     );
     // Devices were never served.
     assert!(!stdout.contains("listening"), "{stdout}");
