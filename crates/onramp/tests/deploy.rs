@@ -465,6 +465,29 @@ fn the_dockerfile_health_check_and_ports_match_the_server_defaults() {
     }
 }
 
+#[test]
+fn the_binary_needs_no_library_the_runtime_image_lacks() {
+    // debian:bookworm-slim has glibc and libgcc; anything else (libssl, say)
+    // would have to be installed in the Dockerfile's runtime stage.
+    let out = Command::new("ldd").arg(bin()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let libs = text(&out.stdout);
+    let provided = [
+        "linux-vdso.so",
+        "libgcc_s.so",
+        "libm.so",
+        "libc.so",
+        "ld-linux",
+    ];
+    let extra: Vec<&str> = libs
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !provided.iter().any(|p| l.contains(p)))
+        .collect();
+    assert!(extra.is_empty(), "not in the runtime image: {extra:?}");
+    assert!(libs.contains("libc.so"), "{libs}");
+}
+
 // ---- the dashboard ----
 
 /// Every `onramp_*` name in the dashboard's queries (panel targets and

@@ -175,3 +175,31 @@ fn config_check_shows_the_listener_defaults() {
     assert_eq!(cfg["http"]["listen"], "0.0.0.0:8443");
     assert_eq!(cfg["mqtt"]["listen"], "0.0.0.0:8883");
 }
+
+#[test]
+fn config_check_refuses_a_listen_address_that_is_not_host_port() {
+    let out = Command::new(bin())
+        .args(["config", "check"])
+        .env_clear()
+        .env("ONRAMP_OPS__LISTEN", "9464")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ops.listen = \"9464\" is not a host:port address"),
+        "{err}"
+    );
+    // "off" is not an address but turns the listener off.
+    let out = Command::new(bin())
+        .args(["config", "check"])
+        .env_clear()
+        .env("ONRAMP_OPS__LISTEN", "off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
