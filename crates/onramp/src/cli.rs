@@ -38,12 +38,25 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration as `onramp serve` would (defaults, the --config
+    /// file, ONRAMP_* variables), refuse unknown keys and unusable listen
+    /// addresses, and print the effective settings as JSON (database
+    /// password hidden). Touches no data directory.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: EST, REST API, health and metrics over HTTPS. Creates
-    /// the data directory, CA and database on first start.
+    /// Run the server: EST, REST API and health over HTTPS, MQTT, and health,
+    /// readiness and metrics on the operations listener. Creates the data
+    /// directory, CA and database on first start.
     Serve,
     /// Create the data directory, CA and database without starting the server.
     Init,
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// The certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -333,6 +346,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Serve = cli.command {
         return serve(cfg).await;
     }
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        cfg.check_listen_addresses()?;
+        println!("{}", serde_json::to_string_pretty(&cfg.shown()?)?);
+        return Ok(());
+    }
     if let Command::Ca(CaCommand::Import { cert, key }) = &cli.command {
         import_ca(&cfg, cert, key)?;
         println!("imported the CA into {}", cfg.ca_dir().display());
@@ -354,9 +372,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     let caller = Caller::local(&cli.tenant);
     let out = Output { json: cli.json };
     match cli.command {
-        Command::Serve | Command::Init | Command::Ca(CaCommand::Import { .. }) => {
-            unreachable_command()
-        }
+        Command::Serve
+        | Command::Init
+        | Command::Config(_)
+        | Command::Ca(CaCommand::Import { .. }) => unreachable_command(),
         Command::Ca(CaCommand::Show) => {
             let ca = onramp.ca();
             let issuing = ca.issuing_info();

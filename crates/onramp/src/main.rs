@@ -4,6 +4,7 @@ mod cli;
 mod cli_provisioning;
 mod config;
 mod serve;
+mod telemetry;
 
 use anyhow::Result;
 use clap::Parser;
