@@ -69,6 +69,21 @@ pub struct JobDescription {
     pub completed_at: Option<UnixTime>,
     /// Executions per status (terminal ones included).
     pub execution_counts: BTreeMap<String, i64>,
+    /// Failures (FAILED, TIMED_OUT, REJECTED) by hardware revision and
+    /// device class, most first: a failure confined to one revision shows
+    /// at a glance. Empty in listings.
+    #[serde(default)]
+    pub failures_by_group: Vec<FailureGroup>,
+}
+
+/// Failed executions of one status among things of one hardware revision
+/// and device class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureGroup {
+    pub hardware_revision: Option<String>,
+    pub device_class: Option<String>,
+    pub status: String,
+    pub count: i64,
 }
 
 fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescription {
@@ -86,6 +101,7 @@ fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescripti
         updated_at: r.updated_at,
         completed_at: r.completed_at,
         execution_counts: counts,
+        failures_by_group: Vec::new(),
     }
 }
 
@@ -445,7 +461,7 @@ impl Onramp {
 
     /// Checks the abort criteria, then marks the job COMPLETED once none of
     /// its executions is pending and no target waits for the rollout.
-    async fn note_job_progress(&self, tenant: &str, job_id: &str) {
+    pub(crate) async fn note_job_progress(&self, tenant: &str, job_id: &str) {
         self.check_abort(tenant, job_id).await;
         let store = &self.inner.store;
         let Ok(counts) = store.job_execution_counts(tenant, job_id).await else {
@@ -463,8 +479,13 @@ impl Onramp {
             .await
             .map(|j| j.iter().any(|(t, id)| t == tenant && id == job_id))
             .unwrap_or(true);
+        let awaiting = store
+            .job_awaits_confirmation(tenant, job_id)
+            .await
+            .unwrap_or(true);
         if pending == 0
             && !waiting
+            && !awaiting
             && let Ok(Some(job)) = store.get_job(tenant, job_id).await
             && job.status == "IN_PROGRESS"
             && let Err(e) = store
@@ -523,11 +544,6 @@ impl Onramp {
             .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
         let config = JobConfig::from_json(&request.config)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        if config.success_confirmation.is_some() {
-            return Err(ServiceError::BadRequest(
-                "successConfirmation is not supported yet".into(),
-            ));
-        }
         let things = self.resolve_targets(tenant, &request.targets).await?;
         if things.is_empty() {
             return Err(ServiceError::BadRequest(
@@ -660,7 +676,21 @@ impl Onramp {
             .await?
             .into_iter()
             .collect();
-        Ok(describe_record(&record, counts))
+        let mut described = describe_record(&record, counts);
+        described.failures_by_group = store
+            .job_failures_by_group(&caller.tenant, job_id)
+            .await?
+            .into_iter()
+            .map(
+                |(hardware_revision, device_class, status, count)| FailureGroup {
+                    hardware_revision,
+                    device_class,
+                    status,
+                    count,
+                },
+            )
+            .collect();
+        Ok(described)
     }
 
     /// Jobs in id order.

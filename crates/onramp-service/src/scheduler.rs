@@ -29,16 +29,19 @@ pub enum ClusterTask {
     JobTimeouts,
     /// Targets of paced rollouts, released at their configured rate.
     JobRollouts,
+    /// Successes awaiting confirmation by the firmware version devices report.
+    JobConfirmations,
 }
 
 impl ClusterTask {
-    pub const ALL: [ClusterTask; 6] = [
+    pub const ALL: [ClusterTask; 7] = [
         ClusterTask::PendingCertificates,
         ClusterTask::ClaimExpiry,
         ClusterTask::ShadowCompaction,
         ClusterTask::IdentityChangePruning,
         ClusterTask::JobTimeouts,
         ClusterTask::JobRollouts,
+        ClusterTask::JobConfirmations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl ClusterTask {
             ClusterTask::IdentityChangePruning => "identity-change-pruning",
             ClusterTask::JobTimeouts => "job-timeouts",
             ClusterTask::JobRollouts => "job-rollouts",
+            ClusterTask::JobConfirmations => "job-confirmations",
         }
     }
 }
@@ -66,6 +70,7 @@ impl Onramp {
             // Timers are set in minutes; a few seconds late is within AWS's own precision.
             ClusterTask::JobTimeouts => 5,
             ClusterTask::JobRollouts => 1,
+            ClusterTask::JobConfirmations => 5,
         }
     }
 
@@ -92,6 +97,9 @@ impl Onramp {
             }
             ClusterTask::JobRollouts => {
                 self.release_rollouts(now()).await?;
+            }
+            ClusterTask::JobConfirmations => {
+                self.confirm_job_executions(now()).await?;
             }
         }
         Ok(())

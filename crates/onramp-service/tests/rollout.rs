@@ -211,3 +211,120 @@ async fn abort_on_sqlite() {
 async fn abort_on_postgres() {
     abort_at_the_threshold_cancels_queued_and_drops_waiting(true).await;
 }
+
+async fn thing_with(o: &Onramp, name: &str, hw: &str, fw: &str) {
+    o.create_token(
+        &caller(),
+        &TokenRequest {
+            serial_number: name.into(),
+            thing_name: None,
+            profile: DeviceProfile {
+                device_class: Some("sensor".into()),
+                hardware_revision: Some(hw.into()),
+                firmware_version: Some(fw.into()),
+            },
+            ttl_secs: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn report_firmware(o: &Onramp, thing: &str, version: &str) {
+    let topic = onramp_domain::ShadowTopic {
+        thing_name: thing.into(),
+        shadow_name: None,
+        op: onramp_domain::ShadowOp::Update,
+    };
+    let body = json!({"state": {"reported": {"firmware_version": version}}}).to_string();
+    o.shadow_request(DEFAULT_TENANT, &topic, body.as_bytes())
+        .await
+        .unwrap();
+}
+
+async fn status_of(o: &Onramp, job: &str, thing: &str) -> (JobExecutionStatus, Option<String>) {
+    let e = executions(o, job)
+        .await
+        .into_iter()
+        .filter(|e| e.thing_name == thing)
+        .max_by_key(|e| e.execution_number)
+        .unwrap();
+    (e.status, e.failure_reason.map(|r| format!("{r:?}")))
+}
+
+async fn success_counts_only_once_the_device_reports_the_target_version(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    thing_with(&o, "honest", "rev-a", "1.0.0").await;
+    thing_with(&o, "liar", "rev-b", "1.0.0").await;
+    thing_with(&o, "broken", "rev-b", "1.0.0").await;
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "fw-2".into(),
+            description: None,
+            document: br#"{"firmware":"2.0.0"}"#.to_vec(),
+            targets: JobTargets {
+                things: vec!["honest".into(), "liar".into(), "broken".into()],
+                thing_groups: vec![],
+            },
+            config: json!({"successConfirmation": {"firmwareVersion": "2.0.0", "withinMinutes": 10}}),
+        },
+    )
+    .await
+    .unwrap();
+    for t in ["honest", "liar"] {
+        assert!(update(&o, t, "fw-2", "SUCCEEDED").await[0].ends_with("/accepted"));
+    }
+    assert!(update(&o, "broken", "fw-2", "FAILED").await[0].ends_with("/accepted"));
+    let t = onramp_service::now();
+    // Nobody runs 2.0.0 yet: both successes wait, the job is not complete.
+    assert_eq!(o.confirm_job_executions(t).await.unwrap(), 0);
+    assert_eq!(
+        o.describe_job(&caller(), "fw-2").await.unwrap().status,
+        "IN_PROGRESS"
+    );
+    // The honest device reports the new version (as 2.0: versions compare as versions).
+    report_firmware(&o, "honest", "2.0").await;
+    // The other one rolled back and keeps reporting the old version.
+    report_firmware(&o, "liar", "1.0.0").await;
+    assert_eq!(o.confirm_job_executions(t + 1).await.unwrap(), 1);
+    assert_eq!(
+        status_of(&o, "fw-2", "honest").await,
+        (JobExecutionStatus::Succeeded, None)
+    );
+    assert_eq!(
+        status_of(&o, "fw-2", "liar").await,
+        (JobExecutionStatus::Succeeded, None)
+    );
+    // Past the deadline the unconfirmed success becomes a failure.
+    assert_eq!(o.confirm_job_executions(t + 601).await.unwrap(), 1);
+    assert_eq!(
+        status_of(&o, "fw-2", "liar").await,
+        (JobExecutionStatus::Failed, Some("NotConfirmed".into()))
+    );
+    let job = o.describe_job(&caller(), "fw-2").await.unwrap();
+    assert_eq!(job.status, "COMPLETED");
+    assert_eq!(job.execution_counts.get("SUCCEEDED"), Some(&1));
+    assert_eq!(job.execution_counts.get("FAILED"), Some(&2));
+    // Both failures share hardware revision rev-b: one glance shows it.
+    assert_eq!(
+        job.failures_by_group,
+        vec![onramp_service::FailureGroup {
+            hardware_revision: Some("rev-b".into()),
+            device_class: Some("sensor".into()),
+            status: "FAILED".into(),
+            count: 2,
+        }]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_on_sqlite() {
+    success_counts_only_once_the_device_reports_the_target_version(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_on_postgres() {
+    success_counts_only_once_the_device_reports_the_target_version(true).await;
+}

@@ -5,7 +5,7 @@
 use crate::sql::{SqlStore, insert_audit};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
-use onramp_domain::job::{JobExecution, JobExecutionStatus};
+use onramp_domain::job::{Confirmation, JobExecution, JobExecutionStatus};
 use onramp_domain::{AuditEntry, Page, UnixTime};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -96,6 +96,18 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<JobExecution>>;
     /// Drops a job's targets that were never released; returns how many.
     async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64>;
+    /// A job's failed, timed-out and rejected executions counted by the
+    /// hardware revision and device class of their things:
+    /// `(hardware_revision, device_class, status, count)`.
+    async fn job_failures_by_group(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>>;
+    /// SUCCEEDED executions still awaiting confirmation, earliest deadline first.
+    async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>>;
+    /// Whether any success of the job still awaits confirmation.
+    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool>;
     /// IN_PROGRESS executions whose timer ran out at `now`, oldest first.
     async fn overdue_executions(
         &self,
@@ -131,11 +143,16 @@ fn encode(e: &JobExecution) -> Result<String> {
     serde_json::to_string(e).map_err(|err| StoreError::Corrupt(format!("job execution: {err}")))
 }
 
-/// The deadline column: only running executions have a timer to watch.
+/// The deadline column: a running execution's timer, or the confirmation
+/// deadline of a success that awaits confirmation by firmware version.
 fn deadline(e: &JobExecution) -> Option<i64> {
-    (e.status == JobExecutionStatus::InProgress)
-        .then(|| e.deadline())
-        .flatten()
+    match (&e.status, &e.confirmation) {
+        (JobExecutionStatus::InProgress, _) => e.deadline(),
+        (JobExecutionStatus::Succeeded, Some(Confirmation::Pending { deadline, .. })) => {
+            Some(*deadline)
+        }
+        _ => None,
+    }
 }
 
 fn version(v: u64) -> i64 {
@@ -493,6 +510,62 @@ impl JobStore for SqlStore {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn job_failures_by_group(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT d.hardware_revision AS hardware_revision, d.device_class AS device_class, \
+             e.status AS status, COUNT(*) AS n FROM job_executions e \
+             LEFT JOIN devices d ON d.tenant = e.tenant AND d.thing_name = e.thing_name \
+             WHERE e.tenant = $1 AND e.job_id = $2 \
+             AND e.status IN ('FAILED', 'TIMED_OUT', 'REJECTED') \
+             GROUP BY d.hardware_revision, d.device_class, e.status \
+             ORDER BY COUNT(*) DESC, e.status",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("hardware_revision")?,
+                    r.try_get("device_class")?,
+                    r.try_get("status")?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, execution FROM job_executions WHERE deadline IS NOT NULL \
+             AND status = 'SUCCEEDED' ORDER BY deadline LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, execution_from_row(r)?)))
+            .collect()
+    }
+
+    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             AND status = 'SUCCEEDED' AND deadline IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_one(&self.reader)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n > 0)
     }
 
     async fn overdue_executions(

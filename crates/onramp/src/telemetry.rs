@@ -98,6 +98,7 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "identity-change-pruning",
         "job-timeouts",
         "job-rollouts",
+        "job-confirmations",
     ] {
         for outcome in ["ok", "failed"] {
             all.push((
@@ -105,6 +106,9 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 vec![("task", task), ("outcome", outcome)],
             ));
         }
+    }
+    for outcome in ["confirmed", "not_confirmed"] {
+        all.push(("onramp_job_confirmations_total", vec![("outcome", outcome)]));
     }
     for op in ["get_pending", "start_next", "describe", "update"] {
         for outcome in ["accepted", "rejected"] {
@@ -194,6 +198,10 @@ fn describe() {
         "Job executions written, by the status they reached"
     );
     describe_counter!("onramp_jobs_created_total", "Jobs created");
+    describe_counter!(
+        "onramp_job_confirmations_total",
+        "Successes settled by the firmware version devices reported: confirmed or not"
+    );
     describe_counter!(
         "onramp_job_rollout_released_total",
         "Job executions released by paced rollouts"
