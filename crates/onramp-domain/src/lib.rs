@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod enrolment;
+pub mod fleet;
 pub mod job;
 pub mod json;
 pub mod lifecycle;

@@ -36,9 +36,18 @@ pub struct JobCreate {
     /// Thing names.
     #[serde(default)]
     pub targets: Vec<String>,
-    /// Thing groups: their members when the job is created.
+    /// Thing groups: their members when the job is created (and later, with
+    /// CONTINUOUS selection).
     #[serde(default)]
     pub thing_groups: Vec<String>,
+    /// A dynamic group: registry fields, attributes and a condition on
+    /// reported shadow state, e.g. `{"hardwareRevision": "b", "firmwareLt": "2.0"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub query: Option<onramp_domain::fleet::FleetQuery>,
+    /// `SNAPSHOT` (default) or `CONTINUOUS`.
+    #[serde(default)]
+    pub target_selection: Option<String>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub config: serde_json::Map<String, serde_json::Value>,
@@ -54,6 +63,15 @@ pub async fn create_job(
 ) -> Result<(StatusCode, Json<JobDescription>), ApiError> {
     let document = serde_json::to_vec(&body.document)
         .map_err(|e| ApiError(ServiceError::BadRequest(e.to_string())))?;
+    let continuous = match body.target_selection.as_deref() {
+        None | Some("SNAPSHOT") => false,
+        Some("CONTINUOUS") => true,
+        Some(other) => {
+            return Err(ApiError(ServiceError::BadRequest(format!(
+                "targetSelection must be SNAPSHOT or CONTINUOUS, not {other:?}"
+            ))));
+        }
+    };
     let job = s
         .onramp
         .create_job(
@@ -65,7 +83,9 @@ pub async fn create_job(
                 targets: JobTargets {
                     things: body.targets,
                     thing_groups: body.thing_groups,
+                    query: body.query,
                 },
+                continuous,
                 config: serde_json::Value::Object(body.config),
             },
         )

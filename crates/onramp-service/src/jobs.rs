@@ -31,14 +31,18 @@ pub(crate) struct JobRules {
     pub config: JobConfig,
 }
 
-/// What to target: things by name and thing groups (every thing that is a
-/// member when the job is created).
+/// What to target: things by name, thing groups, and a dynamic group
+/// defined by a fleet query. With SNAPSHOT selection the members at
+/// creation are targeted; with CONTINUOUS, things that join a group or
+/// start matching the query later are targeted too.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobTargets {
     #[serde(default)]
     pub things: Vec<String>,
     #[serde(default)]
     pub thing_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<onramp_domain::fleet::FleetQuery>,
 }
 
 /// CreateJob.
@@ -49,6 +53,8 @@ pub struct CreateJob {
     /// The job document: a JSON object of at most 32 KB.
     pub document: Vec<u8>,
     pub targets: JobTargets,
+    /// Target things added later too (CONTINUOUS) or not (SNAPSHOT, the default).
+    pub continuous: bool,
     /// The configuration members (timeoutConfig, jobExecutionsRetryConfig, ...).
     pub config: Value,
 }
@@ -544,8 +550,12 @@ impl Onramp {
             .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
         let config = JobConfig::from_json(&request.config)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        if let Some(q) = &request.targets.query {
+            q.validate()
+                .map_err(|e| ServiceError::BadRequest(format!("query: {e}")))?;
+        }
         let things = self.resolve_targets(tenant, &request.targets).await?;
-        if things.is_empty() {
+        if things.is_empty() && !request.continuous {
             return Err(ServiceError::BadRequest(
                 "the job targets no thing: give things or thing groups with members".into(),
             ));
@@ -582,7 +592,11 @@ impl Onramp {
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
             targets: serde_json::to_string(&request.targets)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
-            target_selection: "SNAPSHOT".into(),
+            target_selection: if request.continuous {
+                "CONTINUOUS".into()
+            } else {
+                "SNAPSHOT".into()
+            },
             created_by: caller.actor.clone(),
             created_at: at,
             updated_at: at,
@@ -621,7 +635,11 @@ impl Onramp {
         self.describe_job(caller, &request.job_id).await
     }
 
-    async fn resolve_targets(&self, tenant: &str, targets: &JobTargets) -> Result<Vec<String>> {
+    pub(crate) async fn resolve_targets(
+        &self,
+        tenant: &str,
+        targets: &JobTargets,
+    ) -> Result<Vec<String>> {
         let mut things = std::collections::BTreeSet::new();
         for t in &targets.things {
             if self.inner.store.get_device(tenant, t).await?.is_none() {
@@ -629,7 +647,7 @@ impl Onramp {
             }
             things.insert(t.clone());
         }
-        if !targets.thing_groups.is_empty() {
+        if !targets.thing_groups.is_empty() || targets.query.is_some() {
             let mut after: Option<String> = None;
             loop {
                 let page = self
@@ -646,6 +664,21 @@ impl Onramp {
                         .iter()
                         .any(|g| targets.thing_groups.contains(g))
                     {
+                        things.insert(d.thing_name.clone());
+                        continue;
+                    }
+                    let Some(q) = &targets.query else { continue };
+                    let shadow = if q.needs_shadow() {
+                        self.inner
+                            .store
+                            .get_shadow(tenant, &d.thing_name, "")
+                            .await?
+                            .and_then(|s| s.document)
+                            .and_then(|doc| serde_json::from_str(&doc).ok())
+                    } else {
+                        None
+                    };
+                    if q.matches(d, shadow.as_ref()) {
                         things.insert(d.thing_name.clone());
                     }
                 }

@@ -323,3 +323,61 @@ impl Onramp {
         Ok(changed)
     }
 }
+
+impl Onramp {
+    /// Adds to each continuous job the things that joined its groups or
+    /// started matching its query since: queued at once, or waiting for the
+    /// rollout when the job is paced. Returns how many things were added.
+    pub async fn extend_continuous_jobs(&self, at: UnixTime) -> Result<usize> {
+        let store = &self.inner.store;
+        let mut added = 0;
+        for (tenant, job_id) in store.continuous_jobs().await? {
+            let Some(record) = store.get_job(&tenant, &job_id).await? else {
+                continue;
+            };
+            let Ok(targets) = serde_json::from_str::<crate::JobTargets>(&record.targets) else {
+                tracing::warn!(job = %job_id, "a continuous job's targets do not parse");
+                continue;
+            };
+            let known: std::collections::BTreeSet<String> = store
+                .job_target_names(&tenant, &job_id)
+                .await?
+                .into_iter()
+                .collect();
+            // Named things are fixed at creation; groups and queries move.
+            let moving = crate::JobTargets {
+                things: Vec::new(),
+                ..targets
+            };
+            let fresh: Vec<String> = self
+                .resolve_targets(&tenant, &moving)
+                .await?
+                .into_iter()
+                .filter(|t| !known.contains(t))
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            let paced = self
+                .job_rules(&tenant, &job_id)
+                .await?
+                .is_some_and(|r| r.config.job_executions_rollout_config.is_some());
+            added += fresh.len();
+            if paced {
+                store.add_job_targets(&tenant, &job_id, &[], &fresh).await?;
+            } else {
+                let executions: Vec<JobExecution> = fresh
+                    .iter()
+                    .map(|t| JobExecution::queued(&job_id, t, at))
+                    .collect();
+                let queued = store
+                    .add_job_targets(&tenant, &job_id, &executions, &[])
+                    .await?;
+                metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
+                    .increment(queued.len() as u64);
+                self.notify_released(&tenant, &queued).await;
+            }
+        }
+        Ok(added)
+    }
+}

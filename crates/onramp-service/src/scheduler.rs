@@ -31,10 +31,12 @@ pub enum ClusterTask {
     JobRollouts,
     /// Successes awaiting confirmation by the firmware version devices report.
     JobConfirmations,
+    /// Things that joined a continuous job's groups or query.
+    JobContinuous,
 }
 
 impl ClusterTask {
-    pub const ALL: [ClusterTask; 7] = [
+    pub const ALL: [ClusterTask; 8] = [
         ClusterTask::PendingCertificates,
         ClusterTask::ClaimExpiry,
         ClusterTask::ShadowCompaction,
@@ -42,6 +44,7 @@ impl ClusterTask {
         ClusterTask::JobTimeouts,
         ClusterTask::JobRollouts,
         ClusterTask::JobConfirmations,
+        ClusterTask::JobContinuous,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +56,7 @@ impl ClusterTask {
             ClusterTask::JobTimeouts => "job-timeouts",
             ClusterTask::JobRollouts => "job-rollouts",
             ClusterTask::JobConfirmations => "job-confirmations",
+            ClusterTask::JobContinuous => "job-continuous",
         }
     }
 }
@@ -71,6 +75,7 @@ impl Onramp {
             ClusterTask::JobTimeouts => 5,
             ClusterTask::JobRollouts => 1,
             ClusterTask::JobConfirmations => 5,
+            ClusterTask::JobContinuous => 10,
         }
     }
 
@@ -100,6 +105,9 @@ impl Onramp {
             }
             ClusterTask::JobConfirmations => {
                 self.confirm_job_executions(now()).await?;
+            }
+            ClusterTask::JobContinuous => {
+                self.extend_continuous_jobs(now()).await?;
             }
         }
         Ok(())

@@ -89,7 +89,9 @@ async fn rollout_is_paced_survives_a_restart_and_releases_each_target_once(postg
             targets: JobTargets {
                 things: targets.clone(),
                 thing_groups: vec![],
+                query: None,
             },
+            continuous: false,
             config: json!({"jobExecutionsRolloutConfig": {"maximumPerMinute": 10}}),
         },
     )
@@ -146,7 +148,9 @@ async fn abort_at_the_threshold_cancels_queued_and_drops_waiting(postgres: bool)
             targets: JobTargets {
                 things: targets.clone(),
                 thing_groups: vec![],
+                query: None,
             },
+            continuous: false,
             config: json!({
                 "jobExecutionsRolloutConfig": {"maximumPerMinute": 6},
                 "abortConfig": {"criteriaList": [{"failureType": "FAILED", "action": "CANCEL",
@@ -267,7 +271,9 @@ async fn success_counts_only_once_the_device_reports_the_target_version(postgres
             targets: JobTargets {
                 things: vec!["honest".into(), "liar".into(), "broken".into()],
                 thing_groups: vec![],
+                query: None,
             },
+            continuous: false,
             config: json!({"successConfirmation": {"firmwareVersion": "2.0.0", "withinMinutes": 10}}),
         },
     )
@@ -327,4 +333,115 @@ async fn confirmation_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmation_on_postgres() {
     success_counts_only_once_the_device_reports_the_target_version(true).await;
+}
+
+async fn a_continuous_query_job_reaches_things_that_match_later(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    thing_with(&o, "old-b", "b", "1.2.0").await;
+    thing_with(&o, "new-b", "b", "2.1.0").await;
+    thing_with(&o, "old-a", "a", "1.2.0").await;
+    let query =
+        serde_json::from_value(json!({"hardwareRevision": "b", "firmwareLt": "2.0"})).unwrap();
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "fix-b".into(),
+            description: None,
+            document: br#"{"op":"patch"}"#.to_vec(),
+            targets: JobTargets {
+                things: vec![],
+                thing_groups: vec![],
+                query: Some(query),
+            },
+            continuous: true,
+            config: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    let names = |v: Vec<JobExecution>| v.into_iter().map(|e| e.thing_name).collect::<Vec<_>>();
+    assert_eq!(names(executions(&o, "fix-b").await), vec!["old-b"]);
+    // Nothing new: nothing added.
+    assert_eq!(
+        o.extend_continuous_jobs(onramp_service::now())
+            .await
+            .unwrap(),
+        0
+    );
+    // A thing registered later that matches gets the job; one that does not, does not.
+    thing_with(&o, "later-b", "b", "1.9.9").await;
+    thing_with(&o, "later-a", "a", "1.0.0").await;
+    assert_eq!(
+        o.extend_continuous_jobs(onramp_service::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        names(executions(&o, "fix-b").await),
+        vec!["later-b", "old-b"]
+    );
+    // Once added, never added twice.
+    assert_eq!(
+        o.extend_continuous_jobs(onramp_service::now())
+            .await
+            .unwrap(),
+        0
+    );
+    // A snapshot job on reported state targets only things whose shadow matches.
+    report_firmware(&o, "old-a", "0.9").await;
+    let query = serde_json::from_value(
+        json!({"reported": {"path": "firmware_version", "op": "lt", "value": "1.0"}}),
+    )
+    .unwrap();
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "by-shadow".into(),
+            description: None,
+            document: br#"{"op":"patch"}"#.to_vec(),
+            targets: JobTargets {
+                things: vec![],
+                thing_groups: vec![],
+                query: Some(query),
+            },
+            continuous: false,
+            config: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(executions(&o, "by-shadow").await), vec!["old-a"]);
+    // A bad query is refused with its reason.
+    let bad = serde_json::from_value(json!({"firmwareLt": "bogus"})).unwrap();
+    let err = o
+        .create_job(
+            &caller(),
+            CreateJob {
+                job_id: "bad".into(),
+                description: None,
+                document: br#"{}"#.to_vec(),
+                targets: JobTargets {
+                    things: vec![],
+                    thing_groups: vec![],
+                    query: Some(bad),
+                },
+                continuous: false,
+                config: json!({}),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a version"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_on_sqlite() {
+    a_continuous_query_job_reaches_things_that_match_later(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_on_postgres() {
+    a_continuous_query_job_reaches_things_that_match_later(true).await;
 }

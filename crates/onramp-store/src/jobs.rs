@@ -104,6 +104,20 @@ pub trait JobStore: Send + Sync {
         tenant: &str,
         job_id: &str,
     ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>>;
+    /// Continuous jobs still in progress.
+    async fn continuous_jobs(&self) -> Result<Vec<(String, String)>>;
+    /// Every thing a job already targets: released or waiting.
+    async fn job_target_names(&self, tenant: &str, job_id: &str) -> Result<Vec<String>>;
+    /// Adds things to a job still in progress: queued executions and
+    /// targets waiting for its rollout, in one transaction. Things the job
+    /// already targets are skipped. Returns the executions queued.
+    async fn add_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        executions: &[JobExecution],
+        waiting: &[String],
+    ) -> Result<Vec<JobExecution>>;
     /// SUCCEEDED executions still awaiting confirmation, earliest deadline first.
     async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>>;
     /// Whether any success of the job still awaits confirmation.
@@ -540,6 +554,89 @@ impl JobStore for SqlStore {
                 ))
             })
             .collect()
+    }
+
+    async fn continuous_jobs(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, job_id FROM jobs WHERE status = 'IN_PROGRESS' \
+             AND target_selection = 'CONTINUOUS' ORDER BY tenant, job_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, r.try_get("job_id")?)))
+            .collect()
+    }
+
+    async fn job_target_names(&self, tenant: &str, job_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT thing_name FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             UNION SELECT thing_name FROM job_targets WHERE tenant = $1 AND job_id = $2",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("thing_name")?)).collect()
+    }
+
+    async fn add_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        executions: &[JobExecution],
+        waiting: &[String],
+    ) -> Result<Vec<JobExecution>> {
+        let mut tx = self.begin().await?;
+        let live = sqlx::query(
+            "UPDATE jobs SET updated_at = updated_at WHERE tenant = $1 AND job_id = $2 \
+             AND status = 'IN_PROGRESS'",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if live == 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let targeted = |thing: &str| {
+            sqlx::query(
+                "SELECT 1 AS x FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+                 AND thing_name = $3 UNION SELECT 1 AS x FROM job_targets \
+                 WHERE tenant = $1 AND job_id = $2 AND thing_name = $3",
+            )
+            .bind(tenant.to_string())
+            .bind(job_id.to_string())
+            .bind(thing.to_string())
+        };
+        let mut queued = Vec::new();
+        for e in executions {
+            if targeted(&e.thing_name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none()
+            {
+                insert_execution(&mut tx, tenant, e).await?;
+                queued.push(e.clone());
+            }
+        }
+        for thing in waiting {
+            if targeted(thing).fetch_optional(&mut *tx).await?.is_none() {
+                sqlx::query(
+                    "INSERT INTO job_targets (tenant, job_id, thing_name, released_at) \
+                     VALUES ($1, $2, $3, NULL)",
+                )
+                .bind(tenant)
+                .bind(job_id)
+                .bind(thing)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(queued)
     }
 
     async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>> {

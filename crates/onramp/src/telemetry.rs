@@ -99,6 +99,7 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "job-timeouts",
         "job-rollouts",
         "job-confirmations",
+        "job-continuous",
     ] {
         for outcome in ["ok", "failed"] {
             all.push((
