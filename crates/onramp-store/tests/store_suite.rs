@@ -3087,7 +3087,7 @@ async fn concurrent_writes_of_one_job_execution_have_exactly_one_winner(db: Db) 
     store
         .create_job(
             &job_record("j1"),
-            &[queued.clone()],
+            std::slice::from_ref(&queued),
             &[],
             &audit(DEFAULT_TENANT, "job.create", "job:j1"),
         )
