@@ -524,13 +524,9 @@ impl Onramp {
                 continue;
             };
             let docs = |id: &str| rules.get(id).map(|r| r.document.clone());
-            for reply in
-                notification_replies(&thing, job::notifications(&before, &after, at, &docs))
-            {
-                if let Ok(body) = serde_json::from_slice::<Value>(&reply.payload) {
-                    self.publish(tenant, reply.topic, &body);
-                }
-            }
+            let replies =
+                notification_replies(&thing, job::notifications(&before, &after, at, &docs));
+            self.publish_everywhere(tenant, replies).await;
         }
     }
 

@@ -181,8 +181,31 @@ impl Onramp {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_limit_sweep = std::time::Instant::now();
                 let mut last_audit_flush = std::time::Instant::now();
+                // Messages other nodes publish for every node's subscribers.
+                let relay = onramp.inner.sink.get().is_some() && onramp.backend() == "postgres";
+                let mut outbox = if relay {
+                    match onramp.outbox_head().await {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not read the outbox head; retrying");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 loop {
                     tick.tick().await;
+                    if relay {
+                        match outbox.as_mut() {
+                            Some(cursor) => {
+                                if let Err(e) = onramp.relay_outbox(cursor).await {
+                                    tracing::warn!(error = %e, "outbox read failed; retrying");
+                                }
+                            }
+                            None => outbox = onramp.outbox_head().await.ok(),
+                        }
+                    }
                     // Shadows written by the CLI or another node: their
                     // deltas go to this node's subscribers.
                     if onramp.inner.sink.get().is_some()
