@@ -20,7 +20,7 @@ fn replays_audited(s: &Server) -> usize {
         "est.simpleenroll.replay",
         "--limit",
         "1000",
-    ])
+    ])["items"]
     .as_array()
     .unwrap()
     .len()

@@ -1029,7 +1029,7 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
     let report = s.cli(&["--json", "claim", "check-expiry"]);
     assert!(report.status.success());
     let expiring: Value = serde_json::from_slice(&report.stdout).unwrap();
-    let serials: Vec<&str> = expiring
+    let serials: Vec<&str> = expiring["items"]
         .as_array()
         .unwrap()
         .iter()
