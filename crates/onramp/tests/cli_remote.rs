@@ -198,6 +198,10 @@ impl Cli<'_> {
     }
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 fn enrol(s: &Server, thing: &str) {
     let token = s.token(thing);
     let dev = device_csr(&s.path(""), thing, &format!("/CN={thing}"));
@@ -568,9 +572,80 @@ fn every_api_command_prints_the_same_locally_and_remotely() {
         &[(ar.as_str(), al.as_str())],
     );
 
-    // Registered CAs.
+    // Registered CAs: a manufacturer CA for each mode.
     c.same(&["ca", "registration-code"]);
-    c.same(&["ca", "registered"]);
+    for name in ["MCA-L", "MCA-R"] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &p(&format!("{name}.key")),
+            "-out",
+            &p(&format!("{name}.pem")),
+        ]);
+    }
+    let swap = [("MCA-R", "MCA-L")];
+    let (pl, pr) = (p("MCA-L.pem"), p("MCA-R.pem"));
+    let reg = |pem: &str| {
+        [
+            "ca",
+            "register",
+            "--cert",
+            pem,
+            "--auto-registration",
+            "off",
+        ]
+        .map(String::from)
+    };
+    let (rl, rr) = (reg(&pl), reg(&pr));
+    let registered = c.pair_json(&strs(&rl), &strs(&rr), &swap);
+    assert_eq!(registered["status"], "active");
+    let mut ids: Vec<(String, String)> = s.cli_json(&["ca", "registered"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ca| {
+            (
+                ca["subject"].to_string(),
+                ca["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    ids.sort();
+    assert!(
+        ids[0].0.contains("MCA-L") && ids[1].0.contains("MCA-R"),
+        "{ids:?}"
+    );
+    for verb in [
+        &["deactivate"][..],
+        &["activate"],
+        &["auto-registration", "off"],
+        &["revoke"],
+    ] {
+        let with = |id: &str| -> Vec<String> {
+            let mut v = vec!["ca".to_string(), verb[0].to_string(), id.to_string()];
+            v.extend(verb[1..].iter().map(|a| a.to_string()));
+            v
+        };
+        let (al, ar) = (with(&ids[0].1), with(&ids[1].1));
+        let ca = c.pair_json(&strs(&al), &strs(&ar), &swap);
+        assert!(ca["subject"].as_str().unwrap().contains("MCA-L"), "{ca}");
+    }
+    let listed = c.same(&["ca", "registered"]);
+    assert!(listed.contains("revoked"), "{listed}");
     c.same_error(&["ca", "deactivate", "nope"], "not_found");
 
     // The audit log, as both modes see it.

@@ -21,9 +21,9 @@ fn replays_audited(s: &Server) -> usize {
         "--limit",
         "1000",
     ])["items"]
-    .as_array()
-    .unwrap()
-    .len()
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn same_request_gets_the_same_certificate(backend: Backend) {
