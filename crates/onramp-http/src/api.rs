@@ -424,7 +424,9 @@ pub async fn create_token(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// The `next` of the previous page.
     pub after: Option<String>,
+    /// 1–1000, default 100.
     pub limit: Option<u32>,
 }
 
@@ -515,7 +517,9 @@ pub async fn allowlist_remove(
 pub struct CertListParams {
     pub thing_name: Option<String>,
     pub status: Option<CertStatus>,
+    /// The `next` of the previous page.
     pub after: Option<String>,
+    /// 1–1000, default 100.
     pub limit: Option<u32>,
 }
 
@@ -590,6 +594,7 @@ pub struct AuditParams {
     pub since: Option<i64>,
     /// Entries older than this id (newest first).
     pub before_id: Option<i64>,
+    /// 1–1000, default 100.
     pub limit: Option<u32>,
 }
 
