@@ -82,8 +82,10 @@ pub struct Identity {
     pub role: Role,
 }
 
+/// Where admin operations run: the local services as the local operator, or
+/// a running server's API with an API key.
 pub enum Admin {
-    Local(Box<Onramp>, Caller),
+    Local(Onramp, Caller),
     Remote(ApiClient),
 }
 
@@ -91,7 +93,7 @@ macro_rules! local_or_remote {
     ($self:ident, $local:pat => $l:expr, $remote:pat => $r:expr) => {
         match $self {
             Admin::Local(o, c) => {
-                let $local = (o.as_ref(), c);
+                let $local = (o, c);
                 svc($l.await)
             }
             Admin::Remote($remote) => $r,
@@ -227,7 +229,7 @@ impl Admin {
         local_or_remote!(self,
             (o, c) => o.allowlist_import_csv(c, csv),
             api => added(api.send(reqwest::Method::POST, "/api/v1/allowlist/import",
-                Body::Text(csv.to_string(), "text/csv")).await?))
+                Body::Raw(csv.as_bytes().to_vec(), "text/csv")).await?))
     }
 
     pub async fn allowlist_remove(&self, serial: &str) -> Result<()> {
@@ -304,7 +306,7 @@ impl Admin {
         local_or_remote!(self,
             (o, c) => o.put_policy(c, name, document),
             api => api.send(reqwest::Method::PUT, &format!("/api/v1/policies/{}", seg(name)),
-                Body::Text(document.to_string(), "application/json")).await)
+                Body::Raw(document.as_bytes().to_vec(), "application/json")).await)
     }
 
     pub async fn attach_policy(&self, name: &str, target: &PolicyTarget) -> Result<()> {
@@ -362,10 +364,8 @@ impl Admin {
                     path.push_str(&format!("?name={}", seg(n)));
                 }
                 let body = match topic.op {
-                    ShadowOp::Update => Body::Text(
-                        String::from_utf8_lossy(body).into_owned(),
-                        "application/json",
-                    ),
+                    // Bytes as given: the server judges the encoding, as locally.
+                    ShadowOp::Update => Body::Raw(body.to_vec(), "application/json"),
                     _ => Body::None,
                 };
                 let (status, text) = api.raw(method, &path, body).await?;
@@ -620,10 +620,12 @@ fn settings_json(s: &TemplateSettings) -> serde_json::Map<String, Value> {
     m
 }
 
+/// A request body.
 pub enum Body {
     None,
     Json(Value),
-    Text(String, &'static str),
+    /// A body with its content type.
+    Raw(Vec<u8>, &'static str),
 }
 
 /// A client of a running server's `/api/v1`, authenticated with an API key.
@@ -692,7 +694,7 @@ impl ApiClient {
         req = match body {
             Body::None => req,
             Body::Json(v) => req.json(&v),
-            Body::Text(t, ct) => req.header(reqwest::header::CONTENT_TYPE, ct).body(t),
+            Body::Raw(b, ct) => req.header(reqwest::header::CONTENT_TYPE, ct).body(b),
         };
         let resp = req.send().await.map_err(|e| self.connection_error(&e))?;
         let status = resp.status();

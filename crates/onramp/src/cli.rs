@@ -17,7 +17,8 @@ use onramp_service::{Caller, TokenRequest};
 use serde::Serialize;
 use std::path::PathBuf;
 
-#[derive(Debug, Parser)]
+// No Debug: the parsed command line holds the API key.
+#[derive(Parser)]
 #[command(
     name = "onramp",
     version,
@@ -522,7 +523,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             init_logging(&cfg);
             let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
             let tenant = cli.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
-            Admin::Local(Box::new(onramp), Caller::local(tenant))
+            Admin::Local(onramp, Caller::local(tenant))
         }
     };
     admin_command(&admin, &out, cli.command).await

@@ -8,11 +8,22 @@ use std::path::{Path, PathBuf};
 
 /// What `onramp login` stores. The CA is stored as PEM text, so the file
 /// keeps working when the exported CA file is moved or deleted.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct Credentials {
     pub server: String,
     pub api_key: String,
     pub ca_pem: Option<String>,
+}
+
+/// Never prints the API key.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("server", &self.server)
+            .field("api_key", &"<redacted>")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .finish()
+    }
 }
 
 /// Where the credentials file lives: `$ONRAMP_CREDENTIALS`, else
@@ -97,7 +108,7 @@ impl Credentials {
 }
 
 /// The server options as given on the command line or in the environment.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RemoteArgs {
     pub server: Option<String>,
     pub api_key: Option<String>,
@@ -161,6 +172,7 @@ mod tests {
             ca_pem: Some("-----BEGIN CERTIFICATE-----\nAAA=\n-----END CERTIFICATE-----\n".into()),
         };
         assert_eq!(Credentials::from_toml(&c.to_toml()).unwrap(), c);
+        assert!(!format!("{c:?}").contains("onr_"), "{c:?}");
     }
 
     #[test]
