@@ -6,12 +6,14 @@
 
 pub mod audit;
 pub mod enrolment;
+pub mod job;
 pub mod json;
 pub mod lifecycle;
 pub mod names;
 pub mod policy;
 pub mod provisioning;
 pub mod registry;
+pub mod request;
 pub mod role;
 pub mod shadow;
 pub mod template;
@@ -26,6 +28,7 @@ pub use enrolment::{
 pub use lifecycle::{DeviceStatus, LifecycleAction, TransitionError};
 pub use names::{NameError, validate_serial_number, validate_thing_name};
 pub use registry::*;
+pub use request::{DeviceRequest, JobsOp, JobsTopic, ShadowOp, ShadowTopic};
 pub use role::{Permission, Role};
 pub use version::{FirmwareVersion, validate_version_bound, version_sort_key};
 

@@ -8,10 +8,10 @@ use crate::wire::{
 };
 use futures_util::{SinkExt, StreamExt};
 use onramp_broker::{Message, QoS, SessionId};
+use onramp_domain::DeviceRequest;
 use onramp_domain::policy::{Action, Resource};
-use onramp_domain::provisioning::{ProvisioningRejection, ProvisioningTopic};
 use onramp_domain::topic::{parse_subscription, validate_topic_name};
-use onramp_service::{Authorizer, ClaimContext, DeviceIdentity, ServiceError, ShadowTopic};
+use onramp_service::{Audience, Authorizer, ClaimContext, DeviceIdentity, ServiceError};
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
 use std::net::SocketAddr;
@@ -203,7 +203,7 @@ async fn admit(
 
 /// Topics only the server publishes on.
 fn is_reserved_for_server(topic: &str) -> bool {
-    topic.starts_with("$aws/events/")
+    onramp_domain::request::is_server_only(topic)
 }
 
 struct Session {
@@ -503,33 +503,17 @@ impl Session {
                     QoS::AtMostOnce
                 };
                 metrics::counter!("onramp_mqtt_messages_in_total", "qos" => if qos == QoS::AtLeastOnce { "1" } else { "0" }).increment(1);
-                // Fleet-provisioning requests are answered on this connection
-                // only: the replies carry private keys and tokens.
-                if let Some(request) = ProvisioningTopic::parse(&topic) {
+                // Requests on reserved topics (provisioning, shadows, jobs) go
+                // to the service; its replies come back addressed either to
+                // this connection or to subscribers.
+                if let Some(request) = DeviceRequest::parse(&topic) {
                     if let Some(id) = packet_id
                         && qos == QoS::AtLeastOnce
                         && sink.send(wire::puback(v, id, false)).await.is_err()
                     {
                         return Some(End::Lost);
                     }
-                    return self.provision(sink, &request, &payload).await;
-                }
-                // Shadow requests go to the shadow service, which answers on
-                // the /accepted and /rejected topics once the write is durable.
-                if let Some(request) = ShadowTopic::parse(&topic) {
-                    let _ = self
-                        .gw
-                        .onramp
-                        .shadow_request(&self.tenant, &request, &payload)
-                        .await;
-                    return match packet_id {
-                        Some(id) if qos == QoS::AtLeastOnce => sink
-                            .send(wire::puback(v, id, false))
-                            .await
-                            .err()
-                            .map(|_| End::Lost),
-                        _ => None,
-                    };
+                    return self.answer(sink, &request, &payload).await;
                 }
                 let message = Message::new(&topic, payload, qos, retain);
                 if retain && !self.retain(&message).await {
@@ -617,51 +601,50 @@ impl Session {
         }
     }
 
-    async fn provision(
+    async fn answer(
         &mut self,
         sink: &mut Sink,
-        request: &ProvisioningTopic,
+        request: &DeviceRequest,
         payload: &[u8],
     ) -> Option<End> {
-        let reply = match &self.claim {
-            Some(claim) => {
-                self.gw
-                    .onramp
-                    .provisioning_request(
-                        claim,
-                        &self.tenant,
-                        &self.client_id,
-                        &self.source,
-                        request,
-                        payload,
-                    )
-                    .await
+        let origin = onramp_service::RequestOrigin {
+            tenant: &self.tenant,
+            client_id: &self.client_id,
+            source: &self.source,
+            claim: self.claim.as_ref(),
+        };
+        let replies = self
+            .gw
+            .onramp
+            .device_request(&origin, request, payload)
+            .await;
+        for reply in replies {
+            match reply.audience {
+                Audience::Subscribers => {
+                    let message =
+                        Message::new(&reply.topic, reply.payload, QoS::AtLeastOnce, false);
+                    self.gw.hub.publish(&self.tenant, &message);
+                }
+                Audience::Requester => {
+                    if !self
+                        .authorizer
+                        .allows(Action::Receive, Resource::Topic(&reply.topic))
+                    {
+                        continue;
+                    }
+                    let out = onramp_broker::Outgoing {
+                        message: Message::new(&reply.topic, reply.payload, QoS::AtMostOnce, false),
+                        packet_id: None,
+                        dup: false,
+                    };
+                    count_out(&out);
+                    if sink.send(wire::publish(self.version, &out)).await.is_err() {
+                        return Some(End::Lost);
+                    }
+                }
             }
-            None => onramp_service::ProvisioningReply {
-                topic: request.rejected(),
-                payload: ProvisioningRejection::access_denied(
-                    "only a claim certificate may use fleet provisioning",
-                )
-                .to_json(),
-                accepted: false,
-            },
-        };
-        if !self
-            .authorizer
-            .allows(Action::Receive, Resource::Topic(&reply.topic))
-        {
-            return None;
         }
-        let out = onramp_broker::Outgoing {
-            message: Message::new(&reply.topic, reply.payload, QoS::AtMostOnce, false),
-            packet_id: None,
-            dup: false,
-        };
-        count_out(&out);
-        sink.send(wire::publish(self.version, &out))
-            .await
-            .err()
-            .map(|_| End::Lost)
+        None
     }
 
     fn subscribe_one(&mut self, text: &str, qos: u8) -> Result<QoS, SubscribeRefusal> {
@@ -698,22 +681,16 @@ impl Session {
     /// Keeps the retained message in memory and durably; the PUBACK waits for it.
     async fn retain(&self, message: &Message) -> bool {
         self.gw.hub.set_retained(&self.tenant, message);
-        let store = self.gw.onramp.store();
-        let result = if message.payload.is_empty() {
-            store.delete_retained(&self.tenant, &message.topic).await
-        } else {
-            store
-                .put_retained(
-                    &onramp_domain::RetainedRecord {
-                        tenant: self.tenant.clone(),
-                        topic: message.topic.to_string(),
-                        payload: message.payload.to_vec(),
-                        qos: message.qos as u8,
-                    },
-                    onramp_service::now(),
-                )
-                .await
-        };
+        let result = self
+            .gw
+            .onramp
+            .retain_message(
+                &self.tenant,
+                &message.topic,
+                &message.payload,
+                message.qos as u8,
+            )
+            .await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "retained message not persisted");
         }

@@ -240,7 +240,6 @@ impl Gateway {
     pub async fn restore_retained(&self) -> Result<usize, String> {
         let records = self
             .onramp
-            .store()
             .load_retained()
             .await
             .map_err(|e| e.to_string())?;
@@ -265,58 +264,21 @@ impl Gateway {
         let mut tick = tokio::time::interval(self.settings.revocation_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = std::time::Instant::now();
-        let mut last_compaction = std::time::Instant::now();
         let mut last_roots = std::time::Instant::now();
         let mut trusted: Vec<Vec<u8>> = self
             .onramp
             .active_registered_ca_ders()
             .await
             .unwrap_or_default();
-        let mut last_pending_purge = std::time::Instant::now();
-        // The first claim-expiry check runs a minute after start.
-        let mut last_claim_check = std::time::Instant::now()
-            .checked_sub(Duration::from_secs(86_400 - 60))
-            .unwrap_or_else(std::time::Instant::now);
         loop {
             tick.tick().await;
-            let now = onramp_service::now();
             if last_roots.elapsed() >= Duration::from_secs(1) {
                 last_roots = std::time::Instant::now();
                 self.refresh_client_roots(&mut trusted).await;
             }
-            // Expired ownership tokens are looked for at least twice per token lifetime.
-            let ttl = self.onramp.settings().provisioning.ownership_token_ttl_secs;
-            let purge_every = Duration::from_secs((ttl / 2).clamp(1, 60) as u64);
-            if last_pending_purge.elapsed() >= purge_every {
-                last_pending_purge = std::time::Instant::now();
-                if let Err(e) = self.onramp.purge_expired_pending_certificates().await {
-                    tracing::warn!(error = %e, "pending certificate purge failed");
-                }
-            }
-            if last_claim_check.elapsed() >= Duration::from_secs(86_400) {
-                last_claim_check = std::time::Instant::now();
-                if let Err(e) = self.onramp.check_claim_expiry().await {
-                    tracing::warn!(error = %e, "claim certificate expiry check failed");
-                }
-            }
             if let Err(e) = self.apply_identity_changes().await {
                 metrics::counter!("onramp_mqtt_identity_feed_errors_total").increment(1);
                 tracing::warn!(error = %e, "identity change check failed; retrying");
-            }
-            // Shadows written by the CLI or another node: their deltas go out from here.
-            if let Err(e) = self.onramp.publish_shadow_changes(now - 2).await {
-                tracing::warn!(error = %e, "shadow change check failed");
-            }
-            if last_compaction.elapsed() >= Duration::from_secs(600) {
-                last_compaction = std::time::Instant::now();
-                if let Err(e) = self.onramp.prune_identity_changes().await {
-                    tracing::warn!(error = %e, "identity change pruning failed");
-                }
-                match self.onramp.compact_shadow_history(7 * 86_400, 100).await {
-                    Ok(n) if n > 0 => tracing::info!(removed = n, "compacted shadow history"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "shadow history compaction failed"),
-                }
             }
             if last_sweep.elapsed() >= Duration::from_secs(10) {
                 last_sweep = std::time::Instant::now();

@@ -223,11 +223,11 @@ pub struct Listing<T> {
 }
 
 /// The operator's page, refused when the limit is out of range.
-fn checked_page(after: Option<String>, limit: Option<u32>) -> Result<Page, ApiError> {
+pub(crate) fn checked_page(after: Option<String>, limit: Option<u32>) -> Result<Page, ApiError> {
     Page::checked(after, limit).map_err(|e| ApiError(ServiceError::BadRequest(e)))
 }
 
-fn listing<T>(items: Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> Listing<T> {
+pub(crate) fn listing<T>(items: Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> Listing<T> {
     let next = if items.len() as u32 == page.limit {
         items.last().map(key)
     } else {

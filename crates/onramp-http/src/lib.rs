@@ -6,6 +6,7 @@
 mod api;
 mod error;
 mod est;
+mod jobs_api;
 mod openapi;
 mod ops;
 mod server;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(est::routes())
         .merge(api::routes())
+        .merge(jobs_api::routes())
         .merge(ops::routes())
         .with_state(state)
 }

@@ -62,6 +62,38 @@ fn policy_name_ok(name: &str) -> bool {
 }
 
 impl Onramp {
+    /// Keeps a retained message durably (an empty payload clears the topic).
+    pub async fn retain_message(
+        &self,
+        tenant: &str,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+    ) -> Result<()> {
+        let store = &self.inner.store;
+        if payload.is_empty() {
+            store.delete_retained(tenant, topic).await?;
+        } else {
+            store
+                .put_retained(
+                    &onramp_domain::RetainedRecord {
+                        tenant: tenant.to_string(),
+                        topic: topic.to_string(),
+                        payload: payload.to_vec(),
+                        qos,
+                    },
+                    now(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every retained message, for a broker starting up.
+    pub async fn load_retained(&self) -> Result<Vec<onramp_domain::RetainedRecord>> {
+        Ok(self.inner.store.load_retained().await?)
+    }
+
     /// The head of the identity-change feed (see [`Onramp::identity_changes`]).
     pub async fn identity_change_head(&self) -> Result<onramp_store::IdentityChangeCursor> {
         Ok(self.inner.store.identity_change_head().await?)

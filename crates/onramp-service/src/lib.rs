@@ -5,19 +5,25 @@
 
 mod admin;
 mod caller;
+mod device;
 mod enrolment;
 mod error;
 mod gateway;
+mod jobs;
 mod provisioning;
 mod ratelimit;
 mod refusals;
+mod scheduler;
 mod shadow;
 
 pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
 pub use caller::Caller;
+pub use device::{Audience, DeviceReply, MessageSink, RequestOrigin};
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
 pub use gateway::{Authorizer, DeviceIdentity};
+pub use jobs::{CreateJob, JobDescription, JobTargets, MAX_JOB_TARGETS};
+pub use onramp_domain::{DeviceRequest, ShadowOp, ShadowTopic};
 pub use onramp_store::IdentityChangeCursor;
 pub use provisioning::{
     ClaimContext, CreatedClaim, ProvisioningReply, ProvisioningSettings, TemplateDetail,
@@ -25,7 +31,7 @@ pub use provisioning::{
 };
 pub use ratelimit::{FailureLimit, FailureLimiter, RateLimit, RateLimiter};
 pub use refusals::RefusalAggregator;
-pub use shadow::{MessageSink, ShadowOp, ShadowTopic};
+pub use scheduler::ClusterTask;
 
 use onramp_pki::{CertificateAuthority, SecretHasher};
 use onramp_store::Store;
@@ -55,6 +61,8 @@ pub struct Settings {
     pub api_key_failures_per_source: FailureLimit,
     /// Refusals of the same kind within this window share one audit row.
     pub refusal_audit_window_secs: i64,
+    /// Jobs requests per thing; beyond it devices get RequestThrottled.
+    pub jobs_rate_per_thing: RateLimit,
 }
 
 impl Default for Settings {
@@ -88,6 +96,10 @@ impl Default for Settings {
                 max_backoff: std::time::Duration::from_secs(600),
             },
             refusal_audit_window_secs: 60,
+            jobs_rate_per_thing: RateLimit {
+                per_second: 20,
+                burst: 40,
+            },
         }
     }
 }
@@ -123,7 +135,11 @@ struct Inner {
     presence: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(String, String, bool)>>,
     /// Client for pre-provisioning hooks.
     http: reqwest::Client,
-    /// Where shadow replies are published; set by the gateway when it starts.
+    jobs_limiter: RateLimiter,
+    /// Job documents and configurations by (tenant, job id); both immutable.
+    #[allow(clippy::type_complexity)]
+    job_rules: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<jobs::JobRules>>>,
+    /// Where server-originated messages are published; set by the gateway when it starts.
     sink: std::sync::OnceLock<Arc<dyn MessageSink>>,
     /// Names this process as a shadow writer, so it skips its own writes when
     /// watching for changes made elsewhere.
@@ -164,6 +180,8 @@ impl Onramp {
                     .build()
                     .unwrap_or_default(),
                 sink: std::sync::OnceLock::new(),
+                jobs_limiter: RateLimiter::new(settings.jobs_rate_per_thing),
+                job_rules: std::sync::Mutex::new(std::collections::HashMap::new()),
                 published_shadows: std::sync::Mutex::new(std::collections::HashMap::new()),
                 node_id: uuid::Uuid::new_v4().simple().to_string(),
                 store,
@@ -174,8 +192,9 @@ impl Onramp {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// The registry's backend, for logs and `onramp init`: "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
     }
 
     pub fn ca(&self) -> &CertificateAuthority {

@@ -5,76 +5,13 @@
 //! and publishes the replies and the delta.
 
 use crate::{Caller, Onramp, now};
-use onramp_domain::Permission;
 use onramp_domain::shadow::{
     ShadowDocument, ShadowError, ShadowLimits, apply_update, client_token_for_reply,
     delete_response, get_response, parse_client_token, parse_update_request, validate_shadow_name,
 };
+use onramp_domain::{Permission, ShadowOp, ShadowTopic};
 use onramp_store::StoredShadow;
 use serde_json::Value;
-
-/// Publishes server-originated messages (shadow replies, deltas) to MQTT subscribers.
-pub trait MessageSink: Send + Sync {
-    fn publish(&self, tenant: &str, topic: &str, payload: Vec<u8>);
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShadowOp {
-    Get,
-    Update,
-    Delete,
-}
-
-impl ShadowOp {
-    fn as_str(self) -> &'static str {
-        match self {
-            ShadowOp::Get => "get",
-            ShadowOp::Update => "update",
-            ShadowOp::Delete => "delete",
-        }
-    }
-}
-
-/// A request topic: `$aws/things/{thing}/shadow[/name/{shadow}]/{get|update|delete}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowTopic {
-    pub thing_name: String,
-    /// None for the classic (unnamed) shadow.
-    pub shadow_name: Option<String>,
-    pub op: ShadowOp,
-}
-
-impl ShadowTopic {
-    pub fn parse(topic: &str) -> Option<ShadowTopic> {
-        let rest = topic.strip_prefix("$aws/things/")?;
-        let (thing, rest) = rest.split_once("/shadow/")?;
-        let (shadow_name, op) = match rest.strip_prefix("name/") {
-            Some(named) => {
-                let (name, op) = named.split_once('/')?;
-                (Some(name.to_string()), op)
-            }
-            None => (None, rest),
-        };
-        let op = match op {
-            "get" => ShadowOp::Get,
-            "update" => ShadowOp::Update,
-            "delete" => ShadowOp::Delete,
-            _ => return None,
-        };
-        Some(ShadowTopic {
-            thing_name: thing.to_string(),
-            shadow_name,
-            op,
-        })
-    }
-
-    fn base(&self) -> String {
-        match &self.shadow_name {
-            Some(n) => format!("$aws/things/{}/shadow/name/{n}", self.thing_name),
-            None => format!("$aws/things/{}/shadow", self.thing_name),
-        }
-    }
-}
 
 /// Attempts at a compare-and-set write before giving up on a very hot shadow.
 const CAS_ATTEMPTS: usize = 32;
@@ -92,17 +29,6 @@ fn decode(stored: &StoredShadow) -> Result<Option<ShadowDocument>, ShadowError> 
 }
 
 impl Onramp {
-    /// Registers where shadow replies and deltas are published (the gateway).
-    pub fn set_message_sink(&self, sink: std::sync::Arc<dyn MessageSink>) {
-        let _ = self.inner.sink.set(sink);
-    }
-
-    fn publish(&self, tenant: &str, topic: String, payload: &Value) {
-        if let Some(sink) = self.inner.sink.get() {
-            sink.publish(tenant, &topic, payload.to_string().into_bytes());
-        }
-    }
-
     fn shadow_limits(&self) -> ShadowLimits {
         ShadowLimits::default()
     }
@@ -123,22 +49,24 @@ impl Onramp {
         }
     }
 
-    /// Handles one shadow request from MQTT or REST, publishes the replies
+    /// Handles one shadow request and returns what it answers: the accepted
+    /// payload or the rejection, and every message for subscribers
     /// (`/accepted` or `/rejected`, and for updates `/update/delta` and
-    /// `/update/documents`) and returns the accepted payload.
-    pub async fn shadow_request(
+    /// `/update/documents`), in the order they must be published.
+    pub(crate) async fn shadow_replies(
         &self,
         tenant: &str,
         topic: &ShadowTopic,
         payload: &[u8],
-    ) -> Result<Value, ShadowError> {
+    ) -> (Result<Value, ShadowError>, Vec<(String, Value)>) {
         let limits = self.shadow_limits();
         let base = topic.base();
         let op = topic.op.as_str();
         let result = self
             .shadow_request_inner(tenant, topic, payload, &limits)
             .await;
-        match &result {
+        let mut replies = Vec::new();
+        match result {
             Ok((accepted, extra)) => {
                 if topic.op == ShadowOp::Update
                     && let Some(v) = accepted.get("version").and_then(Value::as_i64)
@@ -150,23 +78,38 @@ impl Onramp {
                         v,
                     );
                 }
-                self.publish(tenant, format!("{base}/{op}/accepted"), accepted);
+                replies.push((format!("{base}/{op}/accepted"), accepted.clone()));
                 for (suffix, body) in extra {
-                    self.publish(tenant, format!("{base}/{suffix}"), body);
+                    replies.push((format!("{base}/{suffix}"), body));
                 }
                 metrics::counter!("onramp_shadow_requests_total", "op" => op, "outcome" => "accepted").increment(1);
+                (Ok(accepted), replies)
             }
             Err(e) => {
                 let token = client_token_for_reply(payload, &limits);
-                self.publish(
-                    tenant,
+                replies.push((
                     format!("{base}/{op}/rejected"),
-                    &e.to_reject_json(token.as_deref(), now()),
-                );
+                    e.to_reject_json(token.as_deref(), now()),
+                ));
                 metrics::counter!("onramp_shadow_requests_total", "op" => op, "outcome" => "rejected").increment(1);
+                (Err(e), replies)
             }
         }
-        result.map(|(accepted, _)| accepted)
+    }
+
+    /// A shadow request from outside MQTT (REST, the CLI): answered like a
+    /// device's, with the replies published to MQTT subscribers.
+    pub async fn shadow_request(
+        &self,
+        tenant: &str,
+        topic: &ShadowTopic,
+        payload: &[u8],
+    ) -> Result<Value, ShadowError> {
+        let (result, replies) = self.shadow_replies(tenant, topic, payload).await;
+        for (topic, body) in replies {
+            self.publish(tenant, topic, &body);
+        }
+        result
     }
 
     async fn shadow_request_inner(
@@ -342,7 +285,7 @@ impl Onramp {
                 "version": doc.version,
                 "timestamp": now(),
             });
-            self.publish(&c.tenant, format!("{}/update/delta", topic.base()), &body);
+            self.publish(&c.tenant, topic.delta_topic(), &body);
             published += 1;
         }
         Ok(published)
@@ -458,39 +401,5 @@ impl Onramp {
             .store
             .compact_shadow_history(now() - window_secs, keep_versions)
             .await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shadow_topics_parse_for_classic_and_named_shadows() {
-        assert_eq!(
-            ShadowTopic::parse("$aws/things/D1/shadow/update"),
-            Some(ShadowTopic {
-                thing_name: "D1".into(),
-                shadow_name: None,
-                op: ShadowOp::Update
-            })
-        );
-        assert_eq!(
-            ShadowTopic::parse("$aws/things/D1/shadow/name/cfg/get"),
-            Some(ShadowTopic {
-                thing_name: "D1".into(),
-                shadow_name: Some("cfg".into()),
-                op: ShadowOp::Get
-            })
-        );
-        for not_a_request in [
-            "$aws/things/D1/shadow/update/accepted",
-            "$aws/things/D1/shadow/update/delta",
-            "$aws/things/D1/shadow/name/cfg",
-            "things/D1/shadow/update",
-            "$aws/things/D1/jobs/get",
-        ] {
-            assert_eq!(ShadowTopic::parse(not_a_request), None, "{not_a_request}");
-        }
     }
 }

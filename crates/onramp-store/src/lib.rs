@@ -9,10 +9,12 @@
 //!
 //! The store knows nothing of HTTP, MQTT or certificates' bytes beyond storing them.
 
+mod jobs;
 mod provisioning;
 mod sql;
 pub mod testing;
 
+pub use jobs::{JobRecord, JobStore};
 pub use provisioning::{
     OwnershipClaim, PolicyToAttach, ProvisioningStore, RegistrationCommit, RegistrationOutcome,
 };
@@ -171,6 +173,15 @@ pub struct ShadowChange {
     pub shadow: StoredShadow,
 }
 
+/// The answer to [`Store::claim_task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskClaim {
+    /// This holder runs the task now.
+    Won,
+    /// Not due, or another holder has it: ask again at this time.
+    NotBefore(UnixTime),
+}
+
 /// A new enrolment token (its hash; the token itself is never stored).
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -185,7 +196,7 @@ pub struct NewToken {
 }
 
 #[async_trait]
-pub trait Store: ProvisioningStore + Send + Sync + 'static {
+pub trait Store: ProvisioningStore + JobStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
@@ -358,6 +369,22 @@ pub trait Store: ProvisioningStore + Send + Sync + 'static {
     /// Forgets identity changes recorded before `before`; readers are seconds
     /// behind, never days. Returns how many were removed.
     async fn prune_identity_changes(&self, before: UnixTime) -> Result<u64>;
+
+    // Periodic tasks shared by the nodes of one database.
+    /// Takes the task for `holder` if it is due (last run at least
+    /// `period_secs` ago) and no other holder's lease is unexpired; the lease
+    /// then lasts `lease_secs`. Returns the claim, or when to ask again.
+    async fn claim_task(
+        &self,
+        name: &str,
+        holder: &str,
+        now: UnixTime,
+        period_secs: i64,
+        lease_secs: i64,
+    ) -> Result<TaskClaim>;
+    /// Records a run that `holder` finished at `now` and releases the lease.
+    /// False when the lease had passed to another holder meanwhile.
+    async fn finish_task(&self, name: &str, holder: &str, now: UnixTime) -> Result<bool>;
 
     // Shadows.
     /// The stored shadow (its JSON document, or None when deleted) and its version.

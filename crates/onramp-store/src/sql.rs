@@ -7,7 +7,7 @@
 
 use crate::{
     EnrolmentCommit, IdentityChangeCursor, NewToken, Result, ShadowChange, Store, StoreError,
-    StoredShadow, Supersede, TokenEnrolment, parse_role, parse_status,
+    StoredShadow, Supersede, TaskClaim, TokenEnrolment, parse_role, parse_status,
 };
 use async_trait::async_trait;
 use onramp_domain::{
@@ -1502,6 +1502,64 @@ impl Store for SqlStore {
             .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn claim_task(
+        &self,
+        name: &str,
+        holder: &str,
+        now: UnixTime,
+        period_secs: i64,
+        lease_secs: i64,
+    ) -> Result<TaskClaim> {
+        sqlx::query(
+            "INSERT INTO scheduled_tasks (name, holder, lease_until, last_run_at) \
+             VALUES ($1, NULL, 0, 0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&self.writer)
+        .await?;
+        // One conditional UPDATE decides: concurrent claimants serialise on
+        // the row, and the loser re-reads it and no longer matches.
+        let won = sqlx::query(
+            "UPDATE scheduled_tasks SET holder = $2, lease_until = $3 \
+             WHERE name = $1 AND lease_until <= $4 AND last_run_at + $5 <= $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.saturating_add(lease_secs))
+        .bind(now)
+        .bind(period_secs)
+        .execute(&self.writer)
+        .await?
+        .rows_affected()
+            == 1;
+        if won {
+            return Ok(TaskClaim::Won);
+        }
+        let row =
+            sqlx::query("SELECT lease_until, last_run_at FROM scheduled_tasks WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.writer)
+                .await?;
+        let lease_until: i64 = row.try_get("lease_until")?;
+        let last_run_at: i64 = row.try_get("last_run_at")?;
+        Ok(TaskClaim::NotBefore(
+            lease_until.max(last_run_at.saturating_add(period_secs)),
+        ))
+    }
+
+    async fn finish_task(&self, name: &str, holder: &str, now: UnixTime) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE scheduled_tasks SET holder = NULL, lease_until = 0, last_run_at = $3 \
+             WHERE name = $1 AND holder = $2",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn get_shadow(

@@ -1095,6 +1095,8 @@ suite!(
     re_registration_keeps_attributes_the_template_leaves_alone,
     concurrent_merging_re_registrations_lose_nothing,
     presence_is_written_in_batches,
+    a_scheduled_task_runs_once_per_period_and_a_dead_holders_lease_passes_on,
+    concurrent_claims_of_a_due_task_have_exactly_one_winner,
 );
 
 // ---- provisioning: templates, claim certificates, RegisterThing, registered CAs ----
@@ -2981,4 +2983,78 @@ async fn a_second_writer_beside_the_store_waits_instead_of_failing(db: Db) {
                 .unwrap()
         );
     }
+}
+
+// ---- periodic tasks shared by the nodes of one database ----
+
+async fn a_scheduled_task_runs_once_per_period_and_a_dead_holders_lease_passes_on(db: Db) {
+    use onramp_store::TaskClaim;
+    let s = &*db.store;
+    let t0 = 1_000_000;
+    // A new task is due at once; while node a holds it, b is told to wait.
+    assert_eq!(
+        s.claim_task("purge", "a", t0, 60, 30).await.unwrap(),
+        TaskClaim::Won
+    );
+    assert_eq!(
+        s.claim_task("purge", "b", t0 + 1, 60, 30).await.unwrap(),
+        TaskClaim::NotBefore(t0 + 30)
+    );
+    assert!(s.finish_task("purge", "a", t0 + 2).await.unwrap());
+    // Finished: not due again until one period after the run.
+    assert_eq!(
+        s.claim_task("purge", "b", t0 + 3, 60, 30).await.unwrap(),
+        TaskClaim::NotBefore(t0 + 62)
+    );
+    assert_eq!(
+        s.claim_task("purge", "b", t0 + 62, 60, 30).await.unwrap(),
+        TaskClaim::Won
+    );
+    // b dies while running: a may not take over before the lease ends, then does.
+    assert_eq!(
+        s.claim_task("purge", "a", t0 + 80, 60, 30).await.unwrap(),
+        TaskClaim::NotBefore(t0 + 92)
+    );
+    assert_eq!(
+        s.claim_task("purge", "a", t0 + 92, 60, 30).await.unwrap(),
+        TaskClaim::Won
+    );
+    // The dead holder's late finish does not count: a's lease stands.
+    assert!(!s.finish_task("purge", "b", t0 + 93).await.unwrap());
+    assert!(s.finish_task("purge", "a", t0 + 94).await.unwrap());
+    // Tasks are independent of each other.
+    assert_eq!(
+        s.claim_task("compact", "b", t0 + 95, 600, 30)
+            .await
+            .unwrap(),
+        TaskClaim::Won
+    );
+}
+
+async fn concurrent_claims_of_a_due_task_have_exactly_one_winner(db: Db) {
+    use onramp_store::TaskClaim;
+    let store = db.store.clone();
+    // Create the row first so every claimant races on the same UPDATE.
+    assert_eq!(
+        store.claim_task("race", "setup", 10, 1, 1).await.unwrap(),
+        TaskClaim::Won
+    );
+    assert!(store.finish_task("race", "setup", 10).await.unwrap());
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .claim_task("race", &format!("node-{i}"), 100, 60, 30)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for h in handles {
+        if h.await.unwrap() == TaskClaim::Won {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
 }

@@ -552,7 +552,7 @@ async fn run_local_only(cli: Cli) -> Result<()> {
                 cfg.data_dir.display(),
                 issuing.subject_dn,
                 issuing.fingerprint,
-                onramp.store().backend()
+                onramp.backend()
             );
             Ok(())
         }

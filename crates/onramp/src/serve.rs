@@ -88,6 +88,7 @@ pub async fn open_onramp(cfg: &Config, data_dir: DataDir) -> Result<Onramp> {
         failures_per_serial: e.failures_per_serial.limit(),
         api_key_failures_per_source: cfg.http.api_key_failures_per_source.limit(),
         refusal_audit_window_secs: cfg.http.refusal_audit_window_secs.max(1),
+        jobs_rate_per_thing: onramp_service::Settings::default().jobs_rate_per_thing,
     };
     Ok(Onramp::new(store, ca, hasher, settings))
 }
@@ -222,30 +223,13 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let addr = listener.local_addr()?;
     // Tests and scripts read the bound address (the port may be ephemeral).
     std::fs::write(cfg.data_dir.join("https.addr"), addr.to_string())?;
-    tracing::info!(%addr, backend = onramp.store().backend(), "onramp is serving HTTPS (EST, API, health, metrics)");
+    tracing::info!(%addr, backend = onramp.backend(), "onramp is serving HTTPS (EST, API, health, metrics)");
     println!("onramp listening on https://{addr}");
 
-    let sweeper = {
-        let onramp = onramp.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                onramp.sweep_rate_limits();
-            }
-        })
-    };
-    // Aggregated refusal audit rows are written when their window ends.
-    let refusal_audits = {
-        let onramp = onramp.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                onramp.flush_refusal_audits(false).await;
-            }
-        })
-    };
+    // Housekeeping (purges, expiry checks, compaction, shadow deltas,
+    // refusal audits) runs whether or not MQTT is enabled.
+    let (sched_stop_tx, sched_stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(onramp.clone().run_scheduler(sched_stop_rx));
     let app = onramp_http::router(onramp_http::AppState {
         onramp: onramp.clone(),
         metrics: Some(metrics),
@@ -255,9 +239,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         let _ = stop_tx.send(true);
     });
     onramp_http::serve(listener, Arc::new(tls), app, cfg.http.limits(), stopped()).await?;
-    sweeper.abort();
-    refusal_audits.abort();
-    onramp.flush_refusal_audits(true).await;
+    let _ = sched_stop_tx.send(true);
+    let _ = scheduler.await;
     if let Some((served, maintenance)) = mqtt {
         maintenance.abort();
         let _ = served.await;

@@ -16,7 +16,7 @@ const CLIENT: &str = concat!(
 /// Runs `steps` over one paho-mqtt connection as `id` (client id = its name)
 /// with MQTT `protocol` "5" or "3"; returns one JSON line per step.
 fn paho(s: &Server, id: &Identity, protocol: &str, steps: Value) -> Vec<Value> {
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python_with(PAHO))
         .arg(CLIENT)
         .args(["--port", &s.mqtt_port.to_string()])
         .arg("--cafile")

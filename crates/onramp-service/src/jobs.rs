@@ -1,0 +1,799 @@
+//! Jobs: the device side of AWS IoT Jobs over MQTT (get pending, start
+//! next, describe, update, and the `notify` / `notify-next` notifications)
+//! and the operator side (create, describe with counts, list, cancel).
+//!
+//! The rules are `onramp_domain::job`'s; this module loads a thing's
+//! executions, asks the rules, writes the result with a version guard
+//! (retrying on a concurrent write) and turns the outcome into replies.
+
+use crate::device::DeviceReply;
+use crate::{Caller, Onramp, Result, ServiceError, now};
+use onramp_domain::job::{
+    self, ExecutionChange, JobConfig, JobExecution, JobExecutionStatus, JobRejection,
+    JobRequestLimits, NEXT_JOB_ID, Notifications,
+};
+use onramp_domain::{AuditEntry, JobsOp, JobsTopic, Outcome, Page, Permission, UnixTime};
+use onramp_store::{JobRecord, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Attempts at a version-guarded write before answering InternalError.
+const CAS_ATTEMPTS: usize = 16;
+/// The most things one job may target directly.
+pub const MAX_JOB_TARGETS: usize = 100_000;
+
+/// A job's document and configuration, which never change after creation.
+#[derive(Debug, Clone)]
+pub(crate) struct JobRules {
+    pub document: Value,
+    pub config: JobConfig,
+}
+
+/// What to target: things by name and thing groups (every thing that is a
+/// member when the job is created).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTargets {
+    #[serde(default)]
+    pub things: Vec<String>,
+    #[serde(default)]
+    pub thing_groups: Vec<String>,
+}
+
+/// CreateJob.
+#[derive(Debug, Clone)]
+pub struct CreateJob {
+    pub job_id: String,
+    pub description: Option<String>,
+    /// The job document: a JSON object of at most 32 KB.
+    pub document: Vec<u8>,
+    pub targets: JobTargets,
+    /// The configuration members (timeoutConfig, jobExecutionsRetryConfig, ...).
+    pub config: Value,
+}
+
+/// A job with its execution counts by status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDescription {
+    pub job_id: String,
+    pub status: String,
+    pub description: Option<String>,
+    pub document: Value,
+    pub config: Value,
+    pub targets: Value,
+    pub target_selection: String,
+    pub created_by: String,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+    pub completed_at: Option<UnixTime>,
+    /// Executions per status (terminal ones included).
+    pub execution_counts: BTreeMap<String, i64>,
+}
+
+fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescription {
+    let parse = |s: &str| serde_json::from_str(s).unwrap_or(Value::Null);
+    JobDescription {
+        job_id: r.job_id.clone(),
+        status: r.status.clone(),
+        description: r.description.clone(),
+        document: parse(&r.document),
+        config: parse(&r.config),
+        targets: parse(&r.targets),
+        target_selection: r.target_selection.clone(),
+        created_by: r.created_by.clone(),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        completed_at: r.completed_at,
+        execution_counts: counts,
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> JobRejection {
+    tracing::error!(error = %e, "job storage failed");
+    JobRejection::internal_error("the request could not be completed; retry")
+}
+
+fn notification_replies(thing: &str, n: Notifications) -> Vec<DeviceReply> {
+    let mut out = Vec::new();
+    if let Some(body) = n.notify {
+        out.push(DeviceReply::to_subscribers(
+            JobsTopic::notify_topic(thing),
+            &body,
+        ));
+    }
+    if let Some(body) = n.notify_next {
+        out.push(DeviceReply::to_subscribers(
+            JobsTopic::notify_next_topic(thing),
+            &body,
+        ));
+    }
+    out
+}
+
+/// The outcome of one attempt at a device request.
+enum Attempt {
+    Done(Vec<DeviceReply>),
+    /// Another writer changed an execution meanwhile: read again.
+    Raced,
+}
+
+impl Onramp {
+    /// A job's document and configuration, cached: both are immutable.
+    pub(crate) async fn job_rules(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> std::result::Result<Option<Arc<JobRules>>, StoreError> {
+        let key = (tenant.to_string(), job_id.to_string());
+        if let Some(rules) = self
+            .inner
+            .job_rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(rules.clone()));
+        }
+        let Some(record) = self.inner.store.get_job(tenant, job_id).await? else {
+            return Ok(None);
+        };
+        let document = serde_json::from_str(&record.document)
+            .map_err(|e| StoreError::Corrupt(format!("job document: {e}")))?;
+        let config = serde_json::from_str::<Value>(&record.config)
+            .ok()
+            .and_then(|v| serde_json::from_value::<JobConfig>(v).ok())
+            .unwrap_or_default();
+        let rules = Arc::new(JobRules { document, config });
+        let mut cache = self
+            .inner
+            .job_rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, rules.clone());
+        Ok(Some(rules))
+    }
+
+    async fn rules_of(
+        &self,
+        tenant: &str,
+        executions: &[JobExecution],
+    ) -> std::result::Result<BTreeMap<String, Arc<JobRules>>, StoreError> {
+        let mut out = BTreeMap::new();
+        for e in executions {
+            if !out.contains_key(&e.job_id)
+                && let Some(r) = self.job_rules(tenant, &e.job_id).await?
+            {
+                out.insert(e.job_id.clone(), r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores one change; returns false when the execution moved meanwhile.
+    async fn save_change(
+        &self,
+        tenant: &str,
+        before_version: u64,
+        change: &ExecutionChange,
+    ) -> std::result::Result<bool, StoreError> {
+        let saved = self
+            .inner
+            .store
+            .save_execution(
+                tenant,
+                &change.execution,
+                Some(before_version),
+                change.retry.as_ref(),
+            )
+            .await?;
+        if saved {
+            metrics::counter!("onramp_job_execution_updates_total", "status" => change.execution.status.as_str()).increment(1);
+        }
+        Ok(saved)
+    }
+
+    /// A thing's pending executions, with any whose timer ran out moved to
+    /// TIMED_OUT first (and their notifications added to `replies`).
+    async fn settled_pending(
+        &self,
+        tenant: &str,
+        thing: &str,
+        at: UnixTime,
+        replies: &mut Vec<DeviceReply>,
+    ) -> std::result::Result<Vec<JobExecution>, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let pending = self
+                .inner
+                .store
+                .thing_executions(tenant, thing, None)
+                .await?;
+            let Some(overdue) = pending.iter().find(|e| job::is_overdue(e, at)) else {
+                return Ok(pending);
+            };
+            let rules = self.rules_of(tenant, &pending).await?;
+            let config = rules
+                .get(&overdue.job_id)
+                .map(|r| r.config.clone())
+                .unwrap_or_default();
+            let Some(change) = job::expire(overdue, at, &config) else {
+                return Ok(pending);
+            };
+            if self.save_change(tenant, overdue.version, &change).await? {
+                let docs = |id: &str| rules.get(id).map(|r| r.document.clone());
+                replies.extend(notification_replies(
+                    thing,
+                    change.notifications(&pending, at, &docs),
+                ));
+            }
+        }
+        Err(StoreError::Corrupt(
+            "job executions kept changing while being read".into(),
+        ))
+    }
+
+    /// Answers one jobs request from a device.
+    pub(crate) async fn jobs_request(
+        &self,
+        tenant: &str,
+        topic: &JobsTopic,
+        payload: &[u8],
+    ) -> Vec<DeviceReply> {
+        let limits = JobRequestLimits::default();
+        let base = topic.topic();
+        let op = match topic.op {
+            JobsOp::GetPending => "get_pending",
+            JobsOp::StartNext => "start_next",
+            JobsOp::Describe { .. } => "describe",
+            JobsOp::Update { .. } => "update",
+        };
+        let at = now();
+        let token = job::client_token_for_reply(payload, &limits);
+        let outcome = if self
+            .inner
+            .jobs_limiter
+            .check(&format!("{tenant}/{}", topic.thing_name))
+            .is_err()
+        {
+            Err(JobRejection::request_throttled(
+                "too many jobs requests for this thing; retry later",
+            ))
+        } else {
+            let mut result = Err(JobRejection::internal_error(
+                "job executions kept changing; retry",
+            ));
+            for _ in 0..CAS_ATTEMPTS {
+                match self.jobs_attempt(tenant, topic, payload, &limits, at).await {
+                    Ok(Attempt::Raced) => continue,
+                    Ok(Attempt::Done(replies)) => {
+                        result = Ok(replies);
+                        break;
+                    }
+                    Err(r) => {
+                        result = Err(r);
+                        break;
+                    }
+                }
+            }
+            result
+        };
+        match outcome {
+            Ok(replies) => {
+                metrics::counter!("onramp_jobs_requests_total", "op" => op, "outcome" => "accepted").increment(1);
+                replies
+            }
+            Err(r) => {
+                metrics::counter!("onramp_jobs_requests_total", "op" => op, "outcome" => "rejected").increment(1);
+                vec![DeviceReply::to_subscribers(
+                    format!("{base}/rejected"),
+                    &r.to_reject_json(token.as_deref(), at),
+                )]
+            }
+        }
+    }
+
+    async fn jobs_attempt(
+        &self,
+        tenant: &str,
+        topic: &JobsTopic,
+        payload: &[u8],
+        limits: &JobRequestLimits,
+        at: UnixTime,
+    ) -> std::result::Result<Attempt, JobRejection> {
+        let thing = topic.thing_name.as_str();
+        let accepted = format!("{}/accepted", topic.topic());
+        let mut replies = Vec::new();
+        match &topic.op {
+            JobsOp::GetPending => {
+                let request = job::parse_get_pending_request(payload, limits)?;
+                let pending = self
+                    .settled_pending(tenant, thing, at, &mut replies)
+                    .await
+                    .map_err(internal)?;
+                let body = job::get_pending_accepted(&pending, request.client_token.as_deref(), at);
+                replies.insert(0, DeviceReply::to_subscribers(accepted, &body));
+            }
+            JobsOp::StartNext => {
+                let request = job::parse_start_next_request(payload, limits)?;
+                let pending = self
+                    .settled_pending(tenant, thing, at, &mut replies)
+                    .await
+                    .map_err(internal)?;
+                let rules = self.rules_of(tenant, &pending).await.map_err(internal)?;
+                let configs: BTreeMap<String, JobConfig> = rules
+                    .iter()
+                    .map(|(id, r)| (id.clone(), r.config.clone()))
+                    .collect();
+                let started = job::start_next(&pending, &request, at, &configs)?;
+                let body = match &started {
+                    None => job::start_next_accepted(None, request.client_token.as_deref(), at),
+                    Some(s) => {
+                        if s.changed {
+                            let before = pending
+                                .iter()
+                                .find(|e| {
+                                    e.job_id == s.execution.job_id
+                                        && e.execution_number == s.execution.execution_number
+                                })
+                                .map(|e| e.version)
+                                .unwrap_or(0);
+                            let change = ExecutionChange::from(s.execution.clone());
+                            if !self
+                                .save_change(tenant, before, &change)
+                                .await
+                                .map_err(internal)?
+                            {
+                                return Ok(Attempt::Raced);
+                            }
+                            let docs = |id: &str| rules.get(id).map(|r| r.document.clone());
+                            replies.extend(notification_replies(
+                                thing,
+                                change.notifications(&pending, at, &docs),
+                            ));
+                        }
+                        let doc = rules
+                            .get(&s.execution.job_id)
+                            .map(|r| r.document.clone())
+                            .unwrap_or_else(|| serde_json::json!({}));
+                        job::start_next_accepted(
+                            Some((&s.execution, &doc)),
+                            request.client_token.as_deref(),
+                            at,
+                        )
+                    }
+                };
+                replies.insert(0, DeviceReply::to_subscribers(accepted, &body));
+            }
+            JobsOp::Describe { job_id } => {
+                let request = job::parse_describe_request(payload, limits)?;
+                let executions = if job_id == NEXT_JOB_ID {
+                    self.settled_pending(tenant, thing, at, &mut replies)
+                        .await
+                        .map_err(internal)?
+                } else {
+                    self.settled_pending(tenant, thing, at, &mut replies)
+                        .await
+                        .map_err(internal)?;
+                    self.inner
+                        .store
+                        .thing_executions(tenant, thing, Some(job_id))
+                        .await
+                        .map_err(internal)?
+                };
+                let found = job::describe_in(&executions, job_id, &request)?;
+                let doc = match found {
+                    Some(e) => self
+                        .job_rules(tenant, &e.job_id)
+                        .await
+                        .map_err(internal)?
+                        .map(|r| r.document.clone())
+                        .unwrap_or_else(|| serde_json::json!({})),
+                    None => serde_json::json!({}),
+                };
+                let body = job::describe_accepted(found.map(|e| (e, &doc)), &request, at);
+                replies.insert(0, DeviceReply::to_subscribers(accepted, &body));
+            }
+            JobsOp::Update { job_id } => {
+                let request = job::parse_update_request(payload, limits)?;
+                let pending = self
+                    .settled_pending(tenant, thing, at, &mut replies)
+                    .await
+                    .map_err(internal)?;
+                let of_job = self
+                    .inner
+                    .store
+                    .thing_executions(tenant, thing, Some(job_id))
+                    .await
+                    .map_err(internal)?;
+                let rules = self
+                    .job_rules(tenant, job_id)
+                    .await
+                    .map_err(internal)?
+                    .ok_or_else(|| {
+                        JobRejection::resource_not_found(format!("job {job_id} does not exist"))
+                    })?;
+                let change = job::update_in(&of_job, job_id, &request, at, &rules.config)?;
+                let before = job::find_execution(&of_job, job_id, request.execution_number)
+                    .map(|e| e.version)
+                    .unwrap_or(0);
+                if !self
+                    .save_change(tenant, before, &change)
+                    .await
+                    .map_err(internal)?
+                {
+                    return Ok(Attempt::Raced);
+                }
+                let all_rules = self.rules_of(tenant, &pending).await.map_err(internal)?;
+                let docs = |id: &str| {
+                    all_rules
+                        .get(id)
+                        .map(|r| r.document.clone())
+                        .or_else(|| (id == job_id).then(|| rules.document.clone()))
+                };
+                let notes = change.notifications(&pending, at, &docs);
+                let body = job::update_accepted(&change.execution, &rules.document, &request, at);
+                replies.insert(0, DeviceReply::to_subscribers(accepted, &body));
+                replies.extend(notification_replies(thing, notes));
+                self.note_job_progress(tenant, job_id).await;
+            }
+        }
+        Ok(Attempt::Done(replies))
+    }
+
+    /// Marks a job COMPLETED once none of its executions is pending.
+    async fn note_job_progress(&self, tenant: &str, job_id: &str) {
+        let store = &self.inner.store;
+        let Ok(counts) = store.job_execution_counts(tenant, job_id).await else {
+            return;
+        };
+        let pending = counts
+            .iter()
+            .filter(|(s, _)| {
+                JobExecutionStatus::parse(s).is_some_and(JobExecutionStatus::is_pending)
+            })
+            .map(|(_, n)| *n)
+            .sum::<i64>();
+        if pending == 0
+            && let Ok(Some(job)) = store.get_job(tenant, job_id).await
+            && job.status == "IN_PROGRESS"
+            && let Err(e) = store
+                .set_job_status(tenant, job_id, "COMPLETED", now(), None)
+                .await
+        {
+            tracing::warn!(job = job_id, error = %e, "could not mark a job completed");
+        }
+    }
+
+    /// Publishes, for each thing, what changed in its pending executions.
+    async fn notify_things(&self, tenant: &str, changes: Vec<(String, Vec<JobExecution>)>) {
+        let at = now();
+        for (thing, before) in changes {
+            let Ok(after) = self
+                .inner
+                .store
+                .thing_executions(tenant, &thing, None)
+                .await
+            else {
+                continue;
+            };
+            let mut all = before.clone();
+            all.extend(after.iter().cloned());
+            let Ok(rules) = self.rules_of(tenant, &all).await else {
+                continue;
+            };
+            let docs = |id: &str| rules.get(id).map(|r| r.document.clone());
+            for reply in
+                notification_replies(&thing, job::notifications(&before, &after, at, &docs))
+            {
+                if let Ok(body) = serde_json::from_slice::<Value>(&reply.payload) {
+                    self.publish(tenant, reply.topic, &body);
+                }
+            }
+        }
+    }
+
+    // ---- operator side ----
+
+    /// Creates a job and queues an execution for every target thing.
+    pub async fn create_job(&self, caller: &Caller, request: CreateJob) -> Result<JobDescription> {
+        caller.require(Permission::ManageDevices)?;
+        let tenant = caller.tenant.as_str();
+        if !job::valid_job_id(&request.job_id) {
+            return Err(ServiceError::BadRequest(format!(
+                "job id {:?} is not 1-64 letters, digits, '-' or '_'",
+                request.job_id
+            )));
+        }
+        let document = job::validate_job_document(&request.document)
+            .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
+        let config = JobConfig::from_json(&request.config)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        if config.job_executions_rollout_config.is_some() || config.abort_config.is_some() {
+            return Err(ServiceError::BadRequest(
+                "jobExecutionsRolloutConfig and abortConfig are not supported yet".into(),
+            ));
+        }
+        if config.success_confirmation.is_some() {
+            return Err(ServiceError::BadRequest(
+                "successConfirmation is not supported yet".into(),
+            ));
+        }
+        let things = self.resolve_targets(tenant, &request.targets).await?;
+        if things.is_empty() {
+            return Err(ServiceError::BadRequest(
+                "the job targets no thing: give things or thing groups with members".into(),
+            ));
+        }
+        let at = now();
+        let mut before = Vec::with_capacity(things.len());
+        for t in &things {
+            before.push((
+                t.clone(),
+                self.inner.store.thing_executions(tenant, t, None).await?,
+            ));
+        }
+        let executions: Vec<JobExecution> = things
+            .iter()
+            .map(|t| JobExecution::queued(&request.job_id, t, at))
+            .collect();
+        let record = JobRecord {
+            tenant: tenant.to_string(),
+            job_id: request.job_id.clone(),
+            status: "IN_PROGRESS".into(),
+            description: request.description.clone(),
+            document: document.to_string(),
+            config: serde_json::to_string(&config)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            targets: serde_json::to_string(&request.targets)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            target_selection: "SNAPSHOT".into(),
+            created_by: caller.actor.clone(),
+            created_at: at,
+            updated_at: at,
+            completed_at: None,
+        };
+        let audit = AuditEntry {
+            id: 0,
+            tenant: tenant.to_string(),
+            actor: caller.actor.clone(),
+            action: "job.create".into(),
+            target: format!("job:{}", request.job_id),
+            source: caller.source.clone(),
+            outcome: Outcome::Success,
+            detail: format!("{} executions queued", executions.len()),
+            at,
+        };
+        self.inner
+            .store
+            .create_job(&record, &executions, &audit)
+            .await?;
+        metrics::counter!("onramp_jobs_created_total").increment(1);
+        metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
+            .increment(executions.len() as u64);
+        self.notify_things(tenant, before).await;
+        self.describe_job(caller, &request.job_id).await
+    }
+
+    async fn resolve_targets(&self, tenant: &str, targets: &JobTargets) -> Result<Vec<String>> {
+        let mut things = std::collections::BTreeSet::new();
+        for t in &targets.things {
+            if self.inner.store.get_device(tenant, t).await?.is_none() {
+                return Err(ServiceError::NotFound(format!("thing {t}")));
+            }
+            things.insert(t.clone());
+        }
+        if !targets.thing_groups.is_empty() {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .inner
+                    .store
+                    .list_devices(
+                        tenant,
+                        &onramp_domain::DeviceFilter::default(),
+                        &Page::new(after.clone(), Some(Page::MAX_LIMIT)),
+                    )
+                    .await?;
+                for d in &page {
+                    if d.thing_groups
+                        .iter()
+                        .any(|g| targets.thing_groups.contains(g))
+                    {
+                        things.insert(d.thing_name.clone());
+                    }
+                }
+                if page.len() < Page::MAX_LIMIT as usize {
+                    break;
+                }
+                after = page.last().map(|d| d.thing_name.clone());
+            }
+        }
+        if things.len() > MAX_JOB_TARGETS {
+            return Err(ServiceError::BadRequest(format!(
+                "a job may target at most {MAX_JOB_TARGETS} things"
+            )));
+        }
+        Ok(things.into_iter().collect())
+    }
+
+    /// A job, with its executions counted by status.
+    pub async fn describe_job(&self, caller: &Caller, job_id: &str) -> Result<JobDescription> {
+        caller.require(Permission::ReadRegistry)?;
+        let store = &self.inner.store;
+        let record = store
+            .get_job(&caller.tenant, job_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("job {job_id}")))?;
+        let counts = store
+            .job_execution_counts(&caller.tenant, job_id)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(describe_record(&record, counts))
+    }
+
+    /// Jobs in id order.
+    pub async fn list_jobs(&self, caller: &Caller, page: &Page) -> Result<Vec<JobDescription>> {
+        caller.require(Permission::ReadRegistry)?;
+        let records = self.inner.store.list_jobs(&caller.tenant, page).await?;
+        Ok(records
+            .iter()
+            .map(|r| describe_record(r, BTreeMap::new()))
+            .collect())
+    }
+
+    /// A job's executions in thing order.
+    pub async fn list_job_executions(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        page: &Page,
+    ) -> Result<Vec<JobExecution>> {
+        caller.require(Permission::ReadRegistry)?;
+        if self
+            .inner
+            .store
+            .get_job(&caller.tenant, job_id)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::NotFound(format!("job {job_id}")));
+        }
+        Ok(self
+            .inner
+            .store
+            .job_executions(&caller.tenant, job_id, page)
+            .await?)
+    }
+
+    /// A thing's pending executions.
+    pub async fn thing_pending_executions(
+        &self,
+        caller: &Caller,
+        thing: &str,
+    ) -> Result<Vec<JobExecution>> {
+        caller.require(Permission::ReadRegistry)?;
+        Ok(self
+            .inner
+            .store
+            .thing_executions(&caller.tenant, thing, None)
+            .await?)
+    }
+
+    /// Cancels a job: its QUEUED executions become CANCELED, and with `force`
+    /// its IN_PROGRESS ones too.
+    pub async fn cancel_job(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        force: bool,
+    ) -> Result<JobDescription> {
+        caller.require(Permission::ManageDevices)?;
+        let tenant = caller.tenant.as_str();
+        let store = &self.inner.store;
+        let record = store
+            .get_job(tenant, job_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("job {job_id}")))?;
+        if record.status != "IN_PROGRESS" {
+            return Err(ServiceError::Conflict(format!(
+                "job {job_id} is already {}",
+                record.status
+            )));
+        }
+        let at = now();
+        let audit = AuditEntry {
+            id: 0,
+            tenant: tenant.to_string(),
+            actor: caller.actor.clone(),
+            action: "job.cancel".into(),
+            target: format!("job:{job_id}"),
+            source: caller.source.clone(),
+            outcome: Outcome::Success,
+            detail: if force { "force".into() } else { String::new() },
+            at,
+        };
+        // The job stops first, so no execution is started after this point.
+        store
+            .set_job_status(tenant, job_id, "CANCELED", at, Some(&audit))
+            .await?;
+        let mut notes = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .job_executions(
+                    tenant,
+                    job_id,
+                    &Page::new(after.clone(), Some(Page::MAX_LIMIT)),
+                )
+                .await?;
+            for e in page.iter().filter(|e| e.status.is_pending()) {
+                let before = store.thing_executions(tenant, &e.thing_name, None).await?;
+                let mut current = e.clone();
+                for _ in 0..CAS_ATTEMPTS {
+                    let Ok(canceled) = job::cancel(&current, force, at) else {
+                        break;
+                    };
+                    if store
+                        .save_execution(tenant, &canceled, Some(current.version), None)
+                        .await?
+                    {
+                        metrics::counter!("onramp_job_execution_updates_total", "status" => "CANCELED").increment(1);
+                        notes.push((e.thing_name.clone(), before.clone()));
+                        break;
+                    }
+                    match store
+                        .thing_executions(tenant, &e.thing_name, Some(job_id))
+                        .await?
+                        .into_iter()
+                        .find(|x| x.execution_number == e.execution_number)
+                    {
+                        Some(fresh) if fresh.status.is_pending() => current = fresh,
+                        _ => break,
+                    }
+                }
+            }
+            if page.len() < Page::MAX_LIMIT as usize {
+                break;
+            }
+            after = page.last().map(|e| e.thing_name.clone());
+        }
+        self.notify_things(tenant, notes).await;
+        self.describe_job(caller, job_id).await
+    }
+
+    /// Moves executions whose timer ran out to TIMED_OUT (queuing retries
+    /// where configured) and notifies their things. Returns how many.
+    pub async fn expire_job_executions(&self, at: UnixTime) -> Result<usize> {
+        let overdue = self.inner.store.overdue_executions(at, 500).await?;
+        let mut expired = 0;
+        for (tenant, execution) in overdue {
+            let before = self
+                .inner
+                .store
+                .thing_executions(&tenant, &execution.thing_name, None)
+                .await?;
+            let config = self
+                .job_rules(&tenant, &execution.job_id)
+                .await?
+                .map(|r| r.config.clone())
+                .unwrap_or_default();
+            let Some(change) = job::expire(&execution, at, &config) else {
+                continue;
+            };
+            if self
+                .save_change(&tenant, execution.version, &change)
+                .await?
+            {
+                expired += 1;
+                self.notify_things(&tenant, vec![(execution.thing_name.clone(), before)])
+                    .await;
+                self.note_job_progress(&tenant, &execution.job_id).await;
+            }
+        }
+        Ok(expired)
+    }
+}

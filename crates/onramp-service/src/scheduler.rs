@@ -1,0 +1,190 @@
+//! Onramp's periodic work, driven by `onramp serve` whether or not the MQTT
+//! gateway runs. Node tasks run in every process (they act on its memory or
+//! its connections); cluster tasks act on the shared database, and on a
+//! database shared by several nodes exactly one node runs each of them per
+//! period: it must win the task's row (`Store::claim_task`), and a node that
+//! dies mid-run leaves a lease that expires so another node takes over.
+
+use crate::{Onramp, now};
+use onramp_store::TaskClaim;
+use std::time::Duration;
+
+/// How long a node may hold a cluster task before others assume it died.
+const LEASE_SECS: i64 = 300;
+/// After a failed claim or run, wait this long before asking again.
+const RETRY_SECS: i64 = 5;
+
+/// Cluster tasks: run by one node per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterTask {
+    /// Pending certificates whose ownership token expired unused.
+    PendingCertificates,
+    /// Claim certificates close to expiry raise an audit event and a warning.
+    ClaimExpiry,
+    /// Shadow history beyond its window.
+    ShadowCompaction,
+    /// Identity-change rows every node has long read.
+    IdentityChangePruning,
+    /// Job executions whose in-progress or step timer ran out.
+    JobTimeouts,
+}
+
+impl ClusterTask {
+    pub const ALL: [ClusterTask; 5] = [
+        ClusterTask::PendingCertificates,
+        ClusterTask::ClaimExpiry,
+        ClusterTask::ShadowCompaction,
+        ClusterTask::IdentityChangePruning,
+        ClusterTask::JobTimeouts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterTask::PendingCertificates => "pending-certificates",
+            ClusterTask::ClaimExpiry => "claim-expiry",
+            ClusterTask::ShadowCompaction => "shadow-compaction",
+            ClusterTask::IdentityChangePruning => "identity-change-pruning",
+            ClusterTask::JobTimeouts => "job-timeouts",
+        }
+    }
+}
+
+impl Onramp {
+    /// Seconds between runs of a cluster task.
+    pub fn task_period_secs(&self, task: ClusterTask) -> i64 {
+        match task {
+            // Expired ownership tokens are looked for at least twice per token lifetime.
+            ClusterTask::PendingCertificates => {
+                (self.settings().provisioning.ownership_token_ttl_secs / 2).clamp(1, 60)
+            }
+            ClusterTask::ClaimExpiry => 86_400,
+            ClusterTask::ShadowCompaction | ClusterTask::IdentityChangePruning => 600,
+            // Timers are set in minutes; a few seconds late is within AWS's own precision.
+            ClusterTask::JobTimeouts => 5,
+        }
+    }
+
+    async fn run_cluster_task(&self, task: ClusterTask) -> crate::Result<()> {
+        match task {
+            ClusterTask::PendingCertificates => {
+                self.purge_expired_pending_certificates().await?;
+            }
+            ClusterTask::ClaimExpiry => {
+                self.check_claim_expiry().await?;
+            }
+            ClusterTask::ShadowCompaction => {
+                let n = self.compact_shadow_history(7 * 86_400, 100).await?;
+                if n > 0 {
+                    tracing::info!(removed = n, "compacted shadow history");
+                }
+            }
+            ClusterTask::IdentityChangePruning => {
+                self.prune_identity_changes().await?;
+            }
+            ClusterTask::JobTimeouts => {
+                // Drain: a batch at a time until nothing is overdue.
+                while self.expire_job_executions(now()).await? == 500 {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims, runs and finishes one cluster task if it is this node's turn.
+    /// Returns when to look at the task again.
+    pub async fn run_cluster_task_if_due(&self, task: ClusterTask, at: i64) -> i64 {
+        let name = task.name();
+        let period = self.task_period_secs(task);
+        let store = &self.inner.store;
+        match store
+            .claim_task(name, &self.inner.node_id, at, period, LEASE_SECS)
+            .await
+        {
+            Ok(TaskClaim::NotBefore(t)) => t.max(at + 1),
+            Ok(TaskClaim::Won) => {
+                let outcome = match self.run_cluster_task(task).await {
+                    Ok(()) => "ok",
+                    Err(e) => {
+                        tracing::warn!(task = name, error = %e, "scheduled task failed");
+                        "failed"
+                    }
+                };
+                metrics::counter!("onramp_scheduler_runs_total", "task" => name, "outcome" => outcome)
+                    .increment(1);
+                let done = now();
+                match store.finish_task(name, &self.inner.node_id, done).await {
+                    Ok(true) if outcome == "ok" => done + period,
+                    Ok(true) => done + period.min(RETRY_SECS),
+                    Ok(false) => {
+                        tracing::warn!(task = name, "scheduled task outlived its lease");
+                        done + RETRY_SECS
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = name, error = %e, "could not record a scheduled run");
+                        done + RETRY_SECS
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task = name, error = %e, "could not claim a scheduled task");
+                at + RETRY_SECS
+            }
+        }
+    }
+
+    /// Runs the scheduler until `stop` turns true.
+    pub async fn run_scheduler(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let cluster = {
+            let onramp = self.clone();
+            tokio::spawn(async move {
+                let mut next = [0i64; ClusterTask::ALL.len()];
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    for (i, task) in ClusterTask::ALL.into_iter().enumerate() {
+                        let at = now();
+                        if next[i] <= at {
+                            next[i] = onramp.run_cluster_task_if_due(task, at).await;
+                        }
+                    }
+                }
+            })
+        };
+        let node = {
+            let onramp = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_limit_sweep = std::time::Instant::now();
+                let mut last_audit_flush = std::time::Instant::now();
+                loop {
+                    tick.tick().await;
+                    // Shadows written by the CLI or another node: their
+                    // deltas go to this node's subscribers.
+                    if onramp.inner.sink.get().is_some()
+                        && let Err(e) = onramp.publish_shadow_changes(now() - 2).await
+                    {
+                        tracing::warn!(error = %e, "shadow change check failed");
+                    }
+                    // Aggregated refusal audit rows are written when their window ends.
+                    if last_audit_flush.elapsed() >= Duration::from_secs(1) {
+                        last_audit_flush = std::time::Instant::now();
+                        onramp.flush_refusal_audits(false).await;
+                    }
+                    if last_limit_sweep.elapsed() >= Duration::from_secs(60) {
+                        last_limit_sweep = std::time::Instant::now();
+                        onramp.sweep_rate_limits();
+                    }
+                }
+            })
+        };
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+        cluster.abort();
+        node.abort();
+        self.flush_refusal_audits(true).await;
+    }
+}

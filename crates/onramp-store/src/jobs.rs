@@ -1,0 +1,389 @@
+//! Storage for jobs and job executions. The rules (which transition is
+//! allowed, what a reply says) live in `onramp_domain::job`; this keeps the
+//! records and guards every execution write with its version.
+
+use crate::sql::{SqlStore, insert_audit};
+use crate::{Result, StoreError};
+use async_trait::async_trait;
+use onramp_domain::job::{JobExecution, JobExecutionStatus};
+use onramp_domain::{AuditEntry, Page, UnixTime};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// A job as stored: its document and configuration are JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub tenant: String,
+    pub job_id: String,
+    /// `IN_PROGRESS`, `COMPLETED` or `CANCELED`.
+    pub status: String,
+    pub description: Option<String>,
+    pub document: String,
+    pub config: String,
+    pub targets: String,
+    /// `SNAPSHOT` or `CONTINUOUS`.
+    pub target_selection: String,
+    pub created_by: String,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+    pub completed_at: Option<UnixTime>,
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Creates the job and queues its first executions in one transaction.
+    async fn create_job(
+        &self,
+        job: &JobRecord,
+        executions: &[JobExecution],
+        audit: &AuditEntry,
+    ) -> Result<()>;
+    async fn get_job(&self, tenant: &str, job_id: &str) -> Result<Option<JobRecord>>;
+    /// Jobs in id order after `page.after`.
+    async fn list_jobs(&self, tenant: &str, page: &Page) -> Result<Vec<JobRecord>>;
+    async fn set_job_status(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        status: &str,
+        now: UnixTime,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()>;
+    /// A thing's executions: of one job (every execution number), or with
+    /// `job_id` None its pending ones (QUEUED and IN_PROGRESS) of every job.
+    async fn thing_executions(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        job_id: Option<&str>,
+    ) -> Result<Vec<JobExecution>>;
+    /// A job's executions in thing-name order after `page.after`.
+    async fn job_executions(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        page: &Page,
+    ) -> Result<Vec<JobExecution>>;
+    /// How many executions of a job are in each status.
+    async fn job_execution_counts(&self, tenant: &str, job_id: &str) -> Result<Vec<(String, i64)>>;
+    /// Writes an execution: inserted when `expected_version` is None, else
+    /// replaced only if the stored one still has that version. A retry the
+    /// change caused is inserted in the same transaction. False when another
+    /// writer got there first (nothing is written then).
+    async fn save_execution(
+        &self,
+        tenant: &str,
+        execution: &JobExecution,
+        expected_version: Option<u64>,
+        retry: Option<&JobExecution>,
+    ) -> Result<bool>;
+    /// IN_PROGRESS executions whose timer ran out at `now`, oldest first.
+    async fn overdue_executions(
+        &self,
+        now: UnixTime,
+        limit: u32,
+    ) -> Result<Vec<(String, JobExecution)>>;
+}
+
+fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
+    Ok(JobRecord {
+        tenant: r.try_get("tenant")?,
+        job_id: r.try_get("job_id")?,
+        status: r.try_get("status")?,
+        description: r.try_get("description")?,
+        document: r.try_get("document")?,
+        config: r.try_get("config")?,
+        targets: r.try_get("targets")?,
+        target_selection: r.try_get("target_selection")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        completed_at: r.try_get("completed_at")?,
+    })
+}
+
+fn execution_from_row(r: &AnyRow) -> Result<JobExecution> {
+    let text: String = r.try_get("execution")?;
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Corrupt(format!("stored job execution: {e}")))
+}
+
+fn encode(e: &JobExecution) -> Result<String> {
+    serde_json::to_string(e).map_err(|err| StoreError::Corrupt(format!("job execution: {err}")))
+}
+
+/// The deadline column: only running executions have a timer to watch.
+fn deadline(e: &JobExecution) -> Option<i64> {
+    (e.status == JobExecutionStatus::InProgress)
+        .then(|| e.deadline())
+        .flatten()
+}
+
+fn version(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const JOB_COLUMNS: &str = "tenant, job_id, status, description, document, config, targets, \
+     target_selection, created_by, created_at, updated_at, completed_at";
+
+async fn insert_execution(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tenant: &str,
+    e: &JobExecution,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_executions (tenant, job_id, thing_name, execution_number, status, \
+         version, queued_at, deadline, execution) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(tenant)
+    .bind(&e.job_id)
+    .bind(&e.thing_name)
+    .bind(version(e.execution_number))
+    .bind(e.status.as_str())
+    .bind(version(e.version))
+    .bind(e.queued_at)
+    .bind(deadline(e))
+    .bind(encode(e)?)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl JobStore for SqlStore {
+    async fn create_job(
+        &self,
+        job: &JobRecord,
+        executions: &[JobExecution],
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12) ON CONFLICT (tenant, job_id) DO NOTHING"
+        )))
+        .bind(&job.tenant)
+        .bind(&job.job_id)
+        .bind(&job.status)
+        .bind(job.description.as_deref())
+        .bind(&job.document)
+        .bind(&job.config)
+        .bind(&job.targets)
+        .bind(&job.target_selection)
+        .bind(&job.created_by)
+        .bind(job.created_at)
+        .bind(job.updated_at)
+        .bind(job.completed_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::Conflict(format!(
+                "job `{}` already exists",
+                job.job_id
+            )));
+        }
+        for e in executions {
+            insert_execution(&mut tx, &job.tenant, e).await?;
+        }
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_job(&self, tenant: &str, job_id: &str) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND job_id = $2"
+        )))
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list_jobs(&self, tenant: &str, page: &Page) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND job_id > $2 \
+             ORDER BY job_id LIMIT $3"
+        )))
+        .bind(tenant)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn set_job_status(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        status: &str,
+        now: UnixTime,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = $3, updated_at = $4, \
+             completed_at = CASE WHEN $3 = 'IN_PROGRESS' THEN NULL ELSE $4 END \
+             WHERE tenant = $1 AND job_id = $2",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .bind(status)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("job `{job_id}`")));
+        }
+        if let Some(a) = audit {
+            insert_audit(&mut tx, a).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn thing_executions(
+        &self,
+        tenant: &str,
+        thing_name: &str,
+        job_id: Option<&str>,
+    ) -> Result<Vec<JobExecution>> {
+        let rows =
+            match job_id {
+                Some(job) => sqlx::query(
+                    "SELECT execution FROM job_executions WHERE tenant = $1 AND thing_name = $2 \
+                     AND job_id = $3 ORDER BY execution_number",
+                )
+                .bind(tenant)
+                .bind(thing_name)
+                .bind(job)
+                .fetch_all(&self.reader)
+                .await?,
+                None => sqlx::query(
+                    "SELECT execution FROM job_executions WHERE tenant = $1 AND thing_name = $2 \
+                     AND status IN ('QUEUED', 'IN_PROGRESS') ORDER BY queued_at, job_id",
+                )
+                .bind(tenant)
+                .bind(thing_name)
+                .fetch_all(&self.reader)
+                .await?,
+            };
+        rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn job_executions(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        page: &Page,
+    ) -> Result<Vec<JobExecution>> {
+        let rows = sqlx::query(
+            "SELECT execution FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             AND thing_name > $3 ORDER BY thing_name, execution_number LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn job_execution_counts(&self, tenant: &str, job_id: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             GROUP BY status ORDER BY status",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    async fn save_execution(
+        &self,
+        tenant: &str,
+        e: &JobExecution,
+        expected_version: Option<u64>,
+        retry: Option<&JobExecution>,
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        match expected_version {
+            None => {
+                let inserted = sqlx::query(
+                    "INSERT INTO job_executions (tenant, job_id, thing_name, execution_number, \
+                     status, version, queued_at, deadline, execution) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (tenant, job_id, thing_name, execution_number) DO NOTHING",
+                )
+                .bind(tenant)
+                .bind(&e.job_id)
+                .bind(&e.thing_name)
+                .bind(version(e.execution_number))
+                .bind(e.status.as_str())
+                .bind(version(e.version))
+                .bind(e.queued_at)
+                .bind(deadline(e))
+                .bind(encode(e)?)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    return Ok(false);
+                }
+            }
+            Some(expected) => {
+                let updated = sqlx::query(
+                    "UPDATE job_executions SET status = $5, version = $6, deadline = $7, \
+                     execution = $8 WHERE tenant = $1 AND job_id = $2 AND thing_name = $3 \
+                     AND execution_number = $4 AND version = $9",
+                )
+                .bind(tenant)
+                .bind(&e.job_id)
+                .bind(&e.thing_name)
+                .bind(version(e.execution_number))
+                .bind(e.status.as_str())
+                .bind(version(e.version))
+                .bind(deadline(e))
+                .bind(encode(e)?)
+                .bind(version(expected))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some(r) = retry {
+            insert_execution(&mut tx, tenant, r).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn overdue_executions(
+        &self,
+        now: UnixTime,
+        limit: u32,
+    ) -> Result<Vec<(String, JobExecution)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, execution FROM job_executions WHERE deadline IS NOT NULL \
+             AND deadline <= $1 AND status = 'IN_PROGRESS' ORDER BY deadline LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, execution_from_row(r)?)))
+            .collect()
+    }
+}
