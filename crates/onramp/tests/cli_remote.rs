@@ -743,6 +743,7 @@ fn errors_read_the_same_in_both_modes_and_in_every_command() {
             "limit must be between 1 and 1000",
         ),
         ("/api/v1/audit?limit=0", "limit must be between 1 and 1000"),
+        ("/api/v1/jobs?limit=0", "limit must be between 1 and 1000"),
     ] {
         let r = s.api("GET", path, &c.key, None);
         assert_eq!(r.status, 400, "{path}: {}", r.text());
