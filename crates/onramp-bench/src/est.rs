@@ -29,7 +29,6 @@ use tokio::task::JoinSet;
 
 pub(crate) const ENROL_PATH: &str = "/.well-known/est/simpleenroll";
 const TOKENS_PATH: &str = "/api/v1/tokens";
-const METRICS_PATH: &str = "/metrics";
 /// Connections used to create the tokens before the timed phase.
 const SETUP_CONNECTIONS: usize = 8;
 /// An enrolment that takes longer than this counts as failed.
@@ -150,7 +149,7 @@ async fn measure(args: &EstArgs, server: &Server) -> Result<Report> {
     // figures only mean something next to this.
     let other_cpu = machine_cpu.saturating_sub(server_cpu + own_cpu);
     let peak_rss_kib = server.peak_rss_kib()?;
-    let service = service_time(&client).await?;
+    let service = parse_service_time(&server.metrics().await?);
 
     Ok(summarise(
         args,
@@ -376,19 +375,6 @@ struct ServiceTime {
     mean: Duration,
     /// Upper bound of the histogram bucket holding the 99th percentile.
     p99_at_most: Option<f64>,
-}
-
-async fn service_time(client: &Client) -> Result<ServiceTime> {
-    let mut conn = client.connect().await?;
-    let request = Request::get(METRICS_PATH)
-        .header(HOST, "localhost")
-        .body(Full::new(Bytes::new()))
-        .context("building the metrics request")?;
-    let response = conn.send(request).await?;
-    if response.status != StatusCode::OK {
-        bail!("GET {METRICS_PATH}: {}", response.status);
-    }
-    Ok(parse_service_time(&String::from_utf8_lossy(&response.body)))
 }
 
 fn parse_service_time(text: &str) -> ServiceTime {

@@ -23,7 +23,7 @@
 //! counts as lost. At the end every connection that was not revoked must
 //! answer a PINGREQ within [`PING_TIMEOUT`].
 
-use crate::https::{Client, Connection};
+use crate::https::Client;
 use crate::mqtt::client::{Conn, Dialer, Kx, root_store};
 use crate::mqtt::{CpuMark, CpuUse, parse_counters, progress, round3};
 use crate::report::{Latency, Report, ms};
@@ -361,7 +361,7 @@ async fn measure(args: &RevocationArgs, server: &Server) -> Result<Report> {
         }
     }
     drop(pings);
-    let counters = match feed_counters(&client).await {
+    let counters = match feed_counters(server).await {
         Ok(c) => Some(c),
         Err(e) => {
             progress(SCENARIO, &format!("reading /metrics failed: {e:#}"));
@@ -554,17 +554,8 @@ fn suspend_request(thing: &str, bearer: &HeaderValue) -> Result<Request<Full<Byt
 }
 
 /// The identity-feed counters from `/metrics`.
-async fn feed_counters(client: &Client) -> Result<BTreeMap<String, f64>> {
-    let mut conn: Connection = client.connect().await?;
-    let request = Request::get("/metrics")
-        .header(HOST, "localhost")
-        .body(Full::new(Bytes::new()))
-        .context("building the metrics request")?;
-    let response = conn.send(request).await?;
-    if response.status != StatusCode::OK {
-        bail!("GET /metrics: {}", response.status);
-    }
-    Ok(parse_counters(&String::from_utf8_lossy(&response.body))
+async fn feed_counters(server: &Server) -> Result<BTreeMap<String, f64>> {
+    Ok(parse_counters(&server.metrics().await?)
         .into_iter()
         .filter(|(k, _)| k.starts_with("onramp_mqtt_identity_"))
         .collect())

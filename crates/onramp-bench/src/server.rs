@@ -18,6 +18,16 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const LISTENING: &str = "onramp listening on https://";
 /// What `onramp serve` prints once its MQTT gateway accepts connections.
 const MQTT_LISTENING: &str = "onramp mqtt listening on ";
+/// What `onramp serve` prints once its operations listener (plain HTTP:
+/// health, readiness, metrics) accepts connections.
+const OPS_LISTENING: &str = "onramp ops listening on http://";
+
+/// Which of the server's listeners a printed line announced.
+enum Listener {
+    Https,
+    Mqtt,
+    Ops,
+}
 /// Linux reports process CPU times in USER_HZ ticks, 100 per second.
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -72,6 +82,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The MQTT gateway's address, when it printed one.
     pub mqtt_addr: Option<SocketAddr>,
+    /// The operations listener's address, where `/metrics` is served.
+    pub ops_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -96,6 +108,7 @@ impl Server {
         cmd.arg("serve").arg("--data-dir").arg(&data_dir);
         clean_env(&mut cmd, args.database_url.as_deref());
         cmd.env("ONRAMP_HTTP__LISTEN", "127.0.0.1:0")
+            .env("ONRAMP_OPS__LISTEN", "127.0.0.1:0")
             .env("ONRAMP_ENROLMENT__RATE_PER_SOURCE__PER_SECOND", "1000000")
             .env("ONRAMP_ENROLMENT__RATE_PER_SOURCE__BURST", "1000000")
             .envs(env.iter().copied())
@@ -116,6 +129,7 @@ impl Server {
             dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             mqtt_addr: None,
+            ops_addr: None,
         };
         server.addr = server.wait_listening(stdout)?;
         Ok(server)
@@ -129,20 +143,27 @@ impl Server {
                 let Ok(line) = line else { break };
                 let line = line.trim();
                 if let Some(addr) = line.strip_prefix(LISTENING) {
-                    let _ = tx.send((false, addr.to_string()));
+                    let _ = tx.send((Listener::Https, addr.to_string()));
                 } else if let Some(addr) = line.strip_prefix(MQTT_LISTENING) {
-                    let _ = tx.send((true, addr.to_string()));
+                    let _ = tx.send((Listener::Mqtt, addr.to_string()));
+                } else if let Some(addr) = line.strip_prefix(OPS_LISTENING) {
+                    let _ = tx.send((Listener::Ops, addr.to_string()));
                 }
             }
         });
         let started = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok((true, addr)) => {
+                Ok((Listener::Mqtt, addr)) => {
                     self.mqtt_addr =
                         Some(self.check_address(MQTT_LISTENING, &addr, "mqtt.addr")?);
                 }
-                Ok((false, addr)) => return self.check_address(LISTENING, &addr, "https.addr"),
+                Ok((Listener::Ops, addr)) => {
+                    self.ops_addr = Some(self.check_address(OPS_LISTENING, &addr, "ops.addr")?);
+                }
+                Ok((Listener::Https, addr)) => {
+                    return self.check_address(LISTENING, &addr, "https.addr");
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().context("waiting for the server")?;
@@ -183,6 +204,42 @@ impl Server {
             );
         }
         Ok(addr)
+    }
+
+    /// The Prometheus text of `/metrics`, from the operations listener
+    /// (plain HTTP/1.1, one connection per call).
+    pub async fn metrics(&self) -> Result<String> {
+        use http_body_util::{BodyExt, Full};
+        use hyper::body::Bytes;
+        let addr = self
+            .ops_addr
+            .context("the server announced no operations listener")?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .context("HTTP/1.1 handshake")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = hyper::Request::get("/metrics")
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .context("building the metrics request")?;
+        let response = sender.send_request(request).await.context("GET /metrics")?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading /metrics")?
+            .to_bytes();
+        if status != hyper::StatusCode::OK {
+            bail!("GET /metrics: {status}");
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     pub fn data_dir(&self) -> PathBuf {

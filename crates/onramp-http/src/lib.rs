@@ -1,7 +1,8 @@
-//! Onramp's HTTPS edge: EST (RFC 7030), the REST management API, health,
-//! readiness and metrics. Handlers extract, call a service, and map the
-//! service's error to a status in one place per protocol; they hold no
-//! business rule and no SQL.
+//! Onramp's HTTP edges: on the device-facing HTTPS listener EST (RFC 7030),
+//! the REST management API, health and readiness; on the plain-HTTP
+//! operations listener health, readiness and Prometheus metrics. Handlers
+//! extract, call a service, and map the service's error to a status in one
+//! place per protocol; they hold no business rule and no SQL.
 
 mod api;
 mod error;
@@ -12,6 +13,7 @@ mod ops;
 mod server;
 
 pub use openapi::openapi_json;
+pub use ops::serve_ops;
 pub use server::{BodyTimeout, ClientChain, HttpLimits, SourceAddr, serve, tls_config};
 
 use axum::Router;
@@ -25,12 +27,26 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
 }
 
-/// The whole HTTPS application.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The whole HTTPS application. `/metrics` is on it only when
+/// `metrics_on_https`: by default it is served by the operations listener
+/// alone, so that the device-facing port does not show fleet figures.
+pub fn router(state: AppState, metrics_on_https: bool) -> Router {
+    let mut app = Router::new()
         .merge(est::routes())
         .merge(api::routes())
         .merge(jobs_api::routes())
-        .merge(ops::routes())
+        .merge(ops::health_routes());
+    if metrics_on_https {
+        app = app.merge(ops::metrics_routes());
+    }
+    app.with_state(state)
+}
+
+/// The operations application: `/healthz`, `/readyz` and `/metrics`, nothing
+/// else (no EST, no API, no OpenAPI document).
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::health_routes())
+        .merge(ops::metrics_routes())
         .with_state(state)
 }

@@ -69,6 +69,21 @@ pub struct JobDescription {
     pub completed_at: Option<UnixTime>,
     /// Executions per status (terminal ones included).
     pub execution_counts: BTreeMap<String, i64>,
+    /// Failures (FAILED, TIMED_OUT, REJECTED) by hardware revision and
+    /// device class, most first: a failure confined to one revision shows
+    /// at a glance. Empty in listings.
+    #[serde(default)]
+    pub failures_by_group: Vec<FailureGroup>,
+}
+
+/// Failed executions of one status among things of one hardware revision
+/// and device class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureGroup {
+    pub hardware_revision: Option<String>,
+    pub device_class: Option<String>,
+    pub status: String,
+    pub count: i64,
 }
 
 fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescription {
@@ -86,6 +101,7 @@ fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescripti
         updated_at: r.updated_at,
         completed_at: r.completed_at,
         execution_counts: counts,
+        failures_by_group: Vec::new(),
     }
 }
 
@@ -443,8 +459,10 @@ impl Onramp {
         Ok(Attempt::Done(replies))
     }
 
-    /// Marks a job COMPLETED once none of its executions is pending.
-    async fn note_job_progress(&self, tenant: &str, job_id: &str) {
+    /// Checks the abort criteria, then marks the job COMPLETED once none of
+    /// its executions is pending and no target waits for the rollout.
+    pub(crate) async fn note_job_progress(&self, tenant: &str, job_id: &str) {
+        self.check_abort(tenant, job_id).await;
         let store = &self.inner.store;
         let Ok(counts) = store.job_execution_counts(tenant, job_id).await else {
             return;
@@ -456,7 +474,18 @@ impl Onramp {
             })
             .map(|(_, n)| *n)
             .sum::<i64>();
+        let waiting = store
+            .jobs_awaiting_release()
+            .await
+            .map(|j| j.iter().any(|(t, id)| t == tenant && id == job_id))
+            .unwrap_or(true);
+        let awaiting = store
+            .job_awaits_confirmation(tenant, job_id)
+            .await
+            .unwrap_or(true);
         if pending == 0
+            && !waiting
+            && !awaiting
             && let Ok(Some(job)) = store.get_job(tenant, job_id).await
             && job.status == "IN_PROGRESS"
             && let Err(e) = store
@@ -468,7 +497,11 @@ impl Onramp {
     }
 
     /// Publishes, for each thing, what changed in its pending executions.
-    async fn notify_things(&self, tenant: &str, changes: Vec<(String, Vec<JobExecution>)>) {
+    pub(crate) async fn notify_things(
+        &self,
+        tenant: &str,
+        changes: Vec<(String, Vec<JobExecution>)>,
+    ) {
         let at = now();
         for (thing, before) in changes {
             let Ok(after) = self
@@ -511,16 +544,6 @@ impl Onramp {
             .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
         let config = JobConfig::from_json(&request.config)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        if config.job_executions_rollout_config.is_some() || config.abort_config.is_some() {
-            return Err(ServiceError::BadRequest(
-                "jobExecutionsRolloutConfig and abortConfig are not supported yet".into(),
-            ));
-        }
-        if config.success_confirmation.is_some() {
-            return Err(ServiceError::BadRequest(
-                "successConfirmation is not supported yet".into(),
-            ));
-        }
         let things = self.resolve_targets(tenant, &request.targets).await?;
         if things.is_empty() {
             return Err(ServiceError::BadRequest(
@@ -535,10 +558,20 @@ impl Onramp {
                 self.inner.store.thing_executions(tenant, t, None).await?,
             ));
         }
-        let executions: Vec<JobExecution> = things
-            .iter()
-            .map(|t| JobExecution::queued(&request.job_id, t, at))
-            .collect();
+        // A paced rollout keeps every target waiting for the scheduler;
+        // otherwise every target is queued now.
+        let paced = config.job_executions_rollout_config.is_some();
+        let (executions, waiting): (Vec<JobExecution>, Vec<String>) = if paced {
+            (Vec::new(), things.clone())
+        } else {
+            (
+                things
+                    .iter()
+                    .map(|t| JobExecution::queued(&request.job_id, t, at))
+                    .collect(),
+                Vec::new(),
+            )
+        };
         let record = JobRecord {
             tenant: tenant.to_string(),
             job_id: request.job_id.clone(),
@@ -563,17 +596,28 @@ impl Onramp {
             target: format!("job:{}", request.job_id),
             source: caller.source.clone(),
             outcome: Outcome::Success,
-            detail: format!("{} executions queued", executions.len()),
+            detail: format!(
+                "{} executions queued, {} waiting for the rollout",
+                executions.len(),
+                waiting.len()
+            ),
             at,
         };
         self.inner
             .store
-            .create_job(&record, &executions, &audit)
+            .create_job(&record, &executions, &waiting, &audit)
             .await?;
         metrics::counter!("onramp_jobs_created_total").increment(1);
         metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
             .increment(executions.len() as u64);
-        self.notify_things(tenant, before).await;
+        if paced {
+            // The first release goes out at once rather than on the next tick.
+            if let Err(e) = self.release_rollouts(at).await {
+                tracing::warn!(error = %e, "first rollout release failed; the scheduler retries");
+            }
+        } else {
+            self.notify_things(tenant, before).await;
+        }
         self.describe_job(caller, &request.job_id).await
     }
 
@@ -632,7 +676,21 @@ impl Onramp {
             .await?
             .into_iter()
             .collect();
-        Ok(describe_record(&record, counts))
+        let mut described = describe_record(&record, counts);
+        described.failures_by_group = store
+            .job_failures_by_group(&caller.tenant, job_id)
+            .await?
+            .into_iter()
+            .map(
+                |(hardware_revision, device_class, status, count)| FailureGroup {
+                    hardware_revision,
+                    device_class,
+                    status,
+                    count,
+                },
+            )
+            .collect();
+        Ok(described)
     }
 
     /// Jobs in id order.
@@ -683,8 +741,8 @@ impl Onramp {
             .await?)
     }
 
-    /// Cancels a job: its QUEUED executions become CANCELED, and with `force`
-    /// its IN_PROGRESS ones too.
+    /// Cancels a job: waiting targets are dropped, its QUEUED executions
+    /// become CANCELED, and with `force` its IN_PROGRESS ones too.
     pub async fn cancel_job(
         &self,
         caller: &Caller,
@@ -692,76 +750,22 @@ impl Onramp {
         force: bool,
     ) -> Result<JobDescription> {
         caller.require(Permission::ManageDevices)?;
-        let tenant = caller.tenant.as_str();
-        let store = &self.inner.store;
-        let record = store
-            .get_job(tenant, job_id)
+        let detail = if force { "force" } else { "" };
+        if !self
+            .stop_job(caller, job_id, force, "job.cancel", detail)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("job {job_id}")))?;
-        if record.status != "IN_PROGRESS" {
+        {
+            let status = self
+                .inner
+                .store
+                .get_job(&caller.tenant, job_id)
+                .await?
+                .map(|j| j.status)
+                .unwrap_or_default();
             return Err(ServiceError::Conflict(format!(
-                "job {job_id} is already {}",
-                record.status
+                "job {job_id} is already {status}"
             )));
         }
-        let at = now();
-        let audit = AuditEntry {
-            id: 0,
-            tenant: tenant.to_string(),
-            actor: caller.actor.clone(),
-            action: "job.cancel".into(),
-            target: format!("job:{job_id}"),
-            source: caller.source.clone(),
-            outcome: Outcome::Success,
-            detail: if force { "force".into() } else { String::new() },
-            at,
-        };
-        // The job stops first, so no execution is started after this point.
-        store
-            .set_job_status(tenant, job_id, "CANCELED", at, Some(&audit))
-            .await?;
-        let mut notes = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = store
-                .job_executions(
-                    tenant,
-                    job_id,
-                    &Page::new(after.clone(), Some(Page::MAX_LIMIT)),
-                )
-                .await?;
-            for e in page.iter().filter(|e| e.status.is_pending()) {
-                let before = store.thing_executions(tenant, &e.thing_name, None).await?;
-                let mut current = e.clone();
-                for _ in 0..CAS_ATTEMPTS {
-                    let Ok(canceled) = job::cancel(&current, force, at) else {
-                        break;
-                    };
-                    if store
-                        .save_execution(tenant, &canceled, Some(current.version), None)
-                        .await?
-                    {
-                        metrics::counter!("onramp_job_execution_updates_total", "status" => "CANCELED").increment(1);
-                        notes.push((e.thing_name.clone(), before.clone()));
-                        break;
-                    }
-                    match store
-                        .thing_executions(tenant, &e.thing_name, Some(job_id))
-                        .await?
-                        .into_iter()
-                        .find(|x| x.execution_number == e.execution_number)
-                    {
-                        Some(fresh) if fresh.status.is_pending() => current = fresh,
-                        _ => break,
-                    }
-                }
-            }
-            if page.len() < Page::MAX_LIMIT as usize {
-                break;
-            }
-            after = page.last().map(|e| e.thing_name.clone());
-        }
-        self.notify_things(tenant, notes).await;
         self.describe_job(caller, job_id).await
     }
 

@@ -27,15 +27,21 @@ pub enum ClusterTask {
     IdentityChangePruning,
     /// Job executions whose in-progress or step timer ran out.
     JobTimeouts,
+    /// Targets of paced rollouts, released at their configured rate.
+    JobRollouts,
+    /// Successes awaiting confirmation by the firmware version devices report.
+    JobConfirmations,
 }
 
 impl ClusterTask {
-    pub const ALL: [ClusterTask; 5] = [
+    pub const ALL: [ClusterTask; 7] = [
         ClusterTask::PendingCertificates,
         ClusterTask::ClaimExpiry,
         ClusterTask::ShadowCompaction,
         ClusterTask::IdentityChangePruning,
         ClusterTask::JobTimeouts,
+        ClusterTask::JobRollouts,
+        ClusterTask::JobConfirmations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +51,8 @@ impl ClusterTask {
             ClusterTask::ShadowCompaction => "shadow-compaction",
             ClusterTask::IdentityChangePruning => "identity-change-pruning",
             ClusterTask::JobTimeouts => "job-timeouts",
+            ClusterTask::JobRollouts => "job-rollouts",
+            ClusterTask::JobConfirmations => "job-confirmations",
         }
     }
 }
@@ -61,6 +69,8 @@ impl Onramp {
             ClusterTask::ShadowCompaction | ClusterTask::IdentityChangePruning => 600,
             // Timers are set in minutes; a few seconds late is within AWS's own precision.
             ClusterTask::JobTimeouts => 5,
+            ClusterTask::JobRollouts => 1,
+            ClusterTask::JobConfirmations => 5,
         }
     }
 
@@ -84,6 +94,12 @@ impl Onramp {
             ClusterTask::JobTimeouts => {
                 // Drain: a batch at a time until nothing is overdue.
                 while self.expire_job_executions(now()).await? == 500 {}
+            }
+            ClusterTask::JobRollouts => {
+                self.release_rollouts(now()).await?;
+            }
+            ClusterTask::JobConfirmations => {
+                self.confirm_job_executions(now()).await?;
             }
         }
         Ok(())

@@ -5,7 +5,7 @@
 use crate::sql::{SqlStore, insert_audit};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
-use onramp_domain::job::{JobExecution, JobExecutionStatus};
+use onramp_domain::job::{Confirmation, JobExecution, JobExecutionStatus};
 use onramp_domain::{AuditEntry, Page, UnixTime};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -31,11 +31,13 @@ pub struct JobRecord {
 
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Creates the job and queues its first executions in one transaction.
+    /// Creates the job, queues its first executions and records the targets
+    /// a paced rollout will release later, in one transaction.
     async fn create_job(
         &self,
         job: &JobRecord,
         executions: &[JobExecution],
+        waiting: &[String],
         audit: &AuditEntry,
     ) -> Result<()>;
     async fn get_job(&self, tenant: &str, job_id: &str) -> Result<Option<JobRecord>>;
@@ -77,6 +79,35 @@ pub trait JobStore: Send + Sync {
         expected_version: Option<u64>,
         retry: Option<&JobExecution>,
     ) -> Result<bool>;
+    /// Jobs still in progress with targets waiting for release.
+    async fn jobs_awaiting_release(&self) -> Result<Vec<(String, String)>>;
+    /// The saved state of a job's rollout (opaque JSON), if any.
+    async fn rollout_state(&self, tenant: &str, job_id: &str) -> Result<Option<String>>;
+    /// Releases up to `count` waiting targets of a job still in progress:
+    /// queues an execution for each, marks them released and saves the
+    /// rollout state, in one transaction. Returns the queued executions.
+    async fn release_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        count: u32,
+        now: UnixTime,
+        rollout_state: &str,
+    ) -> Result<Vec<JobExecution>>;
+    /// Drops a job's targets that were never released; returns how many.
+    async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64>;
+    /// A job's failed, timed-out and rejected executions counted by the
+    /// hardware revision and device class of their things:
+    /// `(hardware_revision, device_class, status, count)`.
+    async fn job_failures_by_group(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>>;
+    /// SUCCEEDED executions still awaiting confirmation, earliest deadline first.
+    async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>>;
+    /// Whether any success of the job still awaits confirmation.
+    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool>;
     /// IN_PROGRESS executions whose timer ran out at `now`, oldest first.
     async fn overdue_executions(
         &self,
@@ -112,11 +143,16 @@ fn encode(e: &JobExecution) -> Result<String> {
     serde_json::to_string(e).map_err(|err| StoreError::Corrupt(format!("job execution: {err}")))
 }
 
-/// The deadline column: only running executions have a timer to watch.
+/// The deadline column: a running execution's timer, or the confirmation
+/// deadline of a success that awaits confirmation by firmware version.
 fn deadline(e: &JobExecution) -> Option<i64> {
-    (e.status == JobExecutionStatus::InProgress)
-        .then(|| e.deadline())
-        .flatten()
+    match (&e.status, &e.confirmation) {
+        (JobExecutionStatus::InProgress, _) => e.deadline(),
+        (JobExecutionStatus::Succeeded, Some(Confirmation::Pending { deadline, .. })) => {
+            Some(*deadline)
+        }
+        _ => None,
+    }
 }
 
 fn version(v: u64) -> i64 {
@@ -155,6 +191,7 @@ impl JobStore for SqlStore {
         &self,
         job: &JobRecord,
         executions: &[JobExecution],
+        waiting: &[String],
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
@@ -185,6 +222,17 @@ impl JobStore for SqlStore {
         }
         for e in executions {
             insert_execution(&mut tx, &job.tenant, e).await?;
+        }
+        for thing in waiting {
+            sqlx::query(
+                "INSERT INTO job_targets (tenant, job_id, thing_name, released_at) \
+                 VALUES ($1, $2, $3, NULL)",
+            )
+            .bind(&job.tenant)
+            .bind(&job.job_id)
+            .bind(thing)
+            .execute(&mut *tx)
+            .await?;
         }
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
@@ -367,6 +415,157 @@ impl JobStore for SqlStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn jobs_awaiting_release(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT t.tenant, t.job_id FROM job_targets t JOIN jobs j \
+             ON j.tenant = t.tenant AND j.job_id = t.job_id \
+             WHERE t.released_at IS NULL AND j.status = 'IN_PROGRESS' ORDER BY t.tenant, t.job_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, r.try_get("job_id")?)))
+            .collect()
+    }
+
+    async fn rollout_state(&self, tenant: &str, job_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT rollout_state FROM jobs WHERE tenant = $1 AND job_id = $2")
+            .bind(tenant)
+            .bind(job_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        match row {
+            Some(r) => Ok(r.try_get("rollout_state")?),
+            None => Ok(None),
+        }
+    }
+
+    async fn release_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        count: u32,
+        now: UnixTime,
+        rollout_state: &str,
+    ) -> Result<Vec<JobExecution>> {
+        let mut tx = self.begin().await?;
+        // The job must still be in progress when the release commits: a
+        // cancel or abort that committed first stops it.
+        let saved = sqlx::query(
+            "UPDATE jobs SET rollout_state = $3, updated_at = $4 \
+             WHERE tenant = $1 AND job_id = $2 AND status = 'IN_PROGRESS'",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .bind(rollout_state)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if saved == 0 || count == 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT thing_name FROM job_targets WHERE tenant = $1 AND job_id = $2 \
+             AND released_at IS NULL ORDER BY thing_name LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .bind(i64::from(count))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut released = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let thing: String = r.try_get("thing_name")?;
+            let marked = sqlx::query(
+                "UPDATE job_targets SET released_at = $4 WHERE tenant = $1 AND job_id = $2 \
+                 AND thing_name = $3 AND released_at IS NULL",
+            )
+            .bind(tenant)
+            .bind(job_id)
+            .bind(&thing)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if marked == 1 {
+                let e = JobExecution::queued(job_id, &thing, now);
+                insert_execution(&mut tx, tenant, &e).await?;
+                released.push(e);
+            }
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM job_targets WHERE tenant = $1 AND job_id = $2 AND released_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn job_failures_by_group(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT d.hardware_revision AS hardware_revision, d.device_class AS device_class, \
+             e.status AS status, COUNT(*) AS n FROM job_executions e \
+             LEFT JOIN devices d ON d.tenant = e.tenant AND d.thing_name = e.thing_name \
+             WHERE e.tenant = $1 AND e.job_id = $2 \
+             AND e.status IN ('FAILED', 'TIMED_OUT', 'REJECTED') \
+             GROUP BY d.hardware_revision, d.device_class, e.status \
+             ORDER BY COUNT(*) DESC, e.status",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("hardware_revision")?,
+                    r.try_get("device_class")?,
+                    r.try_get("status")?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, execution FROM job_executions WHERE deadline IS NOT NULL \
+             AND status = 'SUCCEEDED' ORDER BY deadline LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, execution_from_row(r)?)))
+            .collect()
+    }
+
+    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             AND status = 'SUCCEEDED' AND deadline IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_one(&self.reader)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n > 0)
     }
 
     async fn overdue_executions(

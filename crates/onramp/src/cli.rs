@@ -25,8 +25,8 @@ use std::path::PathBuf;
     about = "Device provisioning and fleet lifecycle server",
     after_help = "Admin commands act on the local data directory as the local operator, or, \
 when a server is given (--server, ONRAMP_SERVER or `onramp login`), on that running server \
-through its REST API with an API key. Local-only: serve, init, ca import, tenant create, \
-tenant list (and creating the first admin API key, before any key exists). \
+through its REST API with an API key. Local-only: serve, init, config check, ca import, \
+tenant create, tenant list (and creating the first admin API key, before any key exists). \
 With --json, results print as JSON on stdout and errors as \
 {\"error\": {\"code\", \"message\"}} on stderr; the exit status is non-zero on error. \
 ONRAMP_BACKTRACE=1 adds a backtrace to errors."
@@ -68,12 +68,25 @@ impl Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration as `onramp serve` would (defaults, the --config
+    /// file, ONRAMP_* variables), refuse unknown keys and unusable listen
+    /// addresses, and print the effective settings as JSON (database
+    /// password hidden). Touches no data directory.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: EST, REST API, health and metrics over HTTPS. Creates
-    /// the data directory, CA and database on first start. Local only.
+    /// Run the server: EST, REST API and health over HTTPS, MQTT, and health,
+    /// readiness and metrics on the operations listener. Creates the data
+    /// directory, CA and database on first start. Local only.
     Serve,
     /// Create the data directory, CA and database without starting the server. Local only.
     Init,
+    /// The configuration. Local only.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Check --server and --api-key against the server and store them (and
     /// --ca-file's PEM) in the credentials file, mode 0600.
     Login,
@@ -122,6 +135,7 @@ impl Command {
         match self {
             Command::Serve => Some("serve"),
             Command::Init => Some("init"),
+            Command::Config(ConfigCommand::Check) => Some("config check"),
             Command::Ca(CaCommand::Import { .. }) => Some("ca import"),
             Command::Tenant(TenantCommand::Create { .. }) => Some("tenant create"),
             Command::Tenant(TenantCommand::List) => Some("tenant list"),
@@ -529,7 +543,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     admin_command(&admin, &out, cli.command).await
 }
 
-/// Serve, init, ca import and the tenant commands: always on the data directory.
+/// Serve, init, config check, ca import and the tenant commands: always local.
 async fn run_local_only(cli: Cli) -> Result<()> {
     let cfg = Config::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
     init_logging(&cfg);
@@ -537,6 +551,11 @@ async fn run_local_only(cli: Cli) -> Result<()> {
     let caller = Caller::local(cli.tenant.as_deref().unwrap_or(DEFAULT_TENANT));
     match cli.command {
         Command::Serve => serve(cfg).await,
+        Command::Config(ConfigCommand::Check) => {
+            cfg.check_listen_addresses()?;
+            println!("{}", serde_json::to_string_pretty(&cfg.shown()?)?);
+            Ok(())
+        }
         Command::Ca(CaCommand::Import { cert, key }) => {
             import_ca(&cfg, &cert, &key)?;
             out.message(
@@ -630,6 +649,7 @@ async fn admin_command(admin: &Admin, out: &Output, command: Command) -> Result<
     match command {
         Command::Serve
         | Command::Init
+        | Command::Config(_)
         | Command::Login
         | Command::Logout
         | Command::Tenant(_)

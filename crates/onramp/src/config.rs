@@ -3,10 +3,10 @@
 //! `ONRAMP_HTTP__LISTEN`, `ONRAMP_ENROLMENT__REQUIRE_ALLOWLIST`, ...).
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the CA, keys and (by default) the SQLite database live.
@@ -14,6 +14,7 @@ pub struct Config {
     /// `sqlite://…` or `postgres://…`; default: SQLite in the data directory.
     pub database_url: Option<String>,
     pub http: HttpConfig,
+    pub ops: OpsConfig,
     pub ca: CaConfig,
     pub enrolment: EnrolmentConfig,
     pub mqtt: MqttConfig,
@@ -21,7 +22,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisioningConfig {
     /// Lifetime of a certificate ownership token (AWS: one hour).
@@ -38,7 +39,7 @@ pub struct ProvisioningConfig {
     pub jitp_drop_first_connection: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     pub enabled: bool,
@@ -62,10 +63,28 @@ pub struct MqttConfig {
     pub claim_rate_per_source: RateConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The operations listener: plain HTTP, for probes and Prometheus.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// `host:port`; empty or `off` disables the listener.
+    pub listen: String,
+}
+
+impl OpsConfig {
+    /// The address to bind, or `None` when the listener is disabled.
+    pub fn listen_addr(&self) -> Option<&str> {
+        let listen = self.listen.trim();
+        (!listen.is_empty() && !listen.eq_ignore_ascii_case("off")).then_some(listen)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Also serve `/metrics` on the HTTPS listener (unauthenticated).
+    pub metrics: bool,
     /// Names and addresses in the server certificate.
     pub hosts: Vec<String>,
     /// Time allowed for the TLS handshake.
@@ -95,7 +114,7 @@ pub struct HttpConfig {
     pub refusal_audit_window_secs: i64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailureConfig {
     /// Failures in a row before the back-off starts; 0 disables it.
@@ -106,7 +125,7 @@ pub struct FailureConfig {
     pub max_backoff_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// ecdsa-p256 (default), ecdsa-p384 or rsa-3072; used when the CA is created.
@@ -114,14 +133,14 @@ pub struct CaConfig {
     pub organization: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
     pub per_second: u32,
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootstrapCaConfig {
     /// PEM file of a CA whose certificates may enrol (factory identities).
@@ -129,7 +148,7 @@ pub struct BootstrapCaConfig {
     pub tenant: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolmentConfig {
     pub device_cert_validity_days: u32,
@@ -146,7 +165,7 @@ pub struct EnrolmentConfig {
     pub bootstrap_cas: Vec<BootstrapCaConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` or `json`.
@@ -158,6 +177,7 @@ data_dir = "./onramp-data"
 
 [http]
 listen = "0.0.0.0:8443"
+metrics = false
 hosts = ["localhost", "127.0.0.1", "::1"]
 handshake_timeout_secs = 10
 header_read_timeout_secs = 10
@@ -171,6 +191,9 @@ h2_keep_alive_interval_secs = 30
 max_discard_bytes = 16777216
 api_key_failures_per_source = { max_failures = 10, backoff_secs = 10, max_backoff_secs = 600 }
 refusal_audit_window_secs = 60
+
+[ops]
+listen = "127.0.0.1:9464"
 
 [ca]
 key_algorithm = "ecdsa-p256"
@@ -269,6 +292,32 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The effective settings as JSON, with any password in the database URL
+    /// replaced by `***`, for `onramp config check`.
+    pub fn shown(&self) -> Result<serde_json::Value> {
+        let mut shown = self.clone();
+        shown.database_url = shown.database_url.as_deref().map(redact_url);
+        serde_json::to_value(&shown).context("showing the configuration")
+    }
+
+    /// Refuses listen addresses that cannot be bound as written, so that a
+    /// typo is reported by `onramp config check` and not at the first start.
+    pub fn check_listen_addresses(&self) -> Result<()> {
+        use std::net::ToSocketAddrs;
+        let mut listeners = vec![("http.listen", self.http.listen.as_str())];
+        if self.mqtt.enabled {
+            listeners.push(("mqtt.listen", self.mqtt.listen.as_str()));
+        }
+        if let Some(ops) = self.ops.listen_addr() {
+            listeners.push(("ops.listen", ops));
+        }
+        for (setting, addr) in listeners {
+            addr.to_socket_addrs()
+                .with_context(|| format!("{setting} = {addr:?} is not a host:port address"))?;
+        }
+        Ok(())
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()
@@ -353,6 +402,36 @@ impl Config {
     }
 }
 
+/// A database URL with its password (`user:PASSWORD@` or `password=`)
+/// replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out = format!("{base}{}", query.join("&"));
+    }
+    out
+}
+
 /// Creates one directory readable by its owner only (parents must exist).
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -397,6 +476,33 @@ impl HttpConfig {
 #[cfg(test)]
 mod tests {
     use super::DEFAULTS;
+
+    #[test]
+    fn database_passwords_are_hidden_when_shown() {
+        use super::redact_url;
+        assert_eq!(
+            redact_url("postgres://onramp:s3cr@t@db:5432/onramp"),
+            "postgres://onramp:***@db:5432/onramp"
+        );
+        assert_eq!(
+            redact_url("postgres://onramp@db/onramp?sslmode=require&password=hunter2"),
+            "postgres://onramp@db/onramp?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/onramp/onramp.db"),
+            "sqlite:///var/lib/onramp/onramp.db"
+        );
+    }
+
+    #[test]
+    fn the_ops_listener_is_off_when_empty_or_off() {
+        let ops = |listen: &str| super::OpsConfig {
+            listen: listen.into(),
+        };
+        assert_eq!(ops("127.0.0.1:9464").listen_addr(), Some("127.0.0.1:9464"));
+        assert_eq!(ops("").listen_addr(), None);
+        assert_eq!(ops(" OFF ").listen_addr(), None);
+    }
     use serde_json::Value;
     use std::collections::BTreeMap;
 

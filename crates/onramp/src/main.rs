@@ -6,6 +6,7 @@ mod cli_provisioning;
 mod config;
 mod credentials;
 mod serve;
+mod telemetry;
 
 use clap::Parser;
 use std::process::ExitCode;

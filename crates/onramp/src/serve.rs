@@ -121,9 +121,36 @@ fn install_metrics() -> Result<PrometheusHandle> {
         .context("installing the metrics recorder")
 }
 
+/// Binds one listener; a failure names the setting that chose the address
+/// (`setting`, its variable `env`, and any `alternative`).
+async fn bind(
+    addr: &str,
+    what: &str,
+    (setting, env, alternative): (&str, &str, &str),
+) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) => {
+            let taken = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "another process, or another Onramp, holds the port; "
+            } else {
+                ""
+            };
+            Err(anyhow::Error::new(e).context(format!(
+                "cannot listen on {addr} for the {what}: {taken}change `{setting}` ({env}){alternative}"
+            )))
+        }
+    }
+}
+
 pub async fn serve(cfg: Config) -> Result<()> {
     let metrics = install_metrics()?;
+    crate::telemetry::register();
     let onramp = open_onramp(&cfg, DataDir::CreateIfMissing).await?;
+    let state = onramp_http::AppState {
+        onramp: onramp.clone(),
+        metrics: Some(metrics),
+    };
     let identity = onramp
         .ca()
         .ensure_server_identity(&cfg.tls_dir(), &cfg.http.hosts, now())
@@ -147,6 +174,24 @@ pub async fn serve(cfg: Config) -> Result<()> {
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
+    };
+
+    // The operations listener is bound before the device listeners, so that
+    // a taken port stops the server before devices can reach it.
+    let ops_listener = match cfg.ops.listen_addr() {
+        Some(listen) => Some(
+            bind(
+                listen,
+                "operations listener",
+                (
+                    "ops.listen",
+                    "ONRAMP_OPS__LISTEN",
+                    r#", or set it to "off""#,
+                ),
+            )
+            .await?,
+        ),
+        None => None,
     };
 
     let mqtt = if cfg.mqtt.enabled {
@@ -198,9 +243,16 @@ pub async fn serve(cfg: Config) -> Result<()> {
             .use_client_roots(roots)
             .await
             .map_err(|e| anyhow::anyhow!("loading registered CAs: {e}"))?;
-        let listener = tokio::net::TcpListener::bind(&m.listen)
-            .await
-            .with_context(|| format!("binding {}", m.listen))?;
+        let listener = bind(
+            &m.listen,
+            "MQTT listener",
+            (
+                "mqtt.listen",
+                "ONRAMP_MQTT__LISTEN",
+                ", or set `mqtt.enabled = false`",
+            ),
+        )
+        .await?;
         let addr = listener.local_addr()?;
         std::fs::write(cfg.data_dir.join("mqtt.addr"), addr.to_string())?;
         tracing::info!(%addr, retained = restored, "onramp is serving MQTT over mutual TLS");
@@ -217,23 +269,51 @@ pub async fn serve(cfg: Config) -> Result<()> {
         None
     };
 
-    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.http.listen))?;
+    let listener = bind(
+        &cfg.http.listen,
+        "HTTPS listener",
+        ("http.listen", "ONRAMP_HTTP__LISTEN", ""),
+    )
+    .await?;
     let addr = listener.local_addr()?;
+    let ops = match ops_listener {
+        Some(ops_listener) => {
+            let ops_addr = ops_listener.local_addr()?;
+            std::fs::write(cfg.data_dir.join("ops.addr"), ops_addr.to_string())?;
+            tracing::info!(addr = %ops_addr, "onramp is serving health, readiness and metrics over plain HTTP");
+            println!("onramp ops listening on http://{ops_addr}");
+            Some(tokio::spawn(onramp_http::serve_ops(
+                ops_listener,
+                onramp_http::ops_router(state.clone()),
+                stopped(),
+            )))
+        }
+        None => {
+            let _ = std::fs::remove_file(cfg.data_dir.join("ops.addr"));
+            let metrics = if cfg.http.metrics {
+                "/metrics is served on the HTTPS listener"
+            } else {
+                "/metrics is not served"
+            };
+            tracing::info!("the operations listener is off (ops.listen); {metrics}");
+            None
+        }
+    };
     // Tests and scripts read the bound address (the port may be ephemeral).
     std::fs::write(cfg.data_dir.join("https.addr"), addr.to_string())?;
-    tracing::info!(%addr, backend = onramp.backend(), "onramp is serving HTTPS (EST, API, health, metrics)");
+    let served = if cfg.http.metrics {
+        "EST, API, health, metrics"
+    } else {
+        "EST, API, health"
+    };
+    tracing::info!(%addr, backend = onramp.backend(), "onramp is serving HTTPS ({served})");
     println!("onramp listening on https://{addr}");
 
     // Housekeeping (purges, expiry checks, compaction, shadow deltas,
-    // refusal audits) runs whether or not MQTT is enabled.
+    // refusal audits, job timers and rollouts) runs whether or not MQTT is enabled.
     let (sched_stop_tx, sched_stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(onramp.clone().run_scheduler(sched_stop_rx));
-    let app = onramp_http::router(onramp_http::AppState {
-        onramp: onramp.clone(),
-        metrics: Some(metrics),
-    });
+    let app = onramp_http::router(state, cfg.http.metrics);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -241,6 +321,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
     onramp_http::serve(listener, Arc::new(tls), app, cfg.http.limits(), stopped()).await?;
     let _ = sched_stop_tx.send(true);
     let _ = scheduler.await;
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
     if let Some((served, maintenance)) = mqtt {
         maintenance.abort();
         let _ = served.await;

@@ -436,7 +436,7 @@ fn health_readiness_metrics_openapi_and_ca_chain() {
     // Another key, so that this is a refused reuse and not an answered retry.
     let other = device_csr(s.dir.path(), "d-other", "/CN=SN-6");
     assert_eq!(s.enrol(&other, "SN-6", &token).status, 401);
-    let m = s.curl(&[&s.url("/metrics")]).text();
+    let m = s.metrics();
     for needle in [
         "onramp_enrolments_total{operation=\"simpleenroll\",outcome=\"success\"} 1",
         "onramp_enrolments_total{operation=\"simpleenroll\",outcome=\"denied\"} 1",
@@ -472,7 +472,7 @@ fn certificates_about_to_expire_show_in_metrics() {
     let token = s.token("SN-7");
     let d = device_csr(s.dir.path(), "d", "/CN=SN-7");
     assert_eq!(s.enrol(&d, "SN-7", &token).status, 200);
-    let m = s.curl(&[&s.url("/metrics")]).text();
+    let m = s.metrics();
     assert!(
         m.contains("onramp_certificates_expiring{within=\"7d\"} 0"),
         "{m}"
@@ -493,6 +493,7 @@ fn the_server_refuses_to_start_with_a_world_readable_ca_key() {
     let out = std::process::Command::new(bin())
         .args(["--data-dir", s.data.to_str().unwrap(), "serve"])
         .env("ONRAMP_HTTP__LISTEN", "127.0.0.1:0")
+        .env("ONRAMP_OPS__LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -944,7 +944,7 @@ fn help_names_the_local_only_commands() {
     let o = Command::new(bin()).arg("--help").output().unwrap();
     let help = stdout(&o);
     assert!(
-        help.contains("Local-only: serve, init, ca import"),
+        help.contains("Local-only: serve, init, config check, ca import"),
         "{help}"
     );
     assert!(help.contains("--server"), "{help}");

@@ -307,6 +307,7 @@ fn serve_once(s: &Server) -> std::process::Output {
         .env_remove("ONRAMP_DATABASE_URL")
         .env("ONRAMP_HTTP__LISTEN", "127.0.0.1:0")
         .env("ONRAMP_MQTT__LISTEN", "127.0.0.1:0")
+        .env("ONRAMP_OPS__LISTEN", "127.0.0.1:0")
         .output()
         .unwrap()
 }

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Backend, Server, device_csr};
+use support::{Backend, Server, device_csr, metric_value};
 
 // ---- a raw TLS client, to hold connections open the way an attacker would ----
 
@@ -168,11 +168,10 @@ fn connections_trickling_a_request_head_are_closed_at_the_header_timeout() {
         "closed {earliest:?} after the handshake, before the 3 s timeout"
     );
     assert_eq!(healthz(&s), 200, "the server still serves");
-    let metrics = s.curl(&[&s.url("/metrics")]).text();
+    let metrics = s.metrics();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("onramp_http_timeouts_total{kind=\"header\"}")),
+        metric_value(&metrics, "onramp_http_timeouts_total{kind=\"header\"}")
+            .is_some_and(|n| n >= 1.0),
         "{metrics}"
     );
 }
@@ -283,27 +282,24 @@ fn connections_over_the_per_source_cap_are_refused_before_tls() {
     // Closing one frees its place.
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
-        let r = s.curl(&[&s.url("/metrics")]);
+    // The freed place is reusable: a request on the HTTPS listener succeeds.
+    loop {
+        let r = s.curl(&[&s.url("/healthz")]);
         if r.status == 200 {
-            break r.text();
+            break;
         }
         assert!(
             Instant::now() < deadline,
             "the freed place was not reusable"
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let refused_count: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                "onramp_http_connections_refused_total{reason=\"max_connections_per_source\"} ",
-            )
-        })
-        .unwrap_or_else(|| panic!("{metrics}"))
-        .parse()
-        .unwrap();
+    }
+    let metrics = s.metrics();
+    let refused_count = metric_value(
+        &metrics,
+        "onramp_http_connections_refused_total{reason=\"max_connections_per_source\"}",
+    )
+    .unwrap_or_else(|| panic!("{metrics}"));
     assert!(refused_count >= 1.0);
 }
 

@@ -743,9 +743,13 @@ fn provisioning_is_rate_limited_per_claim_and_audited() {
     let throttled = audit(&s, "provisioning.create_keys_and_certificate");
     assert_eq!(throttled.len(), 1);
     assert_eq!(throttled[0]["outcome"], "denied");
-    let metrics = s.curl(&[&s.url("/metrics")]).text();
-    assert!(
-        metrics.contains("onramp_provisioning_throttled_total"),
+    let metrics = s.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "onramp_provisioning_throttled_total{limit=\"claim\"}"
+        ),
+        Some(1.0),
         "{metrics}"
     );
 }

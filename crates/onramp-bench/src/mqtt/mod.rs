@@ -106,8 +106,6 @@ pub struct Setup {
     pub brokers: Vec<Broker>,
     /// The identity as files (for worker processes) and Mosquitto's CA file.
     pub files: tempfile::TempDir,
-    /// HTTPS to Onramp, for `/metrics`.
-    https: Client,
 }
 
 pub fn progress(scenario: &str, msg: &str) {
@@ -116,7 +114,6 @@ pub fn progress(scenario: &str, msg: &str) {
 
 /// What [`Setup::prepare`] adds to the running Onramp.
 struct Prepared {
-    https: Client,
     mosquitto: Option<Mosquitto>,
     brokers: Vec<Broker>,
     files: tempfile::TempDir,
@@ -145,7 +142,6 @@ impl Setup {
             mosquitto: prepared.mosquitto,
             brokers: prepared.brokers,
             files: prepared.files,
-            https: prepared.https,
         };
         // One connection to each broker before anything is timed: the
         // identity, the policy and both TLS configurations work.
@@ -180,7 +176,6 @@ impl Setup {
             .tempdir()
             .context("creating a temporary directory")?;
         let identity = enrol_bench_device(onramp, files.path()).await?;
-        let https = Client::new(onramp.addr, &identity.root_pem)?;
         progress(
             scenario,
             &format!("enrolled {THING} over EST; policy {POLICY_NAME} attached"),
@@ -215,7 +210,6 @@ impl Setup {
             mosquitto = Some(m);
         }
         Ok(Prepared {
-            https,
             mosquitto,
             brokers,
             files,
@@ -233,16 +227,7 @@ impl Setup {
     /// Onramp's MQTT counters from `/metrics` (`onramp_mqtt_*` samples, by
     /// series name with labels).
     pub async fn onramp_counters(&self) -> Result<BTreeMap<String, f64>> {
-        let mut conn = self.https.connect().await?;
-        let request = Request::get("/metrics")
-            .header(HOST, "localhost")
-            .body(Full::new(Bytes::new()))
-            .context("building the metrics request")?;
-        let response = conn.send(request).await?;
-        if response.status != StatusCode::OK {
-            bail!("GET /metrics: {}", response.status);
-        }
-        Ok(parse_counters(&String::from_utf8_lossy(&response.body)))
+        Ok(parse_counters(&self.onramp.metrics().await?))
     }
 
     /// The identity files a worker process reads: (root PEM, cert DER, key DER).

@@ -18,6 +18,8 @@ pub struct Server {
     pub data: PathBuf,
     pub addr: String,
     pub mqtt_port: u16,
+    /// The operations listener (plain HTTP), unless the test turned it off.
+    pub ops_addr: Option<String>,
     pub root_pem: PathBuf,
     pub database_url: Option<String>,
     pub env: Vec<(String, String)>,
@@ -68,6 +70,7 @@ impl Server {
             data,
             addr: String::new(),
             mqtt_port: 0,
+            ops_addr: None,
             database_url,
             env,
             child: None,
@@ -105,8 +108,14 @@ impl Server {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(&self.stderr_log).unwrap();
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        // Tests run side by side: every listener on an ephemeral port, unless
+        // the test chose the operations listener's address itself.
+        if !self.env.iter().any(|(k, _)| k == "ONRAMP_OPS__LISTEN") {
+            command.env("ONRAMP_OPS__LISTEN", "127.0.0.1:0");
+        }
+        self.ops_addr = None;
+        let mut child = command
             .arg("serve")
             .env("ONRAMP_HTTP__LISTEN", "127.0.0.1:0")
             .env("ONRAMP_MQTT__LISTEN", "127.0.0.1:0")
@@ -122,6 +131,9 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not start");
             match lines.next() {
                 Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("onramp ops listening on http://") {
+                        self.ops_addr = Some(addr.trim().to_string());
+                    }
                     if let Some(addr) = line.strip_prefix("onramp mqtt listening on ") {
                         self.mqtt_port = addr.rsplit(':').next().unwrap().trim().parse().unwrap();
                     }
@@ -189,6 +201,22 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         let port = self.addr.rsplit(':').next().unwrap();
         format!("https://localhost:{port}{path}")
+    }
+
+    /// A URL on the operations listener (plain HTTP).
+    pub fn ops_url(&self, path: &str) -> String {
+        let addr = self
+            .ops_addr
+            .as_deref()
+            .expect("the operations listener is on");
+        format!("http://{addr}{path}")
+    }
+
+    /// The Prometheus text of the operations listener's `/metrics`.
+    pub fn metrics(&self) -> String {
+        let r = self.curl(&[&self.ops_url("/metrics")]);
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+        r.text()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -341,6 +369,14 @@ impl Curl {
                 .then(|| v.trim().to_string())
         })
     }
+}
+
+/// The value of one series (`name{labels}` exactly as exported) in a
+/// Prometheus text, if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn uuid_like() -> String {
@@ -673,6 +709,7 @@ impl Server {
             data,
             addr: String::new(),
             mqtt_port: 0,
+            ops_addr: None,
             database_url: Some(url),
             env: self.env.clone(),
             child: None,

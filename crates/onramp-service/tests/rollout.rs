@@ -1,0 +1,330 @@
+//! Paced rollouts and aborts, driven in-process with a simulated clock
+//! (`release_rollouts(at)`), on SQLite and on PostgreSQL: the release rate,
+//! a restart that keeps the pace, no execution lost or repeated, and an
+//! abort at its threshold that cancels what is queued and drops what waits.
+
+use onramp_domain::job::{JobExecution, JobExecutionStatus};
+use onramp_domain::{DEFAULT_TENANT, DeviceProfile, JobsOp, JobsTopic, Page};
+use onramp_pki::{CaKeyAlgorithm, CertificateAuthority, SecretHasher};
+use onramp_service::{
+    Caller, CreateJob, JobTargets, Onramp, RequestOrigin, Settings, TokenRequest,
+};
+use onramp_store::testing::{scratch_postgres, sqlite_url};
+use serde_json::json;
+use std::collections::BTreeSet;
+
+struct Fixture {
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(postgres: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let url = if postgres {
+            scratch_postgres().await
+        } else {
+            sqlite_url(dir.path())
+        };
+        CertificateAuthority::create(
+            &dir.path().join("ca"),
+            CaKeyAlgorithm::EcdsaP256,
+            "Test",
+            onramp_service::now(),
+        )
+        .unwrap();
+        Fixture { url, dir }
+    }
+
+    /// A server process over the same database: a restart is a new one.
+    async fn onramp(&self) -> Onramp {
+        let store = onramp_store::open(&self.url).await.unwrap();
+        let ca = CertificateAuthority::load(&self.dir.path().join("ca")).unwrap();
+        let hasher = SecretHasher::load_or_create(&self.dir.path().join("hmac.key")).unwrap();
+        Onramp::new(store, ca, hasher, Settings::default())
+    }
+}
+
+fn caller() -> Caller {
+    Caller::local(DEFAULT_TENANT)
+}
+
+async fn things(o: &Onramp, n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 0..n {
+        let name = format!("dev-{i:03}");
+        o.create_token(
+            &caller(),
+            &TokenRequest {
+                serial_number: name.clone(),
+                thing_name: None,
+                profile: DeviceProfile::default(),
+                ttl_secs: None,
+            },
+        )
+        .await
+        .unwrap();
+        names.push(name);
+    }
+    names
+}
+
+async fn executions(o: &Onramp, job: &str) -> Vec<JobExecution> {
+    o.list_job_executions(&caller(), job, &Page::new(None, Some(1000)))
+        .await
+        .unwrap()
+}
+
+async fn rollout_is_paced_survives_a_restart_and_releases_each_target_once(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    let targets = things(&o, 25).await;
+    let t0 = onramp_service::now();
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "paced".into(),
+            description: None,
+            document: br#"{"op":"update"}"#.to_vec(),
+            targets: JobTargets {
+                things: targets.clone(),
+                thing_groups: vec![],
+            },
+            config: json!({"jobExecutionsRolloutConfig": {"maximumPerMinute": 10}}),
+        },
+    )
+    .await
+    .unwrap();
+    // The first release goes out at creation.
+    assert_eq!(executions(&o, "paced").await.len(), 10);
+    // Within the same minute nothing more is released.
+    assert_eq!(o.release_rollouts(t0 + 30).await.unwrap(), 0);
+    // A restart (a new process on the same database) keeps the pace.
+    drop(o);
+    let o = f.onramp().await;
+    assert_eq!(o.release_rollouts(t0 + 45).await.unwrap(), 0);
+    assert_eq!(o.release_rollouts(t0 + 61).await.unwrap(), 10);
+    assert_eq!(o.release_rollouts(t0 + 90).await.unwrap(), 0);
+    assert_eq!(o.release_rollouts(t0 + 121).await.unwrap(), 5);
+    assert_eq!(o.release_rollouts(t0 + 200).await.unwrap(), 0);
+    let all = executions(&o, "paced").await;
+    let names: BTreeSet<_> = all.iter().map(|e| e.thing_name.clone()).collect();
+    assert_eq!(all.len(), 25, "every target released exactly once");
+    assert_eq!(names, targets.into_iter().collect::<BTreeSet<_>>());
+    assert!(all.iter().all(|e| e.status == JobExecutionStatus::Queued));
+}
+
+async fn update(o: &Onramp, thing: &str, job: &str, status: &str) -> Vec<String> {
+    let origin = RequestOrigin {
+        tenant: DEFAULT_TENANT,
+        client_id: thing,
+        source: "127.0.0.1",
+        claim: None,
+    };
+    let request = onramp_domain::DeviceRequest::Jobs(JobsTopic {
+        thing_name: thing.into(),
+        op: JobsOp::Update { job_id: job.into() },
+    });
+    let payload = json!({"status": status}).to_string();
+    o.device_request(&origin, &request, payload.as_bytes())
+        .await
+        .into_iter()
+        .map(|r| r.topic)
+        .collect()
+}
+
+async fn abort_at_the_threshold_cancels_queued_and_drops_waiting(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    let targets = things(&o, 12).await;
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "risky".into(),
+            description: None,
+            document: br#"{"op":"flash"}"#.to_vec(),
+            targets: JobTargets {
+                things: targets.clone(),
+                thing_groups: vec![],
+            },
+            config: json!({
+                "jobExecutionsRolloutConfig": {"maximumPerMinute": 6},
+                "abortConfig": {"criteriaList": [{"failureType": "FAILED", "action": "CANCEL",
+                    "thresholdPercentage": 50, "minNumberOfExecutedThings": 3}]}
+            }),
+        },
+    )
+    .await
+    .unwrap();
+    let released = executions(&o, "risky").await;
+    assert_eq!(released.len(), 6);
+    let names: Vec<String> = released.iter().map(|e| e.thing_name.clone()).collect();
+    // One success, one failure: 2 executed, below the minimum of 3.
+    assert!(update(&o, &names[0], "risky", "SUCCEEDED").await[0].ends_with("/accepted"));
+    assert!(update(&o, &names[1], "risky", "FAILED").await[0].ends_with("/accepted"));
+    let job = o.describe_job(&caller(), "risky").await.unwrap();
+    assert_eq!(job.status, "IN_PROGRESS", "not aborted before the minimum");
+    // A second failure: 2 of 3 executed failed, 66% >= 50%: abort.
+    assert!(update(&o, &names[2], "risky", "FAILED").await[0].ends_with("/accepted"));
+    let job = o.describe_job(&caller(), "risky").await.unwrap();
+    assert_eq!(job.status, "CANCELED");
+    assert_eq!(job.execution_counts.get("CANCELED"), Some(&3));
+    assert_eq!(job.execution_counts.get("QUEUED"), None);
+    // The six waiting targets are never released.
+    let later = onramp_service::now() + 3600;
+    assert_eq!(o.release_rollouts(later).await.unwrap(), 0);
+    assert_eq!(executions(&o, "risky").await.len(), 6);
+    // A device of a canceled execution is told so.
+    let topics = update(&o, &names[3], "risky", "IN_PROGRESS").await;
+    assert!(topics[0].ends_with("/rejected"), "{topics:?}");
+    // The abort is in the audit log with its reason.
+    let audit = o
+        .query_audit(
+            &caller(),
+            &onramp_domain::AuditQuery {
+                action: Some("job.abort".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert!(audit[0].detail.contains("2 of 3"), "{}", audit[0].detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_on_sqlite() {
+    rollout_is_paced_survives_a_restart_and_releases_each_target_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_on_postgres() {
+    rollout_is_paced_survives_a_restart_and_releases_each_target_once(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_on_sqlite() {
+    abort_at_the_threshold_cancels_queued_and_drops_waiting(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_on_postgres() {
+    abort_at_the_threshold_cancels_queued_and_drops_waiting(true).await;
+}
+
+async fn thing_with(o: &Onramp, name: &str, hw: &str, fw: &str) {
+    o.create_token(
+        &caller(),
+        &TokenRequest {
+            serial_number: name.into(),
+            thing_name: None,
+            profile: DeviceProfile {
+                device_class: Some("sensor".into()),
+                hardware_revision: Some(hw.into()),
+                firmware_version: Some(fw.into()),
+            },
+            ttl_secs: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn report_firmware(o: &Onramp, thing: &str, version: &str) {
+    let topic = onramp_domain::ShadowTopic {
+        thing_name: thing.into(),
+        shadow_name: None,
+        op: onramp_domain::ShadowOp::Update,
+    };
+    let body = json!({"state": {"reported": {"firmware_version": version}}}).to_string();
+    o.shadow_request(DEFAULT_TENANT, &topic, body.as_bytes())
+        .await
+        .unwrap();
+}
+
+async fn status_of(o: &Onramp, job: &str, thing: &str) -> (JobExecutionStatus, Option<String>) {
+    let e = executions(o, job)
+        .await
+        .into_iter()
+        .filter(|e| e.thing_name == thing)
+        .max_by_key(|e| e.execution_number)
+        .unwrap();
+    (e.status, e.failure_reason.map(|r| format!("{r:?}")))
+}
+
+async fn success_counts_only_once_the_device_reports_the_target_version(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    thing_with(&o, "honest", "rev-a", "1.0.0").await;
+    thing_with(&o, "liar", "rev-b", "1.0.0").await;
+    thing_with(&o, "broken", "rev-b", "1.0.0").await;
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "fw-2".into(),
+            description: None,
+            document: br#"{"firmware":"2.0.0"}"#.to_vec(),
+            targets: JobTargets {
+                things: vec!["honest".into(), "liar".into(), "broken".into()],
+                thing_groups: vec![],
+            },
+            config: json!({"successConfirmation": {"firmwareVersion": "2.0.0", "withinMinutes": 10}}),
+        },
+    )
+    .await
+    .unwrap();
+    for t in ["honest", "liar"] {
+        assert!(update(&o, t, "fw-2", "SUCCEEDED").await[0].ends_with("/accepted"));
+    }
+    assert!(update(&o, "broken", "fw-2", "FAILED").await[0].ends_with("/accepted"));
+    let t = onramp_service::now();
+    // Nobody runs 2.0.0 yet: both successes wait, the job is not complete.
+    assert_eq!(o.confirm_job_executions(t).await.unwrap(), 0);
+    assert_eq!(
+        o.describe_job(&caller(), "fw-2").await.unwrap().status,
+        "IN_PROGRESS"
+    );
+    // The honest device reports the new version (as 2.0: versions compare as versions).
+    report_firmware(&o, "honest", "2.0").await;
+    // The other one rolled back and keeps reporting the old version.
+    report_firmware(&o, "liar", "1.0.0").await;
+    assert_eq!(o.confirm_job_executions(t + 1).await.unwrap(), 1);
+    assert_eq!(
+        status_of(&o, "fw-2", "honest").await,
+        (JobExecutionStatus::Succeeded, None)
+    );
+    assert_eq!(
+        status_of(&o, "fw-2", "liar").await,
+        (JobExecutionStatus::Succeeded, None)
+    );
+    // Past the deadline the unconfirmed success becomes a failure.
+    assert_eq!(o.confirm_job_executions(t + 601).await.unwrap(), 1);
+    assert_eq!(
+        status_of(&o, "fw-2", "liar").await,
+        (JobExecutionStatus::Failed, Some("NotConfirmed".into()))
+    );
+    let job = o.describe_job(&caller(), "fw-2").await.unwrap();
+    assert_eq!(job.status, "COMPLETED");
+    assert_eq!(job.execution_counts.get("SUCCEEDED"), Some(&1));
+    assert_eq!(job.execution_counts.get("FAILED"), Some(&2));
+    // Both failures share hardware revision rev-b: one glance shows it.
+    assert_eq!(
+        job.failures_by_group,
+        vec![onramp_service::FailureGroup {
+            hardware_revision: Some("rev-b".into()),
+            device_class: Some("sensor".into()),
+            status: "FAILED".into(),
+            count: 2,
+        }]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_on_sqlite() {
+    success_counts_only_once_the_device_reports_the_target_version(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_on_postgres() {
+    success_counts_only_once_the_device_reports_the_target_version(true).await;
+}
