@@ -2,13 +2,12 @@
 //! and list executions per job and per thing.
 
 use crate::AppState;
-use crate::api::{Authenticated, JsonBody, Listing, PageParams, Params, listing};
+use crate::api::{Authenticated, JsonBody, Listing, PageParams, Params, checked_page, listing};
 use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use onramp_domain::Page;
 use onramp_domain::job::JobExecution;
 use onramp_service::{CreateJob, JobDescription, JobTargets, ServiceError};
 use serde::Deserialize;
@@ -100,7 +99,7 @@ pub async fn list_jobs(
     Authenticated(caller): Authenticated,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<JobDescription>>, ApiError> {
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s.onramp.list_jobs(&caller, &page).await?;
     Ok(Json(listing(items, &page, |j| j.job_id.clone())))
 }
@@ -148,7 +147,7 @@ pub async fn list_job_executions(
     Path(job_id): Path<String>,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<JobExecution>>, ApiError> {
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s
         .onramp
         .list_job_executions(&caller, &job_id, &page)

@@ -531,7 +531,8 @@ fn the_cli_prints_tables_and_json() {
     assert!(text.starts_with("THING"), "{text}");
     assert!(text.contains("SN-9") && text.contains("pending"));
     let json = s.cli_json(&["device", "list"]);
-    assert_eq!(json[0]["serial_number"], "SN-9");
+    assert_eq!(json["items"][0]["serial_number"], "SN-9");
+    assert_eq!(json["next"], serde_json::Value::Null);
     let out = s.cli(&["ca", "show"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Onramp Issuing CA"));
     let out = s.cli(&["device", "suspend", "nope"]);

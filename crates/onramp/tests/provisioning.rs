@@ -163,15 +163,21 @@ fn rejected(v: &Value) -> &Value {
 }
 
 fn device_count(s: &Server) -> usize {
-    s.cli_json(&["device", "list"]).as_array().unwrap().len()
+    s.cli_json(&["device", "list", "--limit", "1000"])["items"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn cert_count(s: &Server) -> usize {
-    s.cli_json(&["cert", "list"]).as_array().unwrap().len()
+    s.cli_json(&["cert", "list", "--limit", "1000"])["items"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn audit(s: &Server, action: &str) -> Vec<Value> {
-    s.cli_json(&["audit", "--action", action, "--limit", "500"])
+    s.cli_json(&["audit", "--action", action, "--limit", "500"])["items"]
         .as_array()
         .unwrap()
         .clone()
@@ -247,7 +253,7 @@ fn fleet_flow(backend: Backend) {
     assert_eq!(certs.len(), 1);
     assert_eq!(certs[0]["status"], "active");
     assert_eq!(certs[0]["fingerprint"], created["certificateId"]);
-    let policies = s.cli_json(&["policy", "list"]);
+    let policies = s.cli_json(&["policy", "list"])["items"].clone();
     assert!(
         policies
             .as_array()
@@ -1027,7 +1033,7 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
     let report = s.cli(&["--json", "claim", "check-expiry"]);
     assert!(report.status.success());
     let expiring: Value = serde_json::from_slice(&report.stdout).unwrap();
-    let serials: Vec<&str> = expiring
+    let serials: Vec<&str> = expiring["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -1062,7 +1068,7 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
     };
     let r = steps_ok(&s, &new_id, json!([{"op": "create"}]));
     accepted(&r[0]);
-    let list = s.cli_json(&["claim", "list"]);
+    let list = s.cli_json(&["claim", "list"])["items"].clone();
     let old = list
         .as_array()
         .unwrap()

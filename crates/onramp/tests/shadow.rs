@@ -338,7 +338,10 @@ fn the_cli_updates_a_shadow_and_the_running_server_sends_the_delta() {
     assert_eq!(payload(&lines[0])["state"], json!({"interval": 60}));
     let out = s.cli(&["shadow", "get", "D1", "--name", "missing"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: No shadow exists with name: 'missing'\n"
+    );
     let out = s.cli(&["shadow", "delete", "D1"]);
     assert!(out.status.success());
 }

@@ -89,6 +89,14 @@ impl Server {
         let mut c = Command::new(bin());
         c.arg("--data-dir").arg(&self.data);
         c.env_remove("RUST_LOG");
+        // Admin commands stay local: no operator's `onramp login` file is read.
+        c.env(
+            "ONRAMP_CREDENTIALS",
+            self.dir.path().join("no-credentials.toml"),
+        );
+        for var in ["ONRAMP_SERVER", "ONRAMP_API_KEY", "ONRAMP_CA_FILE"] {
+            c.env_remove(var);
+        }
         if let Some(url) = &self.database_url {
             c.env("ONRAMP_DATABASE_URL", url);
         }
@@ -322,7 +330,7 @@ impl Server {
     }
 
     pub fn certs_of(&self, thing: &str) -> Vec<Value> {
-        self.cli_json(&["cert", "list", "--thing-name", thing])
+        self.cli_json(&["cert", "list", "--thing-name", thing])["items"]
             .as_array()
             .unwrap()
             .clone()
