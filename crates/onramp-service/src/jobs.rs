@@ -53,8 +53,10 @@ pub struct CreateJob {
     pub config: Value,
 }
 
-/// A job with its execution counts by status.
+/// A job with its execution counts by status, named in camelCase like the
+/// CreateJob body and the executions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobDescription {
     pub job_id: String,
     pub status: String,
