@@ -1,0 +1,621 @@
+//! Jobs: the device side over MQTT with the AWS IoT Device SDK for Python
+//! (`tests/aws_sdk/jobs_check.py`, both jobs clients over MQTT 5 and 3.1.1)
+//! and with a raw paho client (`tests/paho/mqtt_session.py`), and the
+//! operator side over the REST API, on SQLite and PostgreSQL.
+//!
+//! The Python clients must be installed: `scripts/services.sh` puts them in
+//! `.venv/`.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+use support::*;
+
+const SDK_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/aws_sdk/jobs_check.py"
+);
+const SESSION_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/paho/mqtt_session.py"
+);
+
+/// `ok ...` lines of a complete SDK run: connect and thirteen checks, for
+/// each of the four client/protocol runs.
+const SDK_CHECKS: usize = 4 * 14;
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn rest(s: &Server, key: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let r = s.api(method, path, key, body);
+    let v = if r.body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()))
+    };
+    (r.status, v)
+}
+
+fn create_job(s: &Server, key: &str, body: &Value) -> (u16, Value) {
+    rest(s, key, "POST", "/api/v1/jobs", Some(&body.to_string()))
+}
+
+// ---- the AWS IoT Device SDK ----
+
+fn sdk_flow(backend: Backend) {
+    let py = python_with(&[
+        "awsiot.iotjobs",
+        "awscrt.mqtt5",
+        "awscrt.mqtt_request_response",
+    ]);
+    let s = Server::start(backend);
+    let device = s.device("D1");
+    let key = s.api_key("operator");
+    let out = Command::new(&py)
+        .arg(SDK_SCRIPT)
+        .args(["--port", &s.mqtt_port.to_string()])
+        .args(["--https-url", &s.url("")])
+        .args(["--api-key", &key])
+        .arg("--cafile")
+        .arg(&s.root_pem)
+        .arg("--cert")
+        .arg(&device.cert)
+        .arg("--key")
+        .arg(&device.key)
+        .args(["--thing", &device.name])
+        .env("PYTHONUNBUFFERED", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("python {SDK_SCRIPT}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = || {
+        format!(
+            "jobs_check.py: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- server log (last lines) ---\n{}",
+            out.status,
+            tail(&s.server_log(), 60)
+        )
+    };
+    assert!(out.status.success(), "{}", report());
+    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(passed, SDK_CHECKS, "{}", report());
+    // Every run's job is COMPLETED with one SUCCEEDED execution, as the
+    // operator sees it in the listing too.
+    let (status, list) = rest(&s, &key, "GET", "/api/v1/jobs", None);
+    assert_eq!(status, 200, "{list}");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4, "{list}");
+    for job in items {
+        assert_eq!(job["status"], "COMPLETED", "{job}");
+        let id = job["jobId"].as_str().unwrap();
+        let (status, executions) = rest(
+            &s,
+            &key,
+            "GET",
+            &format!("/api/v1/jobs/{id}/executions"),
+            None,
+        );
+        assert_eq!(status, 200, "{executions}");
+        let e = &executions["items"][0];
+        assert_eq!(e["thingName"], "D1", "{executions}");
+        assert_eq!(e["status"], "SUCCEEDED", "{executions}");
+        assert_eq!(e["statusDetails"], json!({"step": "done"}), "{executions}");
+    }
+    print!("{stdout}");
+}
+
+#[test]
+fn aws_iot_device_sdk_jobs_clients_work_against_onramp() {
+    sdk_flow(Backend::Sqlite);
+}
+
+#[test]
+fn aws_iot_device_sdk_jobs_clients_work_against_onramp_on_postgres() {
+    sdk_flow(Backend::Postgres);
+}
+
+// ---- a raw MQTT session of a device ----
+
+/// `tests/paho/mqtt_session.py`: one connection of a device, driven by JSON
+/// commands, reporting what happens as JSON events.
+struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Session {
+    fn open(s: &Server, id: &Identity, protocol: &str) -> Session {
+        let py = python_with(PAHO);
+        let mut child = Command::new(py)
+            .arg(SESSION_SCRIPT)
+            .args(["--port", &s.mqtt_port.to_string()])
+            .arg("--cafile")
+            .arg(&s.root_pem)
+            .arg("--cert")
+            .arg(&id.cert)
+            .arg("--key")
+            .arg(&id.key)
+            .args(["--client-id", &id.name, "--protocol", protocol])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python {SESSION_SCRIPT}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut session = Session {
+            child,
+            stdin,
+            events: rx,
+            seen: Vec::new(),
+        };
+        session
+            .wait(Duration::from_secs(15), |e| e["event"] == "connected")
+            .unwrap_or_else(|| panic!("no connection: {:?}", session.seen));
+        session
+    }
+
+    fn send(&mut self, command: Value) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    fn subscribe(&mut self, filter: &str) {
+        self.send(json!({"sub": filter}));
+        let ack = self
+            .wait(Duration::from_secs(10), |e| {
+                e["event"] == "suback" && e["filter"] == filter
+            })
+            .unwrap_or_else(|| panic!("no SUBACK for {filter}: {:?}", self.seen));
+        let granted = ack["granted"][0].as_i64().unwrap();
+        assert!(granted <= 2, "subscription to {filter} refused: {ack}");
+    }
+
+    fn publish(&mut self, topic: &str, payload: &str) {
+        self.send(json!({"pub": topic, "payload": payload}));
+    }
+
+    /// The next event matching `pred` within `timeout`, if any.
+    fn wait(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return Some(e);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The payload of the next message on `topic` matching `pred`.
+    fn message(&mut self, topic: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = self.wait(timeout, |e| {
+            e["event"] == "message"
+                && e["topic"] == topic
+                && serde_json::from_str::<Value>(e["payload"].as_str().unwrap_or(""))
+                    .is_ok_and(|p| pred(&p))
+        });
+        match found {
+            Some(e) => serde_json::from_str(e["payload"].as_str().unwrap()).unwrap(),
+            None => panic!("no matching message on {topic}; saw {:#?}", self.seen),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_unknown_jobs_topic_is_rejected_with_invalid_topic() {
+    let s = Server::start(Backend::Sqlite);
+    let d1 = s.device("D1");
+    let mut dev = Session::open(&s, &d1, "5");
+    for (topic, token) in [
+        ("$aws/things/D1/jobs/nope", "t-1"),
+        ("$aws/things/D1/jobs/job-1/get/extra", "t-2"),
+    ] {
+        let rejected = format!("{topic}/rejected");
+        dev.subscribe(&rejected);
+        dev.publish(topic, &json!({"clientToken": token}).to_string());
+        let body = dev.message(&rejected, WAIT, |_| true);
+        assert_eq!(body["code"], "InvalidTopic", "{body}");
+        assert_eq!(body["clientToken"], token, "{body}");
+        assert!(body["timestamp"].is_i64(), "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
+
+#[test]
+fn a_device_cannot_publish_its_own_job_notifications() {
+    let s = Server::start(Backend::Sqlite);
+    let key = s.api_key("operator");
+    let d1 = s.device("D1");
+    let fake =
+        json!({"timestamp": 1, "execution": {"jobId": "fake", "status": "QUEUED"}}).to_string();
+    // MQTT 5: the PUBACK says Not authorized and nobody receives the message.
+    let mut dev = Session::open(&s, &d1, "5");
+    for topic in [
+        "$aws/things/D1/jobs/notify",
+        "$aws/things/D1/jobs/notify-next",
+    ] {
+        dev.subscribe(topic);
+        dev.publish(topic, &fake);
+        let ack = dev
+            .wait(WAIT, |e| e["event"] == "puback" && e["topic"] == topic)
+            .unwrap_or_else(|| panic!("no PUBACK for {topic}: {:?}", dev.seen));
+        assert_eq!(ack["reason"], 135, "{ack}");
+    }
+    // The real notifications still arrive, and they are the only ones.
+    let (status, body) = create_job(
+        &s,
+        &key,
+        &json!({"jobId": "real", "document": {"op": "x"}, "targets": ["D1"]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let next = dev.message("$aws/things/D1/jobs/notify-next", WAIT, |_| true);
+    assert_eq!(next["execution"]["jobId"], "real", "{next}");
+    assert!(
+        !dev.seen.iter().any(|e| e["event"] == "message"
+            && e["payload"].as_str().is_some_and(|p| p.contains("fake"))),
+        "a device's own notification was delivered: {:?}",
+        dev.seen
+    );
+    drop(dev);
+    // MQTT 3.1.1 has no negative PUBACK: the connection is closed.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut dev = Session::open(&s, &d1, "311");
+    dev.publish("$aws/things/D1/jobs/notify", &fake);
+    dev.wait(WAIT, |e| e["event"] == "disconnected")
+        .unwrap_or_else(|| panic!("MQTT 3.1.1 publish to notify did not close: {:?}", dev.seen));
+}
+
+/// A job with a one-minute in-progress timer and one retry on TIMED_OUT:
+/// started by the device, it times out after about a minute and the retry
+/// is queued as execution 2, announced on notify-next.
+fn timeout_and_retry(backend: Backend) {
+    let s = Server::start(backend);
+    let key = s.api_key("operator");
+    let d1 = s.device("D1");
+    let (status, body) = create_job(
+        &s,
+        &key,
+        &json!({
+            "jobId": "slow",
+            "document": {"op": "wait"},
+            "targets": ["D1"],
+            "timeoutConfig": {"inProgressTimeoutInMinutes": 1},
+            "jobExecutionsRetryConfig": {"criteriaList": [{"failureType": "TIMED_OUT", "numberOfRetries": 1}]}
+        }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut dev = Session::open(&s, &d1, "5");
+    dev.subscribe("$aws/things/D1/jobs/notify-next");
+    dev.subscribe("$aws/things/D1/jobs/start-next/accepted");
+    let started_at = Instant::now();
+    dev.publish(
+        "$aws/things/D1/jobs/start-next",
+        r#"{"clientToken":"go","statusDetails":{"step":"1"}}"#,
+    );
+    let started = dev.message("$aws/things/D1/jobs/start-next/accepted", WAIT, |_| true);
+    assert_eq!(started["clientToken"], "go");
+    assert_eq!(started["execution"]["status"], "IN_PROGRESS", "{started}");
+    assert_eq!(started["execution"]["executionNumber"], 1, "{started}");
+    let retry = dev.message(
+        "$aws/things/D1/jobs/notify-next",
+        Duration::from_secs(100),
+        |p| p["execution"]["executionNumber"] == 2,
+    );
+    let waited = started_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(55),
+        "timed out after only {waited:?}"
+    );
+    assert_eq!(retry["execution"]["jobId"], "slow", "{retry}");
+    assert_eq!(retry["execution"]["status"], "QUEUED", "{retry}");
+    assert_eq!(retry["execution"]["jobDocument"], json!({"op": "wait"}));
+    let (status, job) = rest(&s, &key, "GET", "/api/v1/jobs/slow", None);
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(
+        job["executionCounts"],
+        json!({"TIMED_OUT": 1, "QUEUED": 1}),
+        "{job}"
+    );
+    assert_eq!(job["status"], "IN_PROGRESS", "{job}");
+    // The first execution is TIMED_OUT for good: updating it is refused.
+    dev.subscribe("$aws/things/D1/jobs/slow/update/rejected");
+    dev.subscribe("$aws/things/D1/jobs/slow/update/accepted");
+    dev.publish(
+        "$aws/things/D1/jobs/slow/update",
+        r#"{"status":"SUCCEEDED","executionNumber":1,"clientToken":"late"}"#,
+    );
+    let late = dev.message("$aws/things/D1/jobs/slow/update/rejected", WAIT, |_| true);
+    assert_eq!(late["code"], "InvalidStateTransition", "{late}");
+    assert_eq!(late["clientToken"], "late", "{late}");
+    assert_eq!(late["executionState"]["status"], "TIMED_OUT", "{late}");
+    // The retry runs to completion and the job completes.
+    dev.publish(
+        "$aws/things/D1/jobs/slow/update",
+        r#"{"status":"SUCCEEDED","clientToken":"done"}"#,
+    );
+    let done = dev.message("$aws/things/D1/jobs/slow/update/accepted", WAIT, |_| true);
+    assert_eq!(done["clientToken"], "done", "{done}");
+    let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/slow", None);
+    assert_eq!(
+        job["executionCounts"],
+        json!({"TIMED_OUT": 1, "SUCCEEDED": 1}),
+        "{job}"
+    );
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+}
+
+#[test]
+fn an_in_progress_timeout_times_out_and_queues_the_retry() {
+    timeout_and_retry(Backend::Sqlite);
+}
+
+#[test]
+fn an_in_progress_timeout_times_out_and_queues_the_retry_on_postgres() {
+    timeout_and_retry(Backend::Postgres);
+}
+
+fn execution_of(s: &Server, key: &str, job: &str, thing: &str) -> Value {
+    let (status, list) = rest(
+        s,
+        key,
+        "GET",
+        &format!("/api/v1/jobs/{job}/executions"),
+        None,
+    );
+    assert_eq!(status, 200, "{list}");
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["thingName"] == thing)
+        .cloned()
+        .unwrap_or_else(|| panic!("no execution of {job} on {thing}: {list}"))
+}
+
+fn cancel(backend: Backend) {
+    let s = Server::start(backend);
+    let key = s.api_key("operator");
+    let d1 = s.device("D1");
+    s.device("D2");
+    let mut dev = Session::open(&s, &d1, "5");
+    dev.subscribe("$aws/things/D1/jobs/notify-next");
+    dev.subscribe("$aws/things/D1/jobs/start-next/accepted");
+    dev.subscribe("$aws/things/D1/jobs/+/update/accepted");
+    dev.subscribe("$aws/things/D1/jobs/+/update/rejected");
+
+    // Without force: QUEUED executions are canceled, IN_PROGRESS ones run on.
+    for job in ["soft", "hard"] {
+        let (status, body) = create_job(
+            &s,
+            &key,
+            &json!({"jobId": job, "document": {"op": job}, "targets": ["D1", "D2"]}),
+        );
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["executionCounts"], json!({"QUEUED": 2}), "{body}");
+        dev.publish(
+            "$aws/things/D1/jobs/start-next",
+            &json!({"clientToken": job}).to_string(),
+        );
+        let started = dev.message("$aws/things/D1/jobs/start-next/accepted", WAIT, |p| {
+            p["clientToken"] == job
+        });
+        assert_eq!(started["execution"]["jobId"], job, "{started}");
+        assert_eq!(started["execution"]["status"], "IN_PROGRESS");
+        if job == "soft" {
+            let (status, body) = rest(&s, &key, "POST", "/api/v1/jobs/soft/cancel", None);
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["status"], "CANCELED", "{body}");
+            assert_eq!(
+                body["executionCounts"],
+                json!({"CANCELED": 1, "IN_PROGRESS": 1}),
+                "{body}"
+            );
+            assert_eq!(execution_of(&s, &key, "soft", "D2")["status"], "CANCELED");
+            // The device finishes what it started.
+            dev.publish(
+                "$aws/things/D1/jobs/soft/update",
+                r#"{"status":"SUCCEEDED","clientToken":"soft-done"}"#,
+            );
+            let done = dev.message("$aws/things/D1/jobs/soft/update/accepted", WAIT, |p| {
+                p["clientToken"] == "soft-done"
+            });
+            assert!(done["timestamp"].is_i64(), "{done}");
+            let (_, body) = rest(&s, &key, "GET", "/api/v1/jobs/soft", None);
+            assert_eq!(
+                body["executionCounts"],
+                json!({"CANCELED": 1, "SUCCEEDED": 1}),
+                "{body}"
+            );
+            assert_eq!(body["status"], "CANCELED", "{body}");
+        }
+    }
+    // With force: the IN_PROGRESS execution is canceled as well, the device
+    // hears that nothing is next, and its update is refused.
+    let (status, body) = rest(
+        &s,
+        &key,
+        "POST",
+        "/api/v1/jobs/hard/cancel?force=true",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["executionCounts"], json!({"CANCELED": 2}), "{body}");
+    let next = dev.message("$aws/things/D1/jobs/notify-next", WAIT, |p| {
+        p.get("execution").is_none()
+    });
+    assert!(next["timestamp"].is_i64(), "{next}");
+    dev.publish(
+        "$aws/things/D1/jobs/hard/update",
+        r#"{"status":"SUCCEEDED","clientToken":"too-late"}"#,
+    );
+    let refused = dev.message("$aws/things/D1/jobs/hard/update/rejected", WAIT, |p| {
+        p["clientToken"] == "too-late"
+    });
+    assert_eq!(refused["code"], "InvalidStateTransition", "{refused}");
+    assert_eq!(refused["executionState"]["status"], "CANCELED", "{refused}");
+    // A canceled job cannot be canceled again; an unknown one is 404.
+    let (status, body) = rest(
+        &s,
+        &key,
+        "POST",
+        "/api/v1/jobs/hard/cancel?force=true",
+        None,
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = rest(&s, &key, "POST", "/api/v1/jobs/nope/cancel", None);
+    assert_eq!(status, 404, "{body}");
+    // Nothing is pending for either thing.
+    for thing in ["D1", "D2"] {
+        let (status, body) = rest(
+            &s,
+            &key,
+            "GET",
+            &format!("/api/v1/things/{thing}/jobs"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!([]), "{thing}: {body}");
+    }
+}
+
+#[test]
+fn cancel_with_and_without_force() {
+    cancel(Backend::Sqlite);
+}
+
+#[test]
+fn cancel_with_and_without_force_on_postgres() {
+    cancel(Backend::Postgres);
+}
+
+#[test]
+fn the_rest_api_refuses_bad_jobs() {
+    let s = Server::start(Backend::Sqlite);
+    let key = s.api_key("operator");
+    s.device("D1");
+    let ok = json!({"jobId": "j1", "document": {"op": "x"}, "targets": ["D1"]});
+    let with = |field: &str, value: Value| {
+        let mut b = ok.clone();
+        b[field] = value;
+        b
+    };
+    let big = "x".repeat(33 * 1024);
+    for (body, want, what) in [
+        (
+            with("jobId", json!("bad id!")),
+            400,
+            "a job id with a space and '!'",
+        ),
+        (
+            with("jobId", json!("x".repeat(65))),
+            400,
+            "a 65-character job id",
+        ),
+        (with("jobId", json!("")), 400, "an empty job id"),
+        (
+            with("document", json!([1, 2])),
+            400,
+            "a document that is an array",
+        ),
+        (
+            with("document", json!("text")),
+            400,
+            "a document that is a string",
+        ),
+        (
+            with("document", json!({"blob": big})),
+            400,
+            "a document over 32 KB",
+        ),
+        (with("targets", json!(["ghost"])), 404, "an unknown thing"),
+        (with("targets", json!([])), 400, "no targets"),
+        (
+            with("timeoutConfig", json!({"inProgressTimeoutInMinutes": 0})),
+            400,
+            "a zero in-progress timeout",
+        ),
+        (
+            with(
+                "jobExecutionsRolloutConfig",
+                json!({"maximumPerMinute": 10}),
+            ),
+            400,
+            "rollout pacing (not supported yet)",
+        ),
+        (
+            with(
+                "abortConfig",
+                json!({"criteriaList": [{"action": "CANCEL", "failureType": "FAILED", "minNumberOfExecutedThings": 1, "thresholdPercentage": 50}]}),
+            ),
+            400,
+            "an abort configuration (not supported yet)",
+        ),
+    ] {
+        let (status, answer) = create_job(&s, &key, &body);
+        assert_eq!(status, want, "{what}: {answer}");
+    }
+    // None of those created anything.
+    let (_, list) = rest(&s, &key, "GET", "/api/v1/jobs", None);
+    assert_eq!(list["items"], json!([]), "{list}");
+    let (status, body) = create_job(&s, &key, &ok);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["jobId"], "j1");
+    assert_eq!(body["status"], "IN_PROGRESS");
+    assert_eq!(body["document"], json!({"op": "x"}));
+    assert_eq!(body["executionCounts"], json!({"QUEUED": 1}));
+    let (status, body) = create_job(&s, &key, &ok);
+    assert_eq!(status, 409, "a duplicate job id: {body}");
+    let (status, body) = rest(&s, &key, "GET", "/api/v1/jobs/missing", None);
+    assert_eq!(status, 404, "{body}");
+    // A reader may look but not create.
+    let reader = s.api_key("viewer");
+    let (status, body) = create_job(&s, &reader, &with("jobId", json!("j2")));
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = rest(&s, &reader, "GET", "/api/v1/jobs/j1", None);
+    assert_eq!(status, 200);
+}
