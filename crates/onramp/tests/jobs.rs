@@ -619,3 +619,160 @@ fn the_rest_api_refuses_bad_jobs() {
     let (status, _) = rest(&s, &reader, "GET", "/api/v1/jobs/j1", None);
     assert_eq!(status, 200);
 }
+
+/// Several jobs for one thing: start-next takes them in creation order,
+/// notify-next moves on when one finishes, a FAILED execution is retried
+/// as configured, describe honours its options and malformed requests are
+/// InvalidRequest; all of it survives a restart of the server.
+#[test]
+fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
+    let mut s = Server::start(Backend::Sqlite);
+    let key = s.api_key("operator");
+    let d1 = s.device("D1");
+    for (job, extra) in [
+        ("first", json!({})),
+        (
+            "second",
+            json!({"jobExecutionsRetryConfig": {"criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]}}),
+        ),
+    ] {
+        let mut body = json!({"jobId": job, "document": {"name": job}, "targets": ["D1"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, answer) = create_job(&s, &key, &body);
+        assert_eq!(status, 201, "{answer}");
+    }
+    // The executions outlive the server process.
+    s.restart();
+    let base = "$aws/things/D1/jobs";
+    let mut dev = Session::open(&s, &d1, "5");
+    for t in [
+        "notify",
+        "notify-next",
+        "get/accepted",
+        "start-next/accepted",
+        "+/get/accepted",
+        "+/get/rejected",
+        "+/update/accepted",
+        "+/update/rejected",
+    ] {
+        dev.subscribe(&format!("{base}/{t}"));
+    }
+    dev.publish(&format!("{base}/get"), r#"{"clientToken":"g1"}"#);
+    let pending = dev.message(&format!("{base}/get/accepted"), WAIT, |p| {
+        p["clientToken"] == "g1"
+    });
+    let queued: Vec<&Value> = pending["queuedJobs"].as_array().unwrap().iter().collect();
+    assert_eq!(
+        queued
+            .iter()
+            .map(|j| j["jobId"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!("first"), json!("second")],
+        "{pending}"
+    );
+
+    // start-next takes the first job; notify lists it IN_PROGRESS.
+    dev.publish(
+        &format!("{base}/start-next"),
+        r#"{"clientToken":"s1","stepTimeoutInMinutes":30}"#,
+    );
+    let started = dev.message(&format!("{base}/start-next/accepted"), WAIT, |p| {
+        p["clientToken"] == "s1"
+    });
+    assert_eq!(started["execution"]["jobId"], "first", "{started}");
+    let notify = dev.message(&format!("{base}/notify"), WAIT, |p| {
+        p["jobs"]["IN_PROGRESS"].is_array()
+    });
+    assert_eq!(
+        notify["jobs"]["IN_PROGRESS"][0]["jobId"], "first",
+        "{notify}"
+    );
+    assert_eq!(notify["jobs"]["QUEUED"][0]["jobId"], "second", "{notify}");
+
+    // describe without the document; with an execution number it lacks.
+    dev.publish(
+        &format!("{base}/first/get"),
+        r#"{"clientToken":"d1","includeJobDocument":false}"#,
+    );
+    let described = dev.message(&format!("{base}/first/get/accepted"), WAIT, |p| {
+        p["clientToken"] == "d1"
+    });
+    assert_eq!(
+        described["execution"]["status"], "IN_PROGRESS",
+        "{described}"
+    );
+    assert!(
+        described["execution"].get("jobDocument").is_none(),
+        "{described}"
+    );
+    dev.publish(
+        &format!("{base}/first/get"),
+        r#"{"clientToken":"d2","executionNumber":7}"#,
+    );
+    let missing = dev.message(&format!("{base}/first/get/rejected"), WAIT, |p| {
+        p["clientToken"] == "d2"
+    });
+    assert_eq!(missing["code"], "ResourceNotFound", "{missing}");
+
+    // Malformed updates: no status, a status detail that is not a string.
+    for (token, body) in [
+        ("u1", json!({"clientToken": "u1"})),
+        (
+            "u2",
+            json!({"clientToken": "u2", "status": "IN_PROGRESS", "statusDetails": {"n": 5}}),
+        ),
+        ("u3", json!({"clientToken": "u3", "status": "DONE"})),
+    ] {
+        dev.publish(&format!("{base}/first/update"), &body.to_string());
+        let refused = dev.message(&format!("{base}/first/update/rejected"), WAIT, |p| {
+            p["clientToken"] == token
+        });
+        assert_eq!(refused["code"], "InvalidRequest", "{body}: {refused}");
+    }
+
+    // The first job succeeds: notify-next announces the second.
+    dev.publish(
+        &format!("{base}/first/update"),
+        r#"{"clientToken":"u4","status":"SUCCEEDED"}"#,
+    );
+    dev.message(&format!("{base}/first/update/accepted"), WAIT, |p| {
+        p["clientToken"] == "u4"
+    });
+    let next = dev.message(&format!("{base}/notify-next"), WAIT, |p| {
+        p["execution"]["jobId"] == "second"
+    });
+    assert_eq!(next["execution"]["status"], "QUEUED", "{next}");
+    assert_eq!(next["execution"]["jobDocument"], json!({"name": "second"}));
+
+    // The second fails once and is retried as execution 2.
+    dev.publish(
+        &format!("{base}/second/update"),
+        r#"{"clientToken":"u5","status":"FAILED","statusDetails":{"why":"disk full"}}"#,
+    );
+    dev.message(&format!("{base}/second/update/accepted"), WAIT, |p| {
+        p["clientToken"] == "u5"
+    });
+    let retry = dev.message(&format!("{base}/notify-next"), WAIT, |p| {
+        p["execution"]["jobId"] == "second" && p["execution"]["executionNumber"] == 2
+    });
+    assert_eq!(retry["execution"]["status"], "QUEUED", "{retry}");
+    // The retry fails too: the retries are spent, nothing more is queued.
+    dev.publish(
+        &format!("{base}/second/update"),
+        r#"{"clientToken":"u6","status":"FAILED"}"#,
+    );
+    let failed = dev.message(&format!("{base}/second/update/accepted"), WAIT, |p| {
+        p["clientToken"] == "u6"
+    });
+    assert!(failed["timestamp"].is_i64(), "{failed}");
+    dev.message(&format!("{base}/notify-next"), WAIT, |p| {
+        p.get("execution").is_none()
+    });
+    let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/second", None);
+    assert_eq!(job["executionCounts"], json!({"FAILED": 2}), "{job}");
+    assert_eq!(job["status"], "COMPLETED", "{job}");
+    let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/first", None);
+    assert_eq!(job["executionCounts"], json!({"SUCCEEDED": 1}), "{job}");
+}
