@@ -113,6 +113,45 @@ fn notification_replies(thing: &str, n: Notifications) -> Vec<DeviceReply> {
     out
 }
 
+/// The configuration members CreateJob understands.
+const CONFIG_MEMBERS: [&str; 5] = [
+    "timeoutConfig",
+    "jobExecutionsRetryConfig",
+    "jobExecutionsRolloutConfig",
+    "abortConfig",
+    "successConfirmation",
+];
+
+/// CreateJob's configuration without `targetSelection: SNAPSHOT` (the only
+/// selection Onramp has). Any other member is refused rather than ignored:
+/// a job that silently lacked its `schedulingConfig`, or a misspelt
+/// `timeoutConfig`, would run unlike what the operator asked for.
+fn known_config(config: &Value) -> Result<Value> {
+    let Some(members) = config.as_object() else {
+        return Ok(config.clone());
+    };
+    let mut known = serde_json::Map::new();
+    for (name, value) in members {
+        if name == "targetSelection" {
+            if value != "SNAPSHOT" {
+                return Err(ServiceError::BadRequest(format!(
+                    "targetSelection {value} is not supported: jobs target the things and \
+                     thing-group members of their creation (SNAPSHOT)"
+                )));
+            }
+        } else if CONFIG_MEMBERS.contains(&name.as_str()) {
+            known.insert(name.clone(), value.clone());
+        } else {
+            return Err(ServiceError::BadRequest(format!(
+                "unknown or unsupported member {name:?}; a job takes jobId, description, \
+                 document, targets, thingGroups, targetSelection and {}",
+                CONFIG_MEMBERS.join(", ")
+            )));
+        }
+    }
+    Ok(Value::Object(known))
+}
+
 /// The outcome of one attempt at a device request.
 enum Attempt {
     Done(Vec<DeviceReply>),
@@ -511,7 +550,7 @@ impl Onramp {
         }
         let document = job::validate_job_document(&request.document)
             .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
-        let config = JobConfig::from_json(&request.config)
+        let config = JobConfig::from_json(&known_config(&request.config)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         if config.job_executions_rollout_config.is_some() || config.abort_config.is_some() {
             return Err(ServiceError::BadRequest(

@@ -595,6 +595,21 @@ fn the_rest_api_refuses_bad_jobs() {
             400,
             "an abort configuration (not supported yet)",
         ),
+        (
+            with("targetSelection", json!("CONTINUOUS")),
+            400,
+            "continuous targeting (not supported yet)",
+        ),
+        (
+            with("schedulingConfig", json!({"startTime": "2030-01-01T00:00"})),
+            400,
+            "a scheduling configuration (not supported)",
+        ),
+        (
+            with("timeoutconfig", json!({"inProgressTimeoutInMinutes": 5})),
+            400,
+            "a misspelt timeoutConfig",
+        ),
     ] {
         let (status, answer) = create_job(&s, &key, &body);
         assert_eq!(status, want, "{what}: {answer}");
@@ -602,9 +617,10 @@ fn the_rest_api_refuses_bad_jobs() {
     // None of those created anything.
     let (_, list) = rest(&s, &key, "GET", "/api/v1/jobs", None);
     assert_eq!(list["items"], json!([]), "{list}");
-    let (status, body) = create_job(&s, &key, &ok);
+    let (status, body) = create_job(&s, &key, &with("targetSelection", json!("SNAPSHOT")));
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["jobId"], "j1");
+    assert_eq!(body["targetSelection"], "SNAPSHOT");
     assert_eq!(body["status"], "IN_PROGRESS");
     assert_eq!(body["document"], json!({"op": "x"}));
     assert_eq!(body["executionCounts"], json!({"QUEUED": 1}));
