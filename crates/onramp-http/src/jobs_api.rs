@@ -137,7 +137,7 @@ pub async fn list_job_executions(
 }
 
 #[utoipa::path(get, path = "/api/v1/things/{thing}/jobs", params(("thing" = String, Path)),
-    responses((status = 200, description = "The thing's pending executions")), security(("api_key" = [])))]
+    responses((status = 200, description = "The thing's pending executions"), (status = 404)), security(("api_key" = [])))]
 pub async fn thing_jobs(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,

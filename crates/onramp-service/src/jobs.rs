@@ -34,10 +34,11 @@ pub(crate) struct JobRules {
 /// What to target: things by name and thing groups (every thing that is a
 /// member when the job is created).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobTargets {
     #[serde(default)]
     pub things: Vec<String>,
-    #[serde(default)]
+    #[serde(default, alias = "thing_groups")]
     pub thing_groups: Vec<String>,
 }
 
@@ -717,6 +718,15 @@ impl Onramp {
         thing: &str,
     ) -> Result<Vec<JobExecution>> {
         caller.require(Permission::ReadRegistry)?;
+        if self
+            .inner
+            .store
+            .get_device(&caller.tenant, thing)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::NotFound(format!("thing {thing}")));
+        }
         Ok(self
             .inner
             .store

@@ -621,9 +621,20 @@ fn the_rest_api_refuses_bad_jobs() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["jobId"], "j1");
     assert_eq!(body["targetSelection"], "SNAPSHOT");
+    assert_eq!(
+        body["targets"],
+        json!({"things": ["D1"], "thingGroups": []}),
+        "{body}"
+    );
     assert_eq!(body["status"], "IN_PROGRESS");
     assert_eq!(body["document"], json!({"op": "x"}));
     assert_eq!(body["executionCounts"], json!({"QUEUED": 1}));
+    let (status, body) = rest(&s, &key, "GET", "/api/v1/things/D1/jobs", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["jobId"], "j1", "{body}");
+    assert_eq!(body[0]["status"], "QUEUED", "{body}");
+    let (status, body) = rest(&s, &key, "GET", "/api/v1/things/ghost/jobs", None);
+    assert_eq!(status, 404, "the jobs of an unknown thing: {body}");
     let (status, body) = create_job(&s, &key, &ok);
     assert_eq!(status, 409, "a duplicate job id: {body}");
     let (status, body) = rest(&s, &key, "GET", "/api/v1/jobs/missing", None);
