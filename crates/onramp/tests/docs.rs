@@ -105,6 +105,25 @@ fn the_provisioning_guide_examples_work() {
         lines[2]["payload"]["errorCode"], "AccessDenied",
         "{lines:?}"
     );
+    // A job for a thing group reaches the things the template put in it.
+    let key = s.api_key("operator");
+    let r = s.api(
+        "POST",
+        "/api/v1/jobs",
+        &key,
+        Some(r#"{"jobId":"berlin-1","document":{"op":"x"},"thingGroups":["berlin"]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["executionCounts"], json!({"QUEUED": 1}));
+    let r = s.api("GET", "/api/v1/jobs/berlin-1/executions", &key, None);
+    assert_eq!(r.json()["items"][0]["thingName"], "pump-P-0001");
+    let r = s.api(
+        "POST",
+        "/api/v1/jobs",
+        &key,
+        Some(r#"{"jobId":"paris-1","document":{"op":"x"},"thingGroups":["paris"]}"#),
+    );
+    assert_eq!(r.status, 400, "a group with no members: {}", r.text());
 }
 
 const JOBS_DOC: &str = include_str!("../../../docs/jobs.md");

@@ -718,6 +718,26 @@ fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
     );
     assert_eq!(notify["jobs"]["QUEUED"][0]["jobId"], "second", "{notify}");
 
+    // A job queued behind one in progress is listed by notify, but the
+    // next execution is unchanged: no notify-next.
+    let (status, answer) = create_job(
+        &s,
+        &key,
+        &json!({"jobId": "third", "document": {"name": "third"}, "targets": ["D1"]}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let notify = dev.message(&format!("{base}/notify"), WAIT, |p| {
+        p["jobs"]["QUEUED"].as_array().is_some_and(|q| q.len() == 2)
+    });
+    assert_eq!(notify["jobs"]["QUEUED"][1]["jobId"], "third", "{notify}");
+    assert!(
+        dev.wait(Duration::from_millis(1500), |e| e["topic"]
+            == format!("{base}/notify-next"))
+            .is_none(),
+        "notify-next although the next execution did not change: {:?}",
+        dev.seen
+    );
+
     // describe without the document; with an execution number it lacks.
     dev.publish(
         &format!("{base}/first/get"),
@@ -773,7 +793,8 @@ fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
     assert_eq!(next["execution"]["status"], "QUEUED", "{next}");
     assert_eq!(next["execution"]["jobDocument"], json!({"name": "second"}));
 
-    // The second fails once and is retried as execution 2.
+    // The second fails once and is retried as execution 2, queued now and
+    // so behind the third job: notify-next moves on to the third.
     dev.publish(
         &format!("{base}/second/update"),
         r#"{"clientToken":"u5","status":"FAILED","statusDetails":{"why":"disk full"}}"#,
@@ -781,19 +802,41 @@ fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
     dev.message(&format!("{base}/second/update/accepted"), WAIT, |p| {
         p["clientToken"] == "u5"
     });
-    let retry = dev.message(&format!("{base}/notify-next"), WAIT, |p| {
-        p["execution"]["jobId"] == "second" && p["execution"]["executionNumber"] == 2
+    let next = dev.message(&format!("{base}/notify-next"), WAIT, |p| {
+        p["execution"]["jobId"] == "third"
     });
-    assert_eq!(retry["execution"]["status"], "QUEUED", "{retry}");
+    assert_eq!(next["execution"]["status"], "QUEUED", "{next}");
+    dev.publish(&format!("{base}/get"), r#"{"clientToken":"g2"}"#);
+    let pending = dev.message(&format!("{base}/get/accepted"), WAIT, |p| {
+        p["clientToken"] == "g2"
+    });
+    let queued: Vec<(Value, Value)> = pending["queuedJobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["jobId"].clone(), j["executionNumber"].clone()))
+        .collect();
+    assert_eq!(
+        queued,
+        vec![(json!("third"), json!(1)), (json!("second"), json!(2))],
+        "{pending}"
+    );
     // The retry fails too: the retries are spent, nothing more is queued.
     dev.publish(
         &format!("{base}/second/update"),
-        r#"{"clientToken":"u6","status":"FAILED"}"#,
+        r#"{"clientToken":"u6","status":"FAILED","executionNumber":2}"#,
     );
     let failed = dev.message(&format!("{base}/second/update/accepted"), WAIT, |p| {
         p["clientToken"] == "u6"
     });
     assert!(failed["timestamp"].is_i64(), "{failed}");
+    dev.publish(
+        &format!("{base}/third/update"),
+        r#"{"clientToken":"u7","status":"SUCCEEDED"}"#,
+    );
+    dev.message(&format!("{base}/third/update/accepted"), WAIT, |p| {
+        p["clientToken"] == "u7"
+    });
     dev.message(&format!("{base}/notify-next"), WAIT, |p| {
         p.get("execution").is_none()
     });
