@@ -718,6 +718,34 @@ fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
     );
     assert_eq!(notify["jobs"]["QUEUED"][0]["jobId"], "second", "{notify}");
 
+    // start-next again returns the execution in progress as it is: its
+    // statusDetails and version are not touched.
+    dev.publish(
+        &format!("{base}/start-next"),
+        r#"{"clientToken":"s2","statusDetails":{"step":"again"}}"#,
+    );
+    let again = dev.message(&format!("{base}/start-next/accepted"), WAIT, |p| {
+        p["clientToken"] == "s2"
+    });
+    assert_eq!(again["execution"]["jobId"], "first", "{again}");
+    assert_eq!(again["execution"]["status"], "IN_PROGRESS", "{again}");
+    assert_eq!(
+        again["execution"]["versionNumber"], started["execution"]["versionNumber"],
+        "{again}"
+    );
+    assert_eq!(
+        again["execution"]["statusDetails"], started["execution"]["statusDetails"],
+        "{again}"
+    );
+    // A client token over 64 bytes is refused.
+    let long = "t".repeat(65);
+    dev.publish(
+        &format!("{base}/first/update"),
+        &json!({"clientToken": long, "status": "IN_PROGRESS"}).to_string(),
+    );
+    let refused = dev.message(&format!("{base}/first/update/rejected"), WAIT, |_| true);
+    assert_eq!(refused["code"], "InvalidRequest", "{refused}");
+
     // A job queued behind one in progress is listed by notify, but the
     // next execution is unchanged: no notify-next.
     let (status, answer) = create_job(
