@@ -312,7 +312,8 @@ fn a_device_cannot_publish_its_own_job_notifications() {
 
 /// A job with a one-minute in-progress timer and one retry on TIMED_OUT:
 /// started by the device, it times out after about a minute and the retry
-/// is queued as execution 2, announced on notify-next.
+/// is queued as execution 2, announced on notify-next. Beside it, a job
+/// the device started with a one-minute step timer times out too.
 fn timeout_and_retry(backend: Backend) {
     let s = Server::start(backend);
     let key = s.api_key("operator");
@@ -329,9 +330,17 @@ fn timeout_and_retry(backend: Backend) {
         }),
     );
     assert_eq!(status, 201, "{body}");
+    // A second job without timeouts, which the device starts with a step timer.
+    let (status, body) = create_job(
+        &s,
+        &key,
+        &json!({"jobId": "step", "document": {"op": "step"}, "targets": ["D1"]}),
+    );
+    assert_eq!(status, 201, "{body}");
     let mut dev = Session::open(&s, &d1, "5");
     dev.subscribe("$aws/things/D1/jobs/notify-next");
     dev.subscribe("$aws/things/D1/jobs/start-next/accepted");
+    dev.subscribe("$aws/things/D1/jobs/step/update/accepted");
     let started_at = Instant::now();
     dev.publish(
         "$aws/things/D1/jobs/start-next",
@@ -341,6 +350,14 @@ fn timeout_and_retry(backend: Backend) {
     assert_eq!(started["clientToken"], "go");
     assert_eq!(started["execution"]["status"], "IN_PROGRESS", "{started}");
     assert_eq!(started["execution"]["executionNumber"], 1, "{started}");
+    assert_eq!(started["execution"]["jobId"], "slow", "{started}");
+    dev.publish(
+        "$aws/things/D1/jobs/step/update",
+        r#"{"status":"IN_PROGRESS","stepTimeoutInMinutes":1,"clientToken":"step"}"#,
+    );
+    dev.message("$aws/things/D1/jobs/step/update/accepted", WAIT, |p| {
+        p["clientToken"] == "step"
+    });
     let retry = dev.message(
         "$aws/things/D1/jobs/notify-next",
         Duration::from_secs(100),
@@ -362,6 +379,10 @@ fn timeout_and_retry(backend: Backend) {
         "{job}"
     );
     assert_eq!(job["status"], "IN_PROGRESS", "{job}");
+    // The step timer ran out as well; that job has no retries and is done.
+    let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/step", None);
+    assert_eq!(job["executionCounts"], json!({"TIMED_OUT": 1}), "{job}");
+    assert_eq!(job["status"], "COMPLETED", "{job}");
     // The first execution is TIMED_OUT for good: updating it is refused.
     dev.subscribe("$aws/things/D1/jobs/slow/update/rejected");
     dev.subscribe("$aws/things/D1/jobs/slow/update/accepted");
