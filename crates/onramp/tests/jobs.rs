@@ -895,3 +895,51 @@ fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
     let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/first", None);
     assert_eq!(job["executionCounts"], json!({"SUCCEEDED": 1}), "{job}");
 }
+
+/// A thing that floods the jobs API is answered RequestThrottled (with its
+/// client token) beyond the burst, and served again once it slows down.
+#[test]
+fn a_flood_of_jobs_requests_is_throttled() {
+    let s = Server::start(Backend::Sqlite);
+    let d1 = s.device("D1");
+    let mut dev = Session::open(&s, &d1, "5");
+    dev.subscribe("$aws/things/D1/jobs/get/accepted");
+    dev.subscribe("$aws/things/D1/jobs/get/rejected");
+    let n = 150;
+    for i in 0..n {
+        dev.publish(
+            "$aws/things/D1/jobs/get",
+            &json!({"clientToken": format!("c{i}")}).to_string(),
+        );
+    }
+    let mut accepted = 0;
+    let mut throttled = 0;
+    while accepted + throttled < n {
+        let Some(e) = dev.wait(WAIT, |e| e["event"] == "message") else {
+            panic!(
+                "{accepted} accepted and {throttled} throttled of {n}; saw {:?}",
+                dev.seen.last()
+            );
+        };
+        let body: Value = serde_json::from_str(e["payload"].as_str().unwrap()).unwrap();
+        assert!(
+            body["clientToken"]
+                .as_str()
+                .is_some_and(|t| t.starts_with('c')),
+            "{body}"
+        );
+        if e["topic"] == "$aws/things/D1/jobs/get/accepted" {
+            accepted += 1;
+        } else {
+            assert_eq!(body["code"], "RequestThrottled", "{body}");
+            throttled += 1;
+        }
+    }
+    assert!(accepted >= 40, "only {accepted} of {n} accepted");
+    assert!(throttled > 0, "{n} requests at once, none throttled");
+    std::thread::sleep(Duration::from_secs(2));
+    dev.publish("$aws/things/D1/jobs/get", r#"{"clientToken":"later"}"#);
+    dev.message("$aws/things/D1/jobs/get/accepted", WAIT, |p| {
+        p["clientToken"] == "later"
+    });
+}
