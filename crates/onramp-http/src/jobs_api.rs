@@ -133,7 +133,11 @@ pub async fn list_job_executions(
         .onramp
         .list_job_executions(&caller, &job_id, &page)
         .await?;
-    Ok(Json(listing(items, &page, |e| e.thing_name.clone())))
+    Ok(Json(listing(
+        items,
+        &page,
+        onramp_store::execution_cursor_of,
+    )))
 }
 
 #[utoipa::path(get, path = "/api/v1/things/{thing}/jobs", params(("thing" = String, Path)),

@@ -891,6 +891,21 @@ fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
     });
     let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/second", None);
     assert_eq!(job["executionCounts"], json!({"FAILED": 2}), "{job}");
+    // Paging through the executions one at a time finds both of D1's.
+    let mut numbers = Vec::new();
+    let mut path = "/api/v1/jobs/second/executions?limit=1".to_string();
+    for _ in 0..5 {
+        let (status, page) = rest(&s, &key, "GET", &path, None);
+        assert_eq!(status, 200, "{page}");
+        for e in page["items"].as_array().unwrap() {
+            numbers.push(e["executionNumber"].clone());
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/v1/jobs/second/executions?limit=1&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(numbers, vec![json!(1), json!(2)]);
     assert_eq!(job["status"], "COMPLETED", "{job}");
     let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/first", None);
     assert_eq!(job["executionCounts"], json!({"SUCCEEDED": 1}), "{job}");
