@@ -674,7 +674,16 @@ fn the_rest_api_refuses_bad_jobs() {
 /// InvalidRequest; all of it survives a restart of the server.
 #[test]
 fn jobs_run_in_order_retry_on_failure_and_survive_a_restart() {
-    let mut s = Server::start(Backend::Sqlite);
+    in_order_retry_restart(Backend::Sqlite);
+}
+
+#[test]
+fn jobs_run_in_order_retry_on_failure_and_survive_a_restart_on_postgres() {
+    in_order_retry_restart(Backend::Postgres);
+}
+
+fn in_order_retry_restart(backend: Backend) {
+    let mut s = Server::start(backend);
     let key = s.api_key("operator");
     let d1 = s.device("D1");
     for (job, extra) in [
