@@ -152,11 +152,15 @@ pub async fn list_job_executions(
         .onramp
         .list_job_executions(&caller, &job_id, &page)
         .await?;
-    Ok(Json(listing(items, &page, |e| e.thing_name.clone())))
+    Ok(Json(listing(
+        items,
+        &page,
+        onramp_store::execution_cursor_of,
+    )))
 }
 
 #[utoipa::path(get, path = "/api/v1/things/{thing}/jobs", params(("thing" = String, Path)),
-    responses((status = 200, description = "The thing's pending executions")), security(("api_key" = [])))]
+    responses((status = 200, description = "The thing's pending executions"), (status = 404)), security(("api_key" = [])))]
 pub async fn thing_jobs(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -36,10 +36,11 @@ pub(crate) struct JobRules {
 /// creation are targeted; with CONTINUOUS, things that join a group or
 /// start matching the query later are targeted too.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobTargets {
     #[serde(default)]
     pub things: Vec<String>,
-    #[serde(default)]
+    #[serde(default, alias = "thing_groups")]
     pub thing_groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<onramp_domain::fleet::FleetQuery>,
@@ -59,8 +60,10 @@ pub struct CreateJob {
     pub config: Value,
 }
 
-/// A job with its execution counts by status.
+/// A job with its execution counts by status, named in camelCase like the
+/// CreateJob body and the executions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobDescription {
     pub job_id: String,
     pub status: String,
@@ -85,6 +88,7 @@ pub struct JobDescription {
 /// Failed executions of one status among things of one hardware revision
 /// and device class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FailureGroup {
     pub hardware_revision: Option<String>,
     pub device_class: Option<String>,
@@ -131,6 +135,45 @@ fn notification_replies(thing: &str, n: Notifications) -> Vec<DeviceReply> {
         ));
     }
     out
+}
+
+/// The configuration members CreateJob understands.
+const CONFIG_MEMBERS: [&str; 5] = [
+    "timeoutConfig",
+    "jobExecutionsRetryConfig",
+    "jobExecutionsRolloutConfig",
+    "abortConfig",
+    "successConfirmation",
+];
+
+/// CreateJob's configuration without `targetSelection: SNAPSHOT` (the only
+/// selection Onramp has). Any other member is refused rather than ignored:
+/// a job that silently lacked its `schedulingConfig`, or a misspelt
+/// `timeoutConfig`, would run unlike what the operator asked for.
+fn known_config(config: &Value) -> Result<Value> {
+    let Some(members) = config.as_object() else {
+        return Ok(config.clone());
+    };
+    let mut known = serde_json::Map::new();
+    for (name, value) in members {
+        if name == "targetSelection" {
+            if value != "SNAPSHOT" {
+                return Err(ServiceError::BadRequest(format!(
+                    "targetSelection {value} is not supported: jobs target the things and \
+                     thing-group members of their creation (SNAPSHOT)"
+                )));
+            }
+        } else if CONFIG_MEMBERS.contains(&name.as_str()) {
+            known.insert(name.clone(), value.clone());
+        } else {
+            return Err(ServiceError::BadRequest(format!(
+                "unknown or unsupported member {name:?}; a job takes jobId, description, \
+                 document, targets, thingGroups, query, targetSelection and {}",
+                CONFIG_MEMBERS.join(", ")
+            )));
+        }
+    }
+    Ok(Value::Object(known))
 }
 
 /// The outcome of one attempt at a device request.
@@ -544,7 +587,7 @@ impl Onramp {
         }
         let document = job::validate_job_document(&request.document)
             .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
-        let config = JobConfig::from_json(&request.config)
+        let config = JobConfig::from_json(&known_config(&request.config)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         if let Some(q) = &request.targets.query {
             q.validate()
@@ -763,6 +806,15 @@ impl Onramp {
         thing: &str,
     ) -> Result<Vec<JobExecution>> {
         caller.require(Permission::ReadRegistry)?;
+        if self
+            .inner
+            .store
+            .get_device(&caller.tenant, thing)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::NotFound(format!("thing {thing}")));
+        }
         Ok(self
             .inner
             .store

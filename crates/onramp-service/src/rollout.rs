@@ -238,7 +238,7 @@ impl Onramp {
             if page.len() < Page::MAX_LIMIT as usize {
                 break;
             }
-            after = page.last().map(|e| e.thing_name.clone());
+            after = page.last().map(onramp_store::execution_cursor_of);
         }
         self.notify_things(tenant, notes).await;
         Ok(true)

@@ -187,6 +187,7 @@ async fn abort_at_the_threshold_cancels_queued_and_drops_waiting(postgres: bool)
             &caller(),
             &onramp_domain::AuditQuery {
                 action: Some("job.abort".into()),
+                limit: 10,
                 ..Default::default()
             },
         )

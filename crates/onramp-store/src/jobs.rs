@@ -130,6 +130,29 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<(String, JobExecution)>>;
 }
 
+/// Where a page of a job's executions starts: after `thing/number` (see
+/// [`execution_cursor_of`]), or after every execution of `thing` when the
+/// cursor names only a thing. A thing has one execution per retry, so a
+/// cursor of the thing name alone would skip those a page boundary splits.
+fn execution_cursor(after: Option<&str>) -> (&str, i64) {
+    let Some(after) = after else {
+        return ("", 0);
+    };
+    match after.rsplit_once('/') {
+        Some((thing, n)) => match n.parse::<i64>() {
+            Ok(n) => (thing, n),
+            Err(_) => (after, i64::MAX),
+        },
+        None => (after, i64::MAX),
+    }
+}
+
+/// The cursor that continues a listing of a job's executions after `e`.
+/// Thing names never contain `/`.
+pub fn execution_cursor_of(e: &JobExecution) -> String {
+    format!("{}/{}", e.thing_name, e.execution_number)
+}
+
 fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
     Ok(JobRecord {
         tenant: r.try_get("tenant")?,
@@ -342,13 +365,16 @@ impl JobStore for SqlStore {
         job_id: &str,
         page: &Page,
     ) -> Result<Vec<JobExecution>> {
+        let (thing, number) = execution_cursor(page.after.as_deref());
         let rows = sqlx::query(
             "SELECT execution FROM job_executions WHERE tenant = $1 AND job_id = $2 \
-             AND thing_name > $3 ORDER BY thing_name, execution_number LIMIT $4",
+             AND (thing_name > $3 OR (thing_name = $3 AND execution_number > $4)) \
+             ORDER BY thing_name, execution_number LIMIT $5",
         )
         .bind(tenant)
         .bind(job_id)
-        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(thing)
+        .bind(number)
         .bind(i64::from(page.limit))
         .fetch_all(&self.reader)
         .await?;

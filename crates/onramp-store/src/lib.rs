@@ -14,7 +14,7 @@ mod provisioning;
 mod sql;
 pub mod testing;
 
-pub use jobs::{JobRecord, JobStore};
+pub use jobs::{JobRecord, JobStore, execution_cursor_of};
 pub use provisioning::{
     OwnershipClaim, PolicyToAttach, ProvisioningStore, RegistrationCommit, RegistrationOutcome,
 };
