@@ -505,15 +505,21 @@ impl Session {
                 metrics::counter!("onramp_mqtt_messages_in_total", "qos" => if qos == QoS::AtLeastOnce { "1" } else { "0" }).increment(1);
                 // Requests on reserved topics (provisioning, shadows, jobs) go
                 // to the service; its replies come back addressed either to
-                // this connection or to subscribers.
+                // this connection or to subscribers. The PUBACK follows the
+                // answer, so a QoS 1 request acknowledged is one whose write
+                // is durable.
                 if let Some(request) = DeviceRequest::parse(&topic) {
-                    if let Some(id) = packet_id
-                        && qos == QoS::AtLeastOnce
-                        && sink.send(wire::puback(v, id, false)).await.is_err()
-                    {
-                        return Some(End::Lost);
+                    if let Some(end) = self.answer(sink, &request, &payload).await {
+                        return Some(end);
                     }
-                    return self.answer(sink, &request, &payload).await;
+                    return match packet_id {
+                        Some(id) if qos == QoS::AtLeastOnce => sink
+                            .send(wire::puback(v, id, false))
+                            .await
+                            .err()
+                            .map(|_| End::Lost),
+                        _ => None,
+                    };
                 }
                 let message = Message::new(&topic, payload, qos, retain);
                 if retain && !self.retain(&message).await {

@@ -4,11 +4,13 @@
 //! command prints the same way whichever mode it ran in.
 
 use anyhow::{Context, Result};
+use onramp_domain::job::JobExecution;
 use onramp_domain::{
     AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CaStatus, CertStatus, Certificate,
     ClaimCertificate, Device, DeviceFilter, EnrolmentToken, LifecycleAction, Page, PolicyTarget,
     ProvisioningTemplateRecord, RegisteredCa, Role, StoredPolicy, TemplateKind, TemplateVersion,
 };
+use onramp_service::JobDescription;
 use onramp_service::{
     Caller, CreatedApiKey, CreatedClaim, CreatedToken, Onramp, ServiceError, ShadowOp, ShadowTopic,
     TemplateDetail, TemplateSettings, TokenRequest,
@@ -187,6 +189,73 @@ impl Admin {
         local_or_remote!(self,
             (o, c) => o.change_device_lifecycle(c, thing, action),
             api => api.send(reqwest::Method::POST, &format!("/api/v1/devices/{}/{action}", seg(thing)), Body::None).await)
+    }
+
+    // ---- jobs ----
+
+    pub async fn create_job(&self, job: onramp_service::CreateJob) -> Result<JobDescription> {
+        match self {
+            Admin::Local(o, c) => svc(o.create_job(c, job).await),
+            Admin::Remote(api) => {
+                let document: Value = serde_json::from_slice(&job.document)
+                    .context("the job document is not JSON")?;
+                let mut body = json!({
+                    "jobId": job.job_id,
+                    "document": document,
+                    "targets": job.targets.things,
+                    "thingGroups": job.targets.thing_groups,
+                    "targetSelection": if job.continuous { "CONTINUOUS" } else { "SNAPSHOT" },
+                });
+                if let Some(d) = &job.description {
+                    body["description"] = d.clone().into();
+                }
+                if let Some(q) = &job.targets.query {
+                    body["query"] = serde_json::to_value(q)?;
+                }
+                if let Some(config) = job.config.as_object() {
+                    for (k, v) in config {
+                        body[k] = v.clone();
+                    }
+                }
+                api.send(reqwest::Method::POST, "/api/v1/jobs", Body::Json(body))
+                    .await
+            }
+        }
+    }
+
+    pub async fn list_jobs(&self, page: &Page) -> Result<Vec<JobDescription>> {
+        local_or_remote!(self,
+            (o, c) => o.list_jobs(c, page),
+            api => api.get_items("/api/v1/jobs", &page_query(page)).await)
+    }
+
+    pub async fn describe_job(&self, job_id: &str) -> Result<JobDescription> {
+        local_or_remote!(self,
+            (o, c) => o.describe_job(c, job_id),
+            api => api.get(&format!("/api/v1/jobs/{}", seg(job_id)), &[]).await)
+    }
+
+    pub async fn list_job_executions(
+        &self,
+        job_id: &str,
+        page: &Page,
+    ) -> Result<Vec<JobExecution>> {
+        local_or_remote!(self,
+            (o, c) => o.list_job_executions(c, job_id, page),
+            api => api.get_items(&format!("/api/v1/jobs/{}/executions", seg(job_id)), &page_query(page)).await)
+    }
+
+    pub async fn cancel_job(&self, job_id: &str, force: bool) -> Result<JobDescription> {
+        local_or_remote!(self,
+            (o, c) => o.cancel_job(c, job_id, force),
+            api => api.send(reqwest::Method::POST,
+                &format!("/api/v1/jobs/{}/cancel?force={force}", seg(job_id)), Body::None).await)
+    }
+
+    pub async fn thing_jobs(&self, thing: &str) -> Result<Vec<JobExecution>> {
+        local_or_remote!(self,
+            (o, c) => o.thing_pending_executions(c, thing),
+            api => api.get(&format!("/api/v1/things/{}/jobs", seg(thing)), &[]).await)
     }
 
     // ---- tokens ----

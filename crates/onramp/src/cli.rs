@@ -124,6 +124,9 @@ enum Command {
     /// Provisioning templates (AWS IoT template grammar).
     #[command(subcommand)]
     Template(crate::cli_provisioning::TemplateCommand),
+    /// Jobs: commands and firmware rollouts for devices (AWS IoT Jobs).
+    #[command(subcommand)]
+    Job(crate::cli_jobs::JobCommand),
     /// Claim certificates for fleet provisioning.
     #[command(subcommand)]
     Claim(crate::cli_provisioning::ClaimCommand),
@@ -183,7 +186,7 @@ pub(crate) struct PageArgs {
 }
 
 impl PageArgs {
-    fn page(self) -> Result<Page> {
+    pub(crate) fn page(self) -> Result<Page> {
         Page::checked(self.after, Some(self.limit))
             .map_err(|e| AdminError::new("bad_request", e).into())
     }
@@ -697,6 +700,7 @@ async fn admin_command(admin: &Admin, out: &Output, command: Command) -> Result<
         Command::Policy(cmd) => policy(admin, out, cmd).await,
         Command::Template(cmd) => crate::cli_provisioning::template(admin, out, cmd).await,
         Command::Claim(cmd) => crate::cli_provisioning::claim(admin, out, cmd).await,
+        Command::Job(cmd) => crate::cli_jobs::job(admin, out, cmd).await,
         Command::Ca(CaCommand::Registered(cmd)) => {
             crate::cli_provisioning::registered_ca(admin, out, cmd).await
         }

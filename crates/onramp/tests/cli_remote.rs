@@ -33,6 +33,12 @@ const VOLATILE: &[&str] = &[
     "metadata",
     "replaced_by",
     "certificate_id",
+    // Jobs and executions, in camelCase like AWS's.
+    "createdAt",
+    "updatedAt",
+    "createdBy",
+    "queuedAt",
+    "lastUpdatedAt",
 ];
 
 struct Cli<'a> {
@@ -665,6 +671,69 @@ fn every_api_command_prints_the_same_locally_and_remotely() {
     let listed = c.same(&["ca", "registered"]);
     assert!(listed.contains("revoked"), "{listed}");
     c.same_error(&["ca", "deactivate", "nope"], "not_found");
+
+    // Jobs: created on twin things, then read, listed and canceled.
+    std::fs::write(s.path("job.json"), r#"{"operation": "reboot"}"#).unwrap();
+    std::fs::write(
+        s.path("job-config.json"),
+        r#"{"timeoutConfig": {"inProgressTimeoutInMinutes": 30}}"#,
+    )
+    .unwrap();
+    let (doc, cfg) = (p("job.json"), p("job-config.json"));
+    let job = c.pair_json(
+        &[
+            "job",
+            "create",
+            "J-L",
+            "--document",
+            &doc,
+            "--target",
+            "D-L",
+            "--job-config",
+            &cfg,
+        ],
+        &[
+            "job",
+            "create",
+            "J-R",
+            "--document",
+            &doc,
+            "--target",
+            "D-R",
+            "--job-config",
+            &cfg,
+        ],
+        &[("J-R", "J-L"), ("D-R", "D-L")],
+    );
+    assert_eq!(job["executionCounts"], json!({"QUEUED": 1}), "{job}");
+    assert_eq!(
+        job["config"]["timeoutConfig"]["inProgressTimeoutInMinutes"], 30,
+        "{job}"
+    );
+    let shown = c.same(&["job", "show", "J-L"]);
+    assert!(shown.contains("QUEUED=1"), "{shown}");
+    let listed = c.same_json(&["job", "list"]);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    let executions = c.same_json(&["job", "executions", "J-L"]);
+    assert_eq!(executions["items"][0]["thingName"], "D-L", "{executions}");
+    let pending = c.same(&["job", "thing", "D-L"]);
+    assert!(
+        pending.contains("J-L") && pending.contains("QUEUED"),
+        "{pending}"
+    );
+    let canceled = c.pair_json(
+        &["job", "cancel", "J-L"],
+        &["job", "cancel", "J-R"],
+        &[("J-R", "J-L"), ("D-R", "D-L")],
+    );
+    assert_eq!(canceled["status"], "CANCELED", "{canceled}");
+    assert_eq!(
+        canceled["executionCounts"],
+        json!({"CANCELED": 1}),
+        "{canceled}"
+    );
+    c.same_error(&["job", "cancel", "J-L"], "conflict");
+    c.same_error(&["job", "show", "nope"], "not_found");
 
     // The audit log, as both modes see it.
     let audit = c.same(&["audit", "--action", "device.suspend"]);
