@@ -9,8 +9,8 @@
 use crate::device::DeviceReply;
 use crate::{Caller, Onramp, Result, ServiceError, now};
 use onramp_domain::job::{
-    self, ExecutionChange, JobConfig, JobExecution, JobExecutionStatus, JobRejection,
-    JobRequestLimits, NEXT_JOB_ID, Notifications,
+    self, ExecutionChange, JobConfig, JobExecution, JobRejection, JobRequestLimits, NEXT_JOB_ID,
+    Notifications,
 };
 use onramp_domain::{AuditEntry, JobsOp, JobsTopic, Outcome, Page, Permission, UnixTime};
 use onramp_store::{JobRecord, StoreError};
@@ -502,7 +502,9 @@ impl Onramp {
                 let body = job::update_accepted(&change.execution, &rules.document, &request, at);
                 replies.insert(0, DeviceReply::to_subscribers(accepted, &body));
                 replies.extend(notification_replies(thing, notes));
-                self.note_job_progress(tenant, job_id).await;
+                if change.execution.status.is_terminal() {
+                    self.note_job_progress(tenant, job_id).await;
+                }
             }
         }
         Ok(Attempt::Done(replies))
@@ -513,29 +515,30 @@ impl Onramp {
     pub(crate) async fn note_job_progress(&self, tenant: &str, job_id: &str) {
         self.check_abort(tenant, job_id).await;
         let store = &self.inner.store;
-        let Ok(counts) = store.job_execution_counts(tenant, job_id).await else {
+        // Each check is an indexed lookup: this runs after every execution
+        // that ends, so it must not grow with the size of the job.
+        if store
+            .job_has_open_work(tenant, job_id)
+            .await
+            .unwrap_or(true)
+        {
             return;
-        };
-        let pending = counts
-            .iter()
-            .filter(|(s, _)| {
-                JobExecutionStatus::parse(s).is_some_and(JobExecutionStatus::is_pending)
-            })
-            .map(|(_, n)| *n)
-            .sum::<i64>();
-        let waiting = store
-            .jobs_awaiting_release()
+        }
+        let confirms = self
+            .job_rules(tenant, job_id)
             .await
-            .map(|j| j.iter().any(|(t, id)| t == tenant && id == job_id))
-            .unwrap_or(true);
-        let awaiting = store
-            .job_awaits_confirmation(tenant, job_id)
-            .await
-            .unwrap_or(true);
-        if pending == 0
-            && !waiting
-            && !awaiting
-            && let Ok(Some(job)) = store.get_job(tenant, job_id).await
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.config.success_confirmation.is_some());
+        if confirms
+            && store
+                .job_awaits_confirmation(tenant, job_id)
+                .await
+                .unwrap_or(true)
+        {
+            return;
+        }
+        if let Ok(Some(job)) = store.get_job(tenant, job_id).await
             && job.status == "IN_PROGRESS"
             && let Err(e) = store
                 .set_job_status(tenant, job_id, "COMPLETED", now(), None)
@@ -665,7 +668,7 @@ impl Onramp {
             .increment(executions.len() as u64);
         if paced {
             // The first release goes out at once rather than on the next tick.
-            if let Err(e) = self.release_rollouts(at).await {
+            if let Err(e) = self.release_rollouts(now()).await {
                 tracing::warn!(error = %e, "first rollout release failed; the scheduler retries");
             }
         } else {

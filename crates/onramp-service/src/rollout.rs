@@ -48,10 +48,10 @@ impl Onramp {
             let Some(config) = rules.config.job_executions_rollout_config.clone() else {
                 continue;
             };
-            let saved: SavedRollout = store
-                .rollout_state(&tenant, &job_id)
-                .await?
-                .and_then(|s| serde_json::from_str(&s).ok())
+            let raw = store.rollout_state(&tenant, &job_id).await?;
+            let saved: SavedRollout = raw
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_default();
             let counts = counts_of(&store.job_execution_counts(&tenant, &job_id).await?);
             let mut state = RolloutState {
@@ -73,9 +73,13 @@ impl Onramp {
                 released_total: planned.released_total,
             })
             .map_err(|e| crate::ServiceError::Internal(e.to_string()))?;
-            let released = store
-                .release_job_targets(&tenant, &job_id, allowance, at, &text)
-                .await?;
+            let Some(released) = store
+                .release_job_targets(&tenant, &job_id, allowance, at, raw.as_deref(), &text)
+                .await?
+            else {
+                // Another release got there first; its pace stands.
+                continue;
+            };
             let n = u32::try_from(released.len()).unwrap_or(u32::MAX);
             if n < allowance {
                 state.record_release(at, n);
@@ -85,7 +89,7 @@ impl Onramp {
                 })
                 .map_err(|e| crate::ServiceError::Internal(e.to_string()))?;
                 store
-                    .release_job_targets(&tenant, &job_id, 0, at, &exact)
+                    .release_job_targets(&tenant, &job_id, 0, at, Some(&text), &exact)
                     .await?;
             }
             if released.is_empty() {

@@ -84,16 +84,19 @@ pub trait JobStore: Send + Sync {
     /// The saved state of a job's rollout (opaque JSON), if any.
     async fn rollout_state(&self, tenant: &str, job_id: &str) -> Result<Option<String>>;
     /// Releases up to `count` waiting targets of a job still in progress:
-    /// queues an execution for each, marks them released and saves the
-    /// rollout state, in one transaction. Returns the queued executions.
+    /// queues an execution for each, marks them released and replaces the
+    /// rollout state, in one transaction, if the stored state is still
+    /// `expected` (None: never saved). `None` when another release moved the
+    /// state first: nothing is written, and the caller reads it again.
     async fn release_job_targets(
         &self,
         tenant: &str,
         job_id: &str,
         count: u32,
         now: UnixTime,
+        expected: Option<&str>,
         rollout_state: &str,
-    ) -> Result<Vec<JobExecution>>;
+    ) -> Result<Option<Vec<JobExecution>>>;
     /// Drops a job's targets that were never released; returns how many.
     async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64>;
     /// A job's failed, timed-out and rejected executions counted by the
@@ -122,6 +125,9 @@ pub trait JobStore: Send + Sync {
     async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>>;
     /// Whether any success of the job still awaits confirmation.
     async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool>;
+    /// Whether the job still has work: a pending execution or a target
+    /// waiting for its rollout (each found by index, not by counting).
+    async fn job_has_open_work(&self, tenant: &str, job_id: &str) -> Result<bool>;
     /// IN_PROGRESS executions whose timer ran out at `now`, oldest first.
     async fn overdue_executions(
         &self,
@@ -488,25 +494,34 @@ impl JobStore for SqlStore {
         job_id: &str,
         count: u32,
         now: UnixTime,
+        expected: Option<&str>,
         rollout_state: &str,
-    ) -> Result<Vec<JobExecution>> {
+    ) -> Result<Option<Vec<JobExecution>>> {
         let mut tx = self.begin().await?;
-        // The job must still be in progress when the release commits: a
-        // cancel or abort that committed first stops it.
+        // The job must still be in progress when the release commits (a
+        // cancel or abort that committed first stops it), and its pace must
+        // be the one the caller computed from: two releases racing (job
+        // creation and the scheduler, or two nodes) cannot both go out.
         let saved = sqlx::query(
             "UPDATE jobs SET rollout_state = $3, updated_at = $4 \
-             WHERE tenant = $1 AND job_id = $2 AND status = 'IN_PROGRESS'",
+             WHERE tenant = $1 AND job_id = $2 AND status = 'IN_PROGRESS' \
+             AND COALESCE(rollout_state, '') = $5",
         )
         .bind(tenant)
         .bind(job_id)
         .bind(rollout_state)
         .bind(now)
+        .bind(expected.unwrap_or(""))
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if saved == 0 || count == 0 {
+        if saved == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        if count == 0 {
             tx.commit().await?;
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let rows = sqlx::query(
             "SELECT thing_name FROM job_targets WHERE tenant = $1 AND job_id = $2 \
@@ -538,7 +553,7 @@ impl JobStore for SqlStore {
             }
         }
         tx.commit().await?;
-        Ok(released)
+        Ok(Some(released))
     }
 
     async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64> {
@@ -678,17 +693,39 @@ impl JobStore for SqlStore {
             .collect()
     }
 
-    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM job_executions WHERE tenant = $1 AND job_id = $2 \
-             AND status = 'SUCCEEDED' AND deadline IS NOT NULL",
+    async fn job_has_open_work(&self, tenant: &str, job_id: &str) -> Result<bool> {
+        let pending = sqlx::query(
+            "SELECT 1 AS x FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             AND status IN ('QUEUED', 'IN_PROGRESS') LIMIT 1",
         )
         .bind(tenant)
         .bind(job_id)
-        .fetch_one(&self.reader)
+        .fetch_optional(&self.reader)
         .await?;
-        let n: i64 = row.try_get("n")?;
-        Ok(n > 0)
+        if pending.is_some() {
+            return Ok(true);
+        }
+        let waiting = sqlx::query(
+            "SELECT 1 AS x FROM job_targets WHERE tenant = $1 AND job_id = $2 \
+             AND released_at IS NULL LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(waiting.is_some())
+    }
+
+    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS x FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             AND status = 'SUCCEEDED' AND deadline IS NOT NULL LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.is_some())
     }
 
     async fn overdue_executions(

@@ -3164,31 +3164,70 @@ async fn a_paced_release_queues_each_waiting_target_once_and_stops_with_the_job(
         store.jobs_awaiting_release().await.unwrap(),
         vec![(DEFAULT_TENANT.to_string(), "paced".to_string())]
     );
-    // Four releases of three race: seven executions, each thing once.
+    // Four releases computed from the same pace race: exactly one goes out.
     let mut handles = Vec::new();
-    for _ in 0..4 {
+    for i in 0..4 {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
             store
-                .release_job_targets(DEFAULT_TENANT, "paced", 3, NOW, r#"{"s":1}"#)
+                .release_job_targets(DEFAULT_TENANT, "paced", 3, NOW, None, &format!("s{i}"))
                 .await
                 .unwrap()
         }));
     }
     let mut released = Vec::new();
+    let mut winners = 0;
     for h in handles {
-        released.extend(h.await.unwrap().into_iter().map(|e| e.thing_name));
+        if let Some(batch) = h.await.unwrap() {
+            winners += 1;
+            released.extend(batch.into_iter().map(|e| e.thing_name));
+        }
     }
+    assert_eq!(winners, 1);
+    assert_eq!(released.len(), 3);
+    let won = store
+        .rollout_state(DEFAULT_TENANT, "paced")
+        .await
+        .unwrap()
+        .unwrap();
+    // A release from a stale pace writes nothing.
+    assert_eq!(
+        store
+            .release_job_targets(DEFAULT_TENANT, "paced", 3, NOW, None, "stale")
+            .await
+            .unwrap(),
+        None
+    );
+    // Releases that chain the pace take the rest, each thing once.
+    let next = store
+        .release_job_targets(DEFAULT_TENANT, "paced", 3, NOW, Some(&won), "s-next")
+        .await
+        .unwrap()
+        .unwrap();
+    released.extend(next.into_iter().map(|e| e.thing_name));
+    let last = store
+        .release_job_targets(DEFAULT_TENANT, "paced", 3, NOW, Some("s-next"), "s-last")
+        .await
+        .unwrap()
+        .unwrap();
+    released.extend(last.into_iter().map(|e| e.thing_name));
     released.sort();
     assert_eq!(released, waiting);
     assert!(store.jobs_awaiting_release().await.unwrap().is_empty());
+    assert!(
+        store
+            .job_has_open_work(DEFAULT_TENANT, "paced")
+            .await
+            .unwrap(),
+        "queued executions are open work"
+    );
     assert_eq!(
         store
             .rollout_state(DEFAULT_TENANT, "paced")
             .await
             .unwrap()
             .as_deref(),
-        Some(r#"{"s":1}"#)
+        Some("s-last")
     );
     // A stopped job releases nothing more, and its waiting targets can be dropped.
     store
@@ -3206,10 +3245,10 @@ async fn a_paced_release_queues_each_waiting_target_once_and_stops_with_the_job(
         .unwrap();
     assert!(
         store
-            .release_job_targets(DEFAULT_TENANT, "stopped", 3, NOW, "{}")
+            .release_job_targets(DEFAULT_TENANT, "stopped", 3, NOW, None, "{}")
             .await
             .unwrap()
-            .is_empty()
+            .is_none()
     );
     assert_eq!(
         store
@@ -3217,6 +3256,12 @@ async fn a_paced_release_queues_each_waiting_target_once_and_stops_with_the_job(
             .await
             .unwrap(),
         7
+    );
+    assert!(
+        !store
+            .job_has_open_work(DEFAULT_TENANT, "stopped")
+            .await
+            .unwrap()
     );
     // A second job with the same id is a conflict and changes nothing.
     let err = store

@@ -32,5 +32,5 @@ CREATE TABLE job_executions (
     PRIMARY KEY (tenant, job_id, thing_name, execution_number)
 );
 CREATE INDEX job_executions_by_thing ON job_executions (tenant, thing_name, status);
-CREATE INDEX job_executions_by_job ON job_executions (tenant, job_id, status);
+CREATE INDEX job_executions_by_job ON job_executions (tenant, job_id, status, deadline);
 CREATE INDEX job_executions_by_deadline ON job_executions (deadline);
