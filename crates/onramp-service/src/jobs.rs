@@ -283,7 +283,8 @@ impl Onramp {
         match outcome {
             Ok(replies) => {
                 metrics::counter!("onramp_jobs_requests_total", "op" => op, "outcome" => "accepted").increment(1);
-                replies
+                self.resolve_artifacts_in_replies(tenant, &topic.thing_name, replies)
+                    .await
             }
             Err(r) => {
                 metrics::counter!("onramp_jobs_requests_total", "op" => op, "outcome" => "rejected").increment(1);
@@ -501,6 +502,7 @@ impl Onramp {
                 notification_replies(&thing, job::notifications(&before, &after, at, &docs))
             {
                 if let Ok(body) = serde_json::from_slice::<Value>(&reply.payload) {
+                    let body = self.resolve_artifacts(tenant, &thing, &body).await;
                     self.publish(tenant, reply.topic, &body);
                 }
             }
@@ -528,6 +530,8 @@ impl Onramp {
                 "successConfirmation is not supported yet".into(),
             ));
         }
+        self.check_job_artifacts(tenant, &document, &request.config)
+            .await?;
         let things = self.resolve_targets(tenant, &request.targets).await?;
         if things.is_empty() {
             return Err(ServiceError::BadRequest(

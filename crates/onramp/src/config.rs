@@ -19,7 +19,26 @@ pub struct Config {
     pub enrolment: EnrolmentConfig,
     pub mqtt: MqttConfig,
     pub provisioning: ProvisioningConfig,
+    pub artifacts: ArtifactsConfig,
     pub log: LogConfig,
+}
+
+/// Signed OTA artifacts (docs/artifacts.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// Base of the download URLs put in job documents, such as
+    /// `https://onramp.example.com:8443`; empty: `https://` + the first of
+    /// `http.hosts` + the HTTPS port.
+    pub public_url: String,
+    /// The largest artifact accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Lifetime of a download URL in a job document.
+    pub url_ttl_secs: i64,
+    /// Download requests per device.
+    pub downloads_per_device: RateConfig,
+    /// Bandwidth of one download, bytes per second; 0: unpaced.
+    pub download_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -234,6 +253,13 @@ hook_timeout_secs = 5
 claim_expiry_warning_days = 30
 jitp_drop_first_connection = false
 
+[artifacts]
+public_url = ""
+max_upload_bytes = 2147483648
+url_ttl_secs = 3600
+downloads_per_device = { per_second = 1, burst = 10 }
+download_bytes_per_sec = 0
+
 [log]
 format = "text"
 "#;
@@ -330,6 +356,11 @@ impl Config {
 
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
+    }
+
+    /// Where uploaded artifacts are kept (0700), by SHA-256.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.data_dir.join("artifacts")
     }
 
     pub fn hmac_key_path(&self) -> PathBuf {
