@@ -33,7 +33,9 @@ impl Placeholder {
 
 /// True for 64 lowercase hex digits.
 pub fn valid_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Walks one string: for each well-formed placeholder, `f(kind, sha256)`;
@@ -73,11 +75,9 @@ fn walk(v: &Value, f: &mut dyn FnMut(Placeholder, &str) -> Option<String>) -> Va
     match v {
         Value::String(s) if s.contains(PREFIX) => Value::String(rewrite(s, f)),
         Value::Array(items) => Value::Array(items.iter().map(|i| walk(i, f)).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), walk(v, f)))
-                .collect(),
-        ),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), walk(v, f))).collect())
+        }
         other => other.clone(),
     }
 }
@@ -334,10 +334,22 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-3"), 10), p(7, 9));
         assert_eq!(parse_range(Some("bytes=-30"), 10), p(0, 9));
         assert_eq!(parse_range(Some("bytes=8-100"), 10), p(8, 9));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=10-12"), 10), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=-0"), 10), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=0-"), 0), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=10-"), 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=10-12"), 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-0"), 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=0-"), 0),
+            RangeRequest::Unsatisfiable
+        );
         assert_eq!(parse_range(Some("bytes=5-2"), 10), RangeRequest::Whole);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeRequest::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeRequest::Whole);

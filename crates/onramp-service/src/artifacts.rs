@@ -182,7 +182,12 @@ impl Onramp {
     // ---- signers ----
 
     /// Registers a signer's public key (Ed25519 or ECDSA P-256 PEM).
-    pub async fn add_signer(&self, caller: &Caller, name: &str, public_key_pem: &str) -> Result<Signer> {
+    pub async fn add_signer(
+        &self,
+        caller: &Caller,
+        name: &str,
+        public_key_pem: &str,
+    ) -> Result<Signer> {
         caller.require(Permission::ManageProvisioning)?;
         if !onramp_domain::job::valid_job_id(name) {
             return Err(ServiceError::BadRequest(format!(
@@ -225,7 +230,12 @@ impl Onramp {
     /// Artifacts it signed keep their signature.
     pub async fn delete_signer(&self, caller: &Caller, name: &str) -> Result<()> {
         caller.require(Permission::ManageProvisioning)?;
-        let audit = self.audit(caller, "signer.delete", format!("signer:{name}"), String::new());
+        let audit = self.audit(
+            caller,
+            "signer.delete",
+            format!("signer:{name}"),
+            String::new(),
+        );
         if !self
             .inner
             .store
@@ -341,7 +351,9 @@ impl Onramp {
             }
         };
         let final_path = dir.join(&sha256);
-        tokio::fs::rename(&tmp_path, &final_path).await.map_err(io)?;
+        tokio::fs::rename(&tmp_path, &final_path)
+            .await
+            .map_err(io)?;
         guard.0 = None;
         let record = ArtifactRecord {
             tenant: caller.tenant.clone(),
@@ -409,7 +421,9 @@ impl Onramp {
                 .get_artifact(tenant, &sha)
                 .await?
                 .ok_or_else(|| {
-                    ServiceError::BadRequest(format!("the document refers to unknown artifact {sha}"))
+                    ServiceError::BadRequest(format!(
+                        "the document refers to unknown artifact {sha}"
+                    ))
                 })?;
             if require_signed && a.signature.is_none() {
                 return Err(ServiceError::BadRequest(format!(
@@ -433,7 +447,12 @@ impl Onramp {
 
     /// A document as one thing sees it: artifact placeholders replaced by
     /// its download URLs, digests and signatures.
-    pub(crate) async fn resolve_artifacts(&self, tenant: &str, thing: &str, document: &Value) -> Value {
+    pub(crate) async fn resolve_artifacts(
+        &self,
+        tenant: &str,
+        thing: &str,
+        document: &Value,
+    ) -> Value {
         let shas = artifact::referenced_artifacts(document);
         if shas.is_empty() {
             return document.clone();
@@ -460,7 +479,9 @@ impl Onramp {
                     );
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "could not read an artifact for a job document"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read an artifact for a job document")
+                }
             }
         }
         artifact::substitute(document, &|sha| known.get(sha).cloned())
@@ -526,7 +547,8 @@ impl Onramp {
             let valid = artifact::parse_token(token).is_some_and(|(expires_at, _)| {
                 expires_at >= now()
                     && constant_time_eq(
-                        self.download_token(tenant, thing, sha256, expires_at).as_bytes(),
+                        self.download_token(tenant, thing, sha256, expires_at)
+                            .as_bytes(),
                         token.as_bytes(),
                     )
             });

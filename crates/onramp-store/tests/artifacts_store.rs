@@ -64,7 +64,9 @@ async fn signers_are_added_once_listed_and_deleted(store: Arc<dyn Store>) {
         .add_signer(&signer("vendor"), &audit("signer.add"))
         .await
         .unwrap();
-    let again = store.add_signer(&signer("vendor"), &audit("signer.add")).await;
+    let again = store
+        .add_signer(&signer("vendor"), &audit("signer.add"))
+        .await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     store
         .add_signer(&signer("other"), &audit("signer.add"))
@@ -82,7 +84,13 @@ async fn signers_are_added_once_listed_and_deleted(store: Arc<dyn Store>) {
         store.get_signer(DEFAULT_TENANT, "vendor").await.unwrap(),
         Some(signer("vendor"))
     );
-    assert!(store.get_signer("elsewhere", "vendor").await.unwrap().is_none());
+    assert!(
+        store
+            .get_signer("elsewhere", "vendor")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         store
             .delete_signer(DEFAULT_TENANT, "vendor", &audit("signer.delete"))
@@ -95,7 +103,13 @@ async fn signers_are_added_once_listed_and_deleted(store: Arc<dyn Store>) {
             .await
             .unwrap()
     );
-    assert!(store.get_signer(DEFAULT_TENANT, "vendor").await.unwrap().is_none());
+    assert!(
+        store
+            .get_signer(DEFAULT_TENANT, "vendor")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn artifacts_are_content_addressed_and_a_signed_upload_signs_an_unsigned_one(
@@ -114,7 +128,10 @@ async fn artifacts_are_content_addressed_and_a_signed_upload_signs_an_unsigned_o
     assert_eq!(signed.signer.as_deref(), Some("vendor"));
     // A later upload (signed differently or not at all) keeps the record.
     let kept = store
-        .put_artifact(&artifact(SHA_A, Some("b3RoZXI=")), &audit("artifact.upload"))
+        .put_artifact(
+            &artifact(SHA_A, Some("b3RoZXI=")),
+            &audit("artifact.upload"),
+        )
         .await
         .unwrap();
     assert_eq!(kept.signature.as_deref(), Some("c2ln"));
@@ -139,7 +156,13 @@ async fn artifacts_are_content_addressed_and_a_signed_upload_signs_an_unsigned_o
         .await
         .unwrap();
     assert_eq!(after.len(), 1);
-    assert!(store.get_artifact("elsewhere", SHA_A).await.unwrap().is_none());
+    assert!(
+        store
+            .get_artifact("elsewhere", SHA_A)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 fn job(id: &str, document: &str) -> JobRecord {
@@ -163,7 +186,12 @@ async fn only_live_executions_of_referencing_jobs_grant_an_artifact(store: Arc<d
     let doc = format!("{{\"url\":\"${{onramp:artifact-url:{SHA_A}}}\"}}");
     let exec = JobExecution::queued("J1", "D1", NOW);
     store
-        .create_job(&job("J1", &doc), std::slice::from_ref(&exec), &[], &audit("job.create"))
+        .create_job(
+            &job("J1", &doc),
+            std::slice::from_ref(&exec),
+            &[],
+            &audit("job.create"),
+        )
         .await
         .unwrap();
     store
@@ -185,8 +213,14 @@ async fn only_live_executions_of_referencing_jobs_grant_an_artifact(store: Arc<d
         }
     };
     assert_eq!(grants("D1", SHA_A).await, ["J1"]);
-    assert!(grants("D2", SHA_A).await.is_empty(), "D2's job does not refer to it");
-    assert!(grants("D1", SHA_B).await.is_empty(), "J1 does not refer to B");
+    assert!(
+        grants("D2", SHA_A).await.is_empty(),
+        "D2's job does not refer to it"
+    );
+    assert!(
+        grants("D1", SHA_B).await.is_empty(),
+        "J1 does not refer to B"
+    );
     assert!(
         store
             .jobs_granting_artifact(DEFAULT_TENANT, "D1", "%")
@@ -203,7 +237,10 @@ async fn only_live_executions_of_referencing_jobs_grant_an_artifact(store: Arc<d
             .await
             .unwrap()
     );
-    assert!(grants("D1", SHA_A).await.is_empty(), "a canceled execution grants nothing");
+    assert!(
+        grants("D1", SHA_A).await.is_empty(),
+        "a canceled execution grants nothing"
+    );
 }
 
 macro_rules! suite {

@@ -92,6 +92,12 @@ enum Command {
     /// Claim certificates for fleet provisioning.
     #[command(subcommand)]
     Claim(crate::cli_provisioning::ClaimCommand),
+    /// Signed OTA artifacts: keygen and sign (build machine), upload.
+    #[command(subcommand)]
+    Artifact(crate::cli_artifacts::ArtifactCommand),
+    /// Public keys that sign artifacts.
+    #[command(subcommand)]
+    Signer(crate::cli_artifacts::SignerCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,6 +362,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         println!("imported the CA into {}", cfg.ca_dir().display());
         return Ok(());
     }
+    if matches!(&cli.command, Command::Artifact(c) if c.is_offline())
+        && let Command::Artifact(cmd) = cli.command
+    {
+        return crate::cli_artifacts::offline(cmd, &Output { json: cli.json });
+    }
     if let Command::Init = cli.command {
         let onramp = open_onramp(&cfg, DataDir::CreateIfMissing).await?;
         let issuing = onramp.ca().issuing_info();
@@ -437,6 +448,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::cli_provisioning::registered_ca(&onramp, &caller, &out, cmd).await
         }
         Command::Shadow(cmd) => shadow(&onramp, &caller, cmd).await,
+        Command::Artifact(cmd) => crate::cli_artifacts::artifact(&onramp, &caller, &out, cmd).await,
+        Command::Signer(cmd) => crate::cli_artifacts::signer(&onramp, &caller, &out, cmd).await,
         Command::Tenant(TenantCommand::List) => {
             let tenants = onramp.list_tenants().await?;
             let rows = tenants.iter().map(|t| vec![t.clone()]).collect();

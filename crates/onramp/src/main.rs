@@ -1,6 +1,7 @@
 //! `onramp`: the server (`onramp serve`) and the admin CLI.
 
 mod cli;
+mod cli_artifacts;
 mod cli_provisioning;
 mod config;
 mod serve;
