@@ -10,6 +10,39 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use support::*;
 
+const DOC: &str = include_str!("../../../docs/artifacts.md");
+
+/// The fenced block after `<!-- example: NAME -->` in docs/artifacts.md.
+fn example(name: &str) -> String {
+    let marker = format!("<!-- example: {name} -->");
+    let rest = DOC
+        .split(&marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/artifacts.md has no example {name}"));
+    let body = rest.split("```").nth(1).expect("a fenced block");
+    body.split_once('\n')
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Runs a documented shell block in `dir` with `onramp` on the PATH and no
+/// data directory.
+fn run_example(name: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
+    let bin_dir = Path::new(bin()).parent().unwrap();
+    Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &example(name)])
+        .current_dir(dir)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("ONRAMP_DATA_DIR", "/nonexistent/onramp-build-machine")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 fn onramp_offline(args: &[&str]) -> Output {
     // A data directory that does not exist: signing must not need one.
     Command::new(bin())
@@ -463,6 +496,35 @@ fn signed_artifacts_are_verified_on_upload_and_reach_only_devices_with_a_job() {
         "device-side verification",
     );
 
+    // The documented device-side check, as written, on what the device got.
+    let device_dir = s.path("device");
+    std::fs::create_dir_all(&device_dir).unwrap();
+    std::fs::copy(&downloaded, device_dir.join("firmware.bin")).unwrap();
+    std::fs::copy(&public, device_dir.join("vendor.pub")).unwrap();
+    let check = run_example(
+        "device-check",
+        &device_dir,
+        &[
+            ("SHA256", doc["sha256"].as_str().unwrap()),
+            ("SIGNATURE", doc["signature"].as_str().unwrap()),
+        ],
+    );
+    ok(&check, "the documented device check");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("Signature Verified Successfully"));
+    std::fs::write(device_dir.join("firmware.bin"), &tampered).unwrap();
+    let refused = run_example(
+        "device-check",
+        &device_dir,
+        &[
+            ("SHA256", &sha256_of(&tampered_path)),
+            ("SIGNATURE", doc["signature"].as_str().unwrap()),
+        ],
+    );
+    assert!(
+        !refused.status.success(),
+        "a tampered file fails the device check"
+    );
+
     // A range: 206 with Content-Range and exactly that slice.
     let whole = std::fs::read(&fw).unwrap();
     let r = device_get(&s, &d1, &url, &["-H", "Range: bytes=1000-1999"]);
@@ -563,4 +625,23 @@ fn downloads_over_the_per_device_rate_are_refused_with_429() {
         .map(|_| device_get(&s, &d1, &url, &[]).status)
         .collect();
     assert_eq!(statuses, [200, 200, 429]);
+}
+
+#[test]
+fn the_documented_build_machine_commands_work_without_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("firmware.bin"), b"firmware 2.4.0\n").unwrap();
+    let out = run_example("build-machine", dir.path(), &[]);
+    ok(&out, "the build-machine example");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Signature Verified Successfully"));
+    assert_eq!(mode(&dir.path().join("vendor.key")), 0o600);
+    let key = std::fs::read_to_string(dir.path().join("vendor.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+    // The key is never overwritten by a second keygen.
+    let again = run_example("build-machine", dir.path(), &[]);
+    assert!(!again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("vendor.key")).unwrap(),
+        key
+    );
 }
