@@ -106,6 +106,18 @@ pub async fn upload_artifact(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Artifact>), ApiError> {
+    // A declared length over the limit is refused before any byte is read.
+    let limit = s.onramp.settings().artifacts.max_upload_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(ApiError(ServiceError::PayloadTooLarge(format!(
+            "the artifact exceeds {limit} bytes"
+        ))));
+    }
     let signature = match headers.get(SIGNATURE_HEADER) {
         Some(v) => Some(
             v.to_str()

@@ -603,10 +603,28 @@ fn downloads_over_the_per_device_rate_are_refused_with_429() {
         &[
             ("ONRAMP_ARTIFACTS__DOWNLOADS_PER_DEVICE__PER_SECOND", "0"),
             ("ONRAMP_ARTIFACTS__DOWNLOADS_PER_DEVICE__BURST", "2"),
+            ("ONRAMP_ARTIFACTS__MAX_UPLOAD_BYTES", "10000"),
         ],
         None,
     );
     let admin = s.api_key("admin");
+    // Over the upload limit: 413, declared or streamed, and nothing is kept.
+    let big = firmware(&s, "big.bin", 10_001, 8);
+    let r = upload(&s, &admin, &big, "name=big.bin", None);
+    assert_eq!(r.status, 413, "{}", r.text());
+    let chunked = s.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &s.url("/api/v1/artifacts?name=big.bin"),
+    ]);
+    assert_eq!(chunked.status, 413, "{}", chunked.text());
+    assert!(stored_files(&s).is_empty(), "{:?}", stored_files(&s));
     let fw = firmware(&s, "fw.bin", 5000, 9);
     let r = upload(&s, &admin, &fw, "name=fw.bin", None);
     assert_eq!(r.status, 201, "{}", r.text());
