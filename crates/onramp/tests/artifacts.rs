@@ -43,6 +43,52 @@ fn run_example(name: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// As the device over MQTT (paho, one connection): describe a job, then
+/// start the next one; prints each accepted payload on its own line.
+const DESCRIBE_SCRIPT: &str = r#"
+import json, queue, sys
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+port, cafile, cert, key, thing, job = sys.argv[1:7]
+got = queue.Queue()
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing)
+c.tls_set(ca_certs=cafile, certfile=cert, keyfile=key)
+c.on_message = lambda _c, _u, m: got.put((m.topic, m.payload.decode()))
+c.connect("localhost", int(port))
+c.loop_start()
+base = f"$aws/things/{thing}/jobs"
+for t in (f"{base}/{job}/get/accepted", f"{base}/start-next/accepted",
+          f"{base}/{job}/get/rejected", f"{base}/start-next/rejected"):
+    c.subscribe(t, qos=1)[1]
+import time; time.sleep(0.5)
+for request in (f"{base}/{job}/get", f"{base}/start-next"):
+    c.publish(request, json.dumps({"clientToken": "t"}), qos=1).wait_for_publish()
+    topic, payload = got.get(timeout=10)
+    print(payload, flush=True)
+c.loop_stop()
+c.disconnect()
+"#;
+
+fn mqtt_describe_and_start(s: &Server, id: &Identity, job: &str) -> (Value, Value) {
+    let py = python_with(&["paho.mqtt"]);
+    let out = Command::new(py)
+        .args(["-c", DESCRIBE_SCRIPT])
+        .arg(s.mqtt_port.to_string())
+        .arg(&s.root_pem)
+        .arg(&id.cert)
+        .arg(&id.key)
+        .arg(&id.name)
+        .arg(job)
+        .output()
+        .unwrap();
+    ok(&out, "the MQTT describe script");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap());
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
 fn onramp_offline(args: &[&str]) -> Output {
     // A data directory that does not exist: signing must not need one.
     Command::new(bin())
@@ -459,6 +505,18 @@ fn signed_artifacts_are_verified_on_upload_and_reach_only_devices_with_a_job() {
         url.starts_with(&s.url(&format!("/artifacts/{sha}?token="))),
         "{url}"
     );
+    // Describe and start-next over MQTT give the device working URLs too.
+    let (described, started) = mqtt_describe_and_start(&s, &d1, "J1");
+    for (what, reply) in [("describe", &described), ("start-next", &started)] {
+        let doc = &reply["execution"]["jobDocument"];
+        assert_eq!(doc["sha256"], sha.as_str(), "{what}: {reply}");
+        let url = doc["url"].as_str().unwrap_or_default();
+        assert!(url.contains("?token="), "{what}: {reply}");
+        let r = device_get(&s, &d1, url, &["-H", "Range: bytes=0-99"]);
+        assert_eq!(r.status, 206, "{what}: {}", r.text());
+        assert_eq!(r.body, std::fs::read(&fw).unwrap()[..100]);
+    }
+
     // The stored job keeps the placeholder; only the device's copy has a URL.
     let r = s.api("GET", "/api/v1/jobs/J1", &admin, None);
     assert!(
@@ -585,11 +643,12 @@ fn signed_artifacts_are_verified_on_upload_and_reach_only_devices_with_a_job() {
 
     // ---- metrics ----
     let text = s.metrics();
-    // Whole file + 1000-byte range + last 10 bytes + the resumed rest + 1 byte.
+    // Two 100-byte ranges (the MQTT URLs) + whole file + 1000-byte range +
+    // last 10 bytes + the resumed rest + 1 byte.
     let bytes = metric_value(&text, "onramp_artifact_download_bytes_total");
     assert_eq!(
         bytes,
-        Some((300_000 + 1000 + 10 + (300_000 - 123_457) + 1) as f64)
+        Some((200 + 300_000 + 1000 + 10 + (300_000 - 123_457) + 1) as f64)
     );
     // Those that reached the end of the file: whole, last 10 bytes, resumed.
     let completed = metric_value(&text, "onramp_artifact_downloads_completed_total");
