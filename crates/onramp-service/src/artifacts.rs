@@ -179,6 +179,21 @@ impl Onramp {
         }
     }
 
+    /// Removes uploads a previous run left unfinished (`artifacts/tmp/`);
+    /// call at start, before the listener accepts uploads. Returns how many.
+    pub fn clean_artifact_uploads(&self) -> usize {
+        let Some(dir) = self.inner.settings.artifacts.dir.as_ref() else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(dir.join("tmp")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
     // ---- signers ----
 
     /// Registers a signer's public key (Ed25519 or ECDSA P-256 PEM).

@@ -335,6 +335,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
     // Tests and scripts read the bound address (the port may be ephemeral).
     std::fs::write(cfg.data_dir.join("https.addr"), addr.to_string())?;
     onramp.set_artifact_base_url(&artifact_base_url(&cfg, addr.port()));
+    let unfinished = onramp.clean_artifact_uploads();
+    if unfinished > 0 {
+        tracing::info!(count = unfinished, "removed unfinished artifact uploads");
+    }
     let served = if cfg.http.metrics {
         "EST, API, health, metrics"
     } else {

@@ -195,7 +195,12 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn signed_artifacts_are_verified_on_upload_and_reach_only_devices_with_a_job() {
-    let s = Server::start(Backend::Sqlite);
+    // D1 makes more downloads here than the default burst allows.
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[("ONRAMP_ARTIFACTS__DOWNLOADS_PER_DEVICE__BURST", "100")],
+        None,
+    );
     let admin = s.api_key("admin");
 
     // ---- the build machine: Ed25519 key, signature, openssl check ----
@@ -640,6 +645,29 @@ fn signed_artifacts_are_verified_on_upload_and_reach_only_devices_with_a_job() {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = device_get(&s, &d1, &bare, &[]);
     assert_eq!(r.status, 403, "{}", r.text());
+
+    // ---- audit, and a deleted signer ----
+    let audit = s.cli_json(&["audit", "--limit", "200"]);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in ["signer.add", "artifact.upload"] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+    let r = s.api("DELETE", "/api/v1/signers/vendor", &admin, None);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = upload(&s, &admin, &fw, "name=fw.bin&signer=vendor", Some(&sig_b64));
+    assert_eq!(r.status, 400, "a deleted signer: {}", r.text());
+    let signers = s.api("GET", "/api/v1/signers", &admin, None).json();
+    assert_eq!(signers.as_array().unwrap().len(), 1, "{signers}");
+    assert!(
+        s.cli_json(&["audit", "--action", "signer.delete"])
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    );
 
     // ---- metrics ----
     let text = s.metrics();
