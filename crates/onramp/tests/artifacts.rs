@@ -195,9 +195,18 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn signed_artifacts_are_verified_on_upload_and_reach_only_devices_with_a_job() {
+    end_to_end(Backend::Sqlite);
+}
+
+#[test]
+fn signed_artifacts_end_to_end_on_postgres() {
+    end_to_end(Backend::Postgres);
+}
+
+fn end_to_end(backend: Backend) {
     // D1 makes more downloads here than the default burst allows.
     let s = Server::start_with(
-        Backend::Sqlite,
+        backend,
         &[("ONRAMP_ARTIFACTS__DOWNLOADS_PER_DEVICE__BURST", "100")],
         None,
     );
