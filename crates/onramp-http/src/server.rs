@@ -238,6 +238,33 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that keeps its request counted as in progress until the
+/// body has been sent (or dropped).
+struct Tracked {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 // ---- the request body: deadline, and what is left after the handler ----
 
 /// The request body did not arrive within `body_read_timeout`.
@@ -493,9 +520,16 @@ pub async fn serve(
                     req.extensions_mut().insert(SourceAddr(addr));
                     let (app, limits) = (app.clone(), limits.clone());
                     async move {
-                        let resp = handle(app, limits, req).await;
-                        drop(in_flight);
-                        resp
+                        // The request stays in progress until its response
+                        // body is sent: a long download is not idle.
+                        handle(app, limits, req).await.map(|resp| {
+                            resp.map(|body| {
+                                axum::body::Body::new(Tracked {
+                                    body,
+                                    _in_flight: in_flight,
+                                })
+                            })
+                        })
                     }
                 })
             };

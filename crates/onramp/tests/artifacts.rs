@@ -759,3 +759,47 @@ fn the_documented_build_machine_commands_work_without_a_server() {
         key
     );
 }
+
+#[test]
+fn a_paced_download_outlives_the_idle_timeout_and_arrives_whole() {
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[
+            ("ONRAMP_ARTIFACTS__DOWNLOAD_BYTES_PER_SEC", "100000"),
+            ("ONRAMP_HTTP__IDLE_TIMEOUT_SECS", "1"),
+        ],
+        None,
+    );
+    let admin = s.api_key("admin");
+    let fw = firmware(&s, "fw.bin", 600_000, 5);
+    let r = upload(&s, &admin, &fw, "name=fw.bin", None);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sha = sha256_of(&fw);
+    let d1 = s.device("D1");
+    let body = json!({
+        "jobId": "J1",
+        "targets": ["D1"],
+        "document": {"url": format!("${{onramp:artifact-url:{sha}}}")},
+    })
+    .to_string();
+    let r = s.api("POST", "/api/v1/jobs", &admin, Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let started = std::time::Instant::now();
+    let r = device_get(&s, &d1, &s.url(&format!("/artifacts/{sha}")), &[]);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    let expected = std::fs::read(&fw).unwrap();
+    assert!(
+        r.body == expected,
+        "got {} of {} bytes: {}",
+        r.body.len(),
+        expected.len(),
+        r.stderr
+    );
+    // 600 kB at 100 kB/s: the first 64 KiB at once, the rest paced, well past
+    // the idle timeout and its grace period.
+    assert!(
+        took >= std::time::Duration::from_millis(5000),
+        "not paced: {took:?}"
+    );
+}
