@@ -62,6 +62,9 @@ pub struct HttpLimits {
     /// The unread body of a refused request is read and discarded up to this
     /// many bytes before the refusal is sent; beyond it the connection closes.
     pub max_discard_bytes: u64,
+    /// The body deadline of an artifact upload (`POST /api/v1/artifacts`),
+    /// which may be gigabytes, instead of `body_read_timeout`.
+    pub upload_body_read_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -77,6 +80,7 @@ impl Default for HttpLimits {
             max_header_bytes: 64 * 1024,
             h2_keep_alive_interval: Duration::from_secs(30),
             max_discard_bytes: 16 * 1024 * 1024,
+            upload_body_read_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -380,10 +384,16 @@ async fn handle(
         .get(hyper::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let http1 = req.version() < hyper::Version::HTTP_2;
+    let body_timeout =
+        if req.method() == hyper::Method::POST && req.uri().path() == "/api/v1/artifacts" {
+            limits.upload_body_read_timeout
+        } else {
+            limits.body_read_timeout
+        };
     let (parts, incoming) = req.into_parts();
     let state = Arc::new(Mutex::new(BodyState {
         inner: incoming,
-        deadline: Box::pin(tokio::time::sleep(limits.body_read_timeout)),
+        deadline: Box::pin(tokio::time::sleep(body_timeout)),
         read: 0,
         ended: false,
         polled: false,

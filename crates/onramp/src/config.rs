@@ -112,6 +112,8 @@ pub struct HttpConfig {
     pub header_read_timeout_secs: u64,
     /// Time allowed for a request body, from its head.
     pub body_read_timeout_secs: u64,
+    /// Time allowed for the body of an artifact upload (`POST /api/v1/artifacts`).
+    pub upload_body_read_timeout_secs: u64,
     /// A connection with no request in progress is closed after this.
     pub idle_timeout_secs: u64,
     /// Live HTTPS connections, in total and per client IP address.
@@ -201,6 +203,7 @@ hosts = ["localhost", "127.0.0.1", "::1"]
 handshake_timeout_secs = 10
 header_read_timeout_secs = 10
 body_read_timeout_secs = 30
+upload_body_read_timeout_secs = 3600
 idle_timeout_secs = 60
 max_connections = 10000
 max_connections_per_source = 256
@@ -499,6 +502,7 @@ impl HttpConfig {
             max_header_bytes: self.max_header_bytes.max(8192),
             h2_keep_alive_interval: secs(self.h2_keep_alive_interval_secs),
             max_discard_bytes: self.max_discard_bytes,
+            upload_body_read_timeout: secs(self.upload_body_read_timeout_secs),
         }
     }
 }

@@ -761,19 +761,34 @@ fn the_documented_build_machine_commands_work_without_a_server() {
 }
 
 #[test]
-fn a_paced_download_outlives_the_idle_timeout_and_arrives_whole() {
+fn slow_uploads_and_paced_downloads_outlive_the_body_and_idle_timeouts() {
     let s = Server::start_with(
         Backend::Sqlite,
         &[
             ("ONRAMP_ARTIFACTS__DOWNLOAD_BYTES_PER_SEC", "100000"),
             ("ONRAMP_HTTP__IDLE_TIMEOUT_SECS", "1"),
+            ("ONRAMP_HTTP__BODY_READ_TIMEOUT_SECS", "1"),
         ],
         None,
     );
     let admin = s.api_key("admin");
     let fw = firmware(&s, "fw.bin", 600_000, 5);
-    let r = upload(&s, &admin, &fw, "name=fw.bin", None);
-    assert_eq!(r.status, 201, "{}", r.text());
+    // A slow upload (about 3 s) is not held to the 1 s body deadline of
+    // other requests: uploads have their own.
+    let started = std::time::Instant::now();
+    let r = s.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        "--limit-rate",
+        "200K",
+        "--data-binary",
+        &format!("@{}", fw.display()),
+        &s.url("/api/v1/artifacts?name=fw.bin"),
+    ]);
+    assert_eq!(r.status, 201, "{} {}", r.text(), r.stderr);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     let sha = sha256_of(&fw);
     let d1 = s.device("D1");
     let body = json!({
