@@ -693,13 +693,14 @@ fn end_to_end(backend: Backend) {
 }
 
 #[test]
-fn downloads_over_the_per_device_rate_are_refused_with_429() {
+fn upload_size_and_time_limits_and_the_per_device_download_rate() {
     let s = Server::start_with(
         Backend::Sqlite,
         &[
             ("ONRAMP_ARTIFACTS__DOWNLOADS_PER_DEVICE__PER_SECOND", "0"),
             ("ONRAMP_ARTIFACTS__DOWNLOADS_PER_DEVICE__BURST", "2"),
             ("ONRAMP_ARTIFACTS__MAX_UPLOAD_BYTES", "10000"),
+            ("ONRAMP_HTTP__UPLOAD_BODY_READ_TIMEOUT_SECS", "1"),
         ],
         None,
     );
@@ -720,6 +721,23 @@ fn downloads_over_the_per_device_rate_are_refused_with_429() {
         &s.url("/api/v1/artifacts?name=big.bin"),
     ]);
     assert_eq!(chunked.status, 413, "{}", chunked.text());
+    assert!(stored_files(&s).is_empty(), "{:?}", stored_files(&s));
+    // An upload slower than its deadline: 408 (over HTTP/1.1, where the
+    // answer can precede the end of the body), and nothing is kept.
+    let slow = firmware(&s, "slow.bin", 9000, 7);
+    let r = s.curl(&[
+        "--http1.1",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        "--limit-rate",
+        "3K",
+        "--data-binary",
+        &format!("@{}", slow.display()),
+        &s.url("/api/v1/artifacts?name=slow.bin"),
+    ]);
+    assert_eq!(r.status, 408, "{} {}", r.text(), r.stderr);
     assert!(stored_files(&s).is_empty(), "{:?}", stored_files(&s));
     let fw = firmware(&s, "fw.bin", 5000, 9);
     let r = upload(&s, &admin, &fw, "name=fw.bin", None);
