@@ -7,6 +7,7 @@
 pub mod artifact;
 pub mod audit;
 pub mod enrolment;
+pub mod fleet;
 pub mod job;
 pub mod json;
 pub mod lifecycle;
@@ -31,7 +32,7 @@ pub use names::{NameError, validate_serial_number, validate_thing_name};
 pub use registry::*;
 pub use request::{DeviceRequest, JobsOp, JobsTopic, ShadowOp, ShadowTopic};
 pub use role::{Permission, Role};
-pub use version::{FirmwareVersion, version_sort_key};
+pub use version::{FirmwareVersion, validate_version_bound, version_sort_key};
 
 /// Seconds since the Unix epoch. The domain never reads the clock itself.
 pub type UnixTime = i64;

@@ -31,10 +31,26 @@ pub enum LifecycleAction {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a {from} device cannot be {action}d")]
+#[error("{} {from} device cannot be {}", article(*from), participle(*action))]
 pub struct TransitionError {
     pub from: DeviceStatus,
     pub action: LifecycleAction,
+}
+
+fn article(status: DeviceStatus) -> &'static str {
+    match status {
+        DeviceStatus::Active => "an",
+        _ => "a",
+    }
+}
+
+fn participle(action: LifecycleAction) -> &'static str {
+    match action {
+        LifecycleAction::Activate => "activated",
+        LifecycleAction::Suspend => "suspended",
+        LifecycleAction::Reactivate => "reactivated",
+        LifecycleAction::Decommission => "decommissioned",
+    }
 }
 
 impl DeviceStatus {
@@ -109,6 +125,23 @@ impl FromStr for DeviceStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusals_read_as_english() {
+        let e = |from, action| TransitionError { from, action }.to_string();
+        assert_eq!(
+            e(DeviceStatus::Active, LifecycleAction::Reactivate),
+            "an active device cannot be reactivated"
+        );
+        assert_eq!(
+            e(DeviceStatus::Decommissioned, LifecycleAction::Decommission),
+            "a decommissioned device cannot be decommissioned"
+        );
+        assert_eq!(
+            e(DeviceStatus::Pending, LifecycleAction::Suspend),
+            "a pending device cannot be suspended"
+        );
+    }
+
     use super::DeviceStatus::*;
     use super::LifecycleAction::*;
     use super::*;

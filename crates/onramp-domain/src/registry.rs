@@ -119,11 +119,53 @@ pub struct Page {
 
 impl Page {
     pub const MAX_LIMIT: u32 = 1000;
+    pub const DEFAULT_LIMIT: u32 = 100;
+
+    /// A page for internal callers: the limit is clamped into range.
     pub fn new(after: Option<String>, limit: Option<u32>) -> Page {
         Page {
             after,
-            limit: limit.unwrap_or(100).clamp(1, Self::MAX_LIMIT),
+            limit: limit
+                .unwrap_or(Self::DEFAULT_LIMIT)
+                .clamp(1, Self::MAX_LIMIT),
         }
+    }
+
+    /// A page as asked for by an operator (API or CLI): a limit out of range
+    /// is refused rather than quietly changed.
+    pub fn checked(after: Option<String>, limit: Option<u32>) -> Result<Page, String> {
+        Ok(Page {
+            after,
+            limit: Self::check_limit(limit.unwrap_or(Self::DEFAULT_LIMIT))?,
+        })
+    }
+
+    /// The one rule for every `limit` an operator gives: 1 to 1000.
+    pub fn check_limit(limit: u32) -> Result<u32, String> {
+        if (1..=Self::MAX_LIMIT).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(format!(
+                "limit must be between 1 and {}, not {limit}",
+                Self::MAX_LIMIT
+            ))
+        }
+    }
+}
+
+impl DeviceFilter {
+    /// Refuses firmware bounds that are not versions.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, bound) in [
+            ("firmware_lt", &self.firmware_lt),
+            ("firmware_gte", &self.firmware_gte),
+            ("firmware_eq", &self.firmware_eq),
+        ] {
+            if let Some(v) = bound {
+                crate::version::validate_version_bound(v).map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -345,4 +387,39 @@ pub struct PendingCertificate {
     pub registered_at: Option<UnixTime>,
     pub request_digest: Option<String>,
     pub response: Option<String>,
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    #[test]
+    fn operator_limits_outside_one_to_a_thousand_are_refused() {
+        assert_eq!(Page::checked(None, None).map(|p| p.limit), Ok(100));
+        assert_eq!(Page::checked(None, Some(1000)).map(|p| p.limit), Ok(1000));
+        for bad in [0, 1001] {
+            let err = Page::checked(None, Some(bad)).unwrap_err();
+            assert_eq!(err, format!("limit must be between 1 and 1000, not {bad}"));
+        }
+        // Internal callers still get a clamped page.
+        assert_eq!(Page::new(None, Some(0)).limit, 1);
+    }
+
+    #[test]
+    fn a_firmware_bound_must_be_a_version() {
+        let f = DeviceFilter {
+            firmware_lt: Some("notaversion".into()),
+            ..Default::default()
+        };
+        let err = f.validate().unwrap_err();
+        assert!(
+            err.starts_with("firmware_lt: `notaversion` is not"),
+            "{err}"
+        );
+        let ok = DeviceFilter {
+            firmware_gte: Some("2.5.0".into()),
+            ..Default::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+    }
 }

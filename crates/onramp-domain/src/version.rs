@@ -101,6 +101,21 @@ impl Ord for FirmwareVersion {
     }
 }
 
+/// A firmware version given as a query bound (`firmware_lt`, `--firmware-lt`)
+/// must start with a number, after an optional `v`: the lenient parse would
+/// read `bogus` as 0.0.0 and the query would silently match nothing.
+pub fn validate_version_bound(input: &str) -> Result<(), String> {
+    let s = input.trim();
+    let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
+    if s.starts_with(|c: char| c.is_ascii_digit()) && input.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{input}` is not a firmware version; give one such as 2.5.0"
+        ))
+    }
+}
+
 /// Shorthand for `FirmwareVersion::parse(v).sort_key()`.
 pub fn version_sort_key(version: &str) -> String {
     FirmwareVersion::parse(version).sort_key()
@@ -113,6 +128,17 @@ mod tests {
 
     fn lt(a: &str, b: &str) -> bool {
         version_sort_key(a) < version_sort_key(b)
+    }
+
+    #[test]
+    fn version_bounds_must_start_with_a_number() {
+        for ok in ["2.5.0", "v2", "10", " 3.1-rc.1 "] {
+            assert_eq!(validate_version_bound(ok), Ok(()), "{ok}");
+        }
+        for bad in ["notaversion", "", "v", "x1.2", "-1"] {
+            let err = validate_version_bound(bad).unwrap_err();
+            assert!(err.contains("is not a firmware version"), "{bad}: {err}");
+        }
     }
 
     #[test]

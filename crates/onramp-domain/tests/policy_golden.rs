@@ -1053,3 +1053,80 @@ proptest! {
         let _ = PolicyDocument::parse(&text);
     }
 }
+
+/// Both jobs clients of the AWS IoT Device SDK work under the default
+/// policy: the V2 client subscribes to `.../get/+` and `.../update/+`, the
+/// older one to the exact `/accepted` and `/rejected` topics; both publish
+/// requests (also for `$next`) and receive `notify` and `notify-next`. None
+/// of it reaches another thing's jobs.
+#[test]
+fn the_default_policy_allows_a_thing_its_own_jobs_topics_and_no_others() {
+    let p = default_device_policy();
+    let me = thing("pump-1");
+    let base = "$aws/things/pump-1/jobs";
+    for filter in [
+        "get/+",
+        "start-next/+",
+        "$next/get/+",
+        "job-1/get/+",
+        "job-1/update/+",
+        "get/accepted",
+        "get/rejected",
+        "start-next/accepted",
+        "$next/get/accepted",
+        "job-1/update/accepted",
+        "job-1/update/rejected",
+        "notify",
+        "notify-next",
+    ] {
+        let filter = format!("{base}/{filter}");
+        assert_eq!(
+            decide(&p, Action::Subscribe, Resource::TopicFilter(&filter), &me),
+            Decision::Allow,
+            "subscribe {filter}"
+        );
+        assert_eq!(
+            decide(&p, Action::Receive, Resource::Topic(&filter), &me),
+            Decision::Allow,
+            "receive {filter}"
+        );
+    }
+    for topic in [
+        "get",
+        "start-next",
+        "$next/get",
+        "job-1/get",
+        "job-1/update",
+    ] {
+        let topic = format!("{base}/{topic}");
+        assert_eq!(
+            decide(&p, Action::Publish, Resource::Topic(&topic), &me),
+            Decision::Allow,
+            "publish {topic}"
+        );
+    }
+    for (action, resource) in [
+        (
+            Action::Subscribe,
+            Resource::TopicFilter("$aws/things/pump-2/jobs/notify-next"),
+        ),
+        (
+            Action::Subscribe,
+            Resource::TopicFilter("$aws/things/+/jobs/notify"),
+        ),
+        (
+            Action::Publish,
+            Resource::Topic("$aws/things/pump-2/jobs/get"),
+        ),
+        (
+            Action::Receive,
+            Resource::Topic("$aws/things/pump-2/jobs/notify"),
+        ),
+    ] {
+        assert_eq!(
+            decide(&p, action, resource, &me),
+            Decision::ImplicitDeny,
+            "{resource:?}"
+        );
+    }
+}

@@ -28,6 +28,7 @@ const CSV_LIMIT: usize = 16 * 1024 * 1024;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/devices", get(list_devices))
         .route(
             "/api/v1/devices/{thing}",
@@ -97,6 +98,7 @@ pub fn routes() -> Router<AppState> {
             axum::routing::put(set_template_default_version),
         )
         .route("/api/v1/claims", get(list_claims).post(create_claim))
+        .route("/api/v1/claims/expiring", get(expiring_claims))
         .route("/api/v1/claims/{serial}/revoke", post(revoke_claim))
         .route("/api/v1/claims/{serial}/rotate", post(rotate_claim))
         .route("/api/v1/cas/registration-code", get(ca_registration_code))
@@ -220,6 +222,11 @@ pub struct Listing<T> {
     pub next: Option<String>,
 }
 
+/// The operator's page, refused when the limit is out of range.
+pub(crate) fn checked_page(after: Option<String>, limit: Option<u32>) -> Result<Page, ApiError> {
+    Page::checked(after, limit).map_err(|e| ApiError(ServiceError::BadRequest(e)))
+}
+
 pub(crate) fn listing<T>(items: Vec<T>, page: &Page, key: impl Fn(&T) -> String) -> Listing<T> {
     let next = if items.len() as u32 == page.limit {
         items.last().map(key)
@@ -235,6 +242,25 @@ async fn openapi() -> Response {
         crate::openapi::openapi_json(),
     )
         .into_response()
+}
+
+/// Whom an API key acts as.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// `apikey:<id>`.
+    pub actor: String,
+    pub tenant: String,
+    pub role: Role,
+}
+
+#[utoipa::path(get, path = "/api/v1/whoami",
+    responses((status = 200, body = WhoAmI), (status = 401)), security(("api_key" = [])))]
+pub async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        actor: caller.actor,
+        tenant: caller.tenant,
+        role: caller.role,
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -269,7 +295,7 @@ pub async fn list_devices(
         firmware_gte: p.firmware_gte,
         firmware_eq: p.firmware_eq,
     };
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s.onramp.list_devices(&caller, &filter, &page).await?;
     Ok(Json(listing(items, &page, |d| d.thing_name.clone())))
 }
@@ -398,7 +424,9 @@ pub async fn create_token(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// The `next` of the previous page.
     pub after: Option<String>,
+    /// 1–1000, default 100.
     pub limit: Option<u32>,
 }
 
@@ -409,7 +437,7 @@ pub async fn list_tokens(
     Authenticated(caller): Authenticated,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<EnrolmentToken>>, ApiError> {
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s.onramp.list_tokens(&caller, &page).await?;
     Ok(Json(listing(items, &page, |t| t.id.clone())))
 }
@@ -431,7 +459,7 @@ pub async fn list_allowlist(
     Authenticated(caller): Authenticated,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<AllowlistEntry>>, ApiError> {
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s.onramp.list_allowlist(&caller, &page).await?;
     Ok(Json(listing(items, &page, |e| e.serial_number.clone())))
 }
@@ -489,7 +517,9 @@ pub async fn allowlist_remove(
 pub struct CertListParams {
     pub thing_name: Option<String>,
     pub status: Option<CertStatus>,
+    /// The `next` of the previous page.
     pub after: Option<String>,
+    /// 1–1000, default 100.
     pub limit: Option<u32>,
 }
 
@@ -500,7 +530,7 @@ pub async fn list_certificates(
     Authenticated(caller): Authenticated,
     Params(p): Params<CertListParams>,
 ) -> Result<Json<Listing<Certificate>>, ApiError> {
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s
         .onramp
         .list_certificates(&caller, p.thing_name.as_deref(), p.status, &page)
@@ -564,6 +594,7 @@ pub struct AuditParams {
     pub since: Option<i64>,
     /// Entries older than this id (newest first).
     pub before_id: Option<i64>,
+    /// 1–1000, default 100.
     pub limit: Option<u32>,
 }
 
@@ -982,6 +1013,16 @@ pub async fn list_claims(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<Vec<ClaimCertificate>>, ApiError> {
     Ok(Json(s.onramp.list_claims(&caller).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/claims/expiring",
+    responses((status = 200, body = [ClaimCertificate], description = "active claim certificates inside the expiry warning window; each is audited"),
+        (status = 403)), security(("api_key" = [])))]
+pub async fn expiring_claims(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Vec<ClaimCertificate>>, ApiError> {
+    Ok(Json(s.onramp.check_claim_expiry_as(&caller).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/claims", request_body = ClaimCreate,

@@ -44,20 +44,7 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
-        let code = match &self.0 {
-            ServiceError::BadRequest(_) => "bad_request",
-            ServiceError::Unauthorized(_) => "unauthorized",
-            ServiceError::Forbidden(_) => "forbidden",
-            ServiceError::NotFound(_) => "not_found",
-            ServiceError::Conflict(_) => "conflict",
-            ServiceError::RateLimited { .. } | ServiceError::TooManyFailures { .. } => {
-                "rate_limited"
-            }
-            ServiceError::Unavailable { .. } => "unavailable",
-            ServiceError::PayloadTooLarge(_) => "payload_too_large",
-            ServiceError::Timeout(_) => "timeout",
-            ServiceError::Internal(_) => "internal",
-        };
+        let code = self.0.code();
         let body = serde_json::json!({"error": {"code": code, "message": public_message(&self.0)}});
         let mut resp = (status, axum::Json(body)).into_response();
         decorate(&self.0, &mut resp, "Bearer realm=\"onramp-api\"");

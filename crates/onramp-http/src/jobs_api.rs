@@ -2,13 +2,12 @@
 //! and list executions per job and per thing.
 
 use crate::AppState;
-use crate::api::{Authenticated, JsonBody, Listing, PageParams, Params, listing};
+use crate::api::{Authenticated, JsonBody, Listing, PageParams, Params, checked_page, listing};
 use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use onramp_domain::Page;
 use onramp_domain::job::JobExecution;
 use onramp_service::{CreateJob, JobDescription, JobTargets, ServiceError};
 use serde::Deserialize;
@@ -36,9 +35,18 @@ pub struct JobCreate {
     /// Thing names.
     #[serde(default)]
     pub targets: Vec<String>,
-    /// Thing groups: their members when the job is created.
+    /// Thing groups: their members when the job is created (and later, with
+    /// CONTINUOUS selection).
     #[serde(default)]
     pub thing_groups: Vec<String>,
+    /// A dynamic group: registry fields, attributes and a condition on
+    /// reported shadow state, e.g. `{"hardwareRevision": "b", "firmwareLt": "2.0"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub query: Option<onramp_domain::fleet::FleetQuery>,
+    /// `SNAPSHOT` (default) or `CONTINUOUS`.
+    #[serde(default)]
+    pub target_selection: Option<String>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub config: serde_json::Map<String, serde_json::Value>,
@@ -54,6 +62,15 @@ pub async fn create_job(
 ) -> Result<(StatusCode, Json<JobDescription>), ApiError> {
     let document = serde_json::to_vec(&body.document)
         .map_err(|e| ApiError(ServiceError::BadRequest(e.to_string())))?;
+    let continuous = match body.target_selection.as_deref() {
+        None | Some("SNAPSHOT") => false,
+        Some("CONTINUOUS") => true,
+        Some(other) => {
+            return Err(ApiError(ServiceError::BadRequest(format!(
+                "targetSelection must be SNAPSHOT or CONTINUOUS, not {other:?}"
+            ))));
+        }
+    };
     let job = s
         .onramp
         .create_job(
@@ -65,7 +82,9 @@ pub async fn create_job(
                 targets: JobTargets {
                     things: body.targets,
                     thing_groups: body.thing_groups,
+                    query: body.query,
                 },
+                continuous,
                 config: serde_json::Value::Object(body.config),
             },
         )
@@ -80,7 +99,7 @@ pub async fn list_jobs(
     Authenticated(caller): Authenticated,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<JobDescription>>, ApiError> {
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s.onramp.list_jobs(&caller, &page).await?;
     Ok(Json(listing(items, &page, |j| j.job_id.clone())))
 }
@@ -128,16 +147,20 @@ pub async fn list_job_executions(
     Path(job_id): Path<String>,
     Params(p): Params<PageParams>,
 ) -> Result<Json<Listing<JobExecution>>, ApiError> {
-    let page = Page::new(p.after, p.limit);
+    let page = checked_page(p.after, p.limit)?;
     let items = s
         .onramp
         .list_job_executions(&caller, &job_id, &page)
         .await?;
-    Ok(Json(listing(items, &page, |e| e.thing_name.clone())))
+    Ok(Json(listing(
+        items,
+        &page,
+        onramp_store::execution_cursor_of,
+    )))
 }
 
 #[utoipa::path(get, path = "/api/v1/things/{thing}/jobs", params(("thing" = String, Path)),
-    responses((status = 200, description = "The thing's pending executions")), security(("api_key" = [])))]
+    responses((status = 200, description = "The thing's pending executions"), (status = 404)), security(("api_key" = [])))]
 pub async fn thing_jobs(
     State(s): State<AppState>,
     Authenticated(caller): Authenticated,

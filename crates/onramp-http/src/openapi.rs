@@ -20,7 +20,7 @@ impl Modify for ApiKeyAuth {
 #[openapi(
     info(title = "Onramp management API", description = "Devices, enrolment tokens, allow-list, certificates, API keys, policies, provisioning templates, claim certificates, registered CAs, jobs, signed OTA artifacts and the audit log. EST (RFC 7030) lives under /.well-known/est."),
     paths(
-        api::list_devices, api::get_device, api::patch_device, api::suspend_device,
+        api::whoami, api::list_devices, api::get_device, api::patch_device, api::suspend_device,
         api::reactivate_device, api::decommission_device, api::create_token, api::list_tokens,
         api::revoke_token, api::list_allowlist, api::allowlist_add, api::allowlist_import,
         api::allowlist_remove, api::list_certificates, api::get_certificate,
@@ -30,7 +30,7 @@ impl Modify for ApiKeyAuth {
         api::shadow_update, api::shadow_delete, api::shadow_list, api::shadow_history,
         api::shadow_query, api::list_templates, api::create_template, api::get_template,
         api::patch_template, api::add_template_version, api::set_template_default_version,
-        api::list_claims, api::create_claim, api::revoke_claim, api::rotate_claim,
+        api::list_claims, api::expiring_claims, api::create_claim, api::revoke_claim, api::rotate_claim,
         api::ca_registration_code, api::list_cas, api::register_ca, api::patch_ca,
         jobs_api::create_job, jobs_api::list_jobs, jobs_api::describe_job, jobs_api::cancel_job,
         jobs_api::list_job_executions, jobs_api::thing_jobs,

@@ -152,6 +152,8 @@ impl Onramp {
         page: &Page,
     ) -> Result<Vec<Device>> {
         caller.require(Permission::ReadRegistry)?;
+        filter.validate().map_err(bad)?;
+        Page::check_limit(page.limit).map_err(bad)?;
         Ok(self
             .inner
             .store
@@ -425,6 +427,7 @@ impl Onramp {
         query: &AuditQuery,
     ) -> Result<Vec<AuditEntry>> {
         caller.require(Permission::ReadAudit)?;
+        Page::check_limit(query.limit).map_err(bad)?;
         Ok(self.inner.store.query_audit(&caller.tenant, query).await?)
     }
 }

@@ -83,6 +83,64 @@ impl Onramp {
         }
     }
 
+    /// Publishes replies to subscribers on this node and, on a database
+    /// several nodes may share, through the outbox to the other nodes'
+    /// subscribers too: for messages caused by the operator or the
+    /// scheduler, whose devices may be connected anywhere.
+    pub(crate) async fn publish_everywhere(&self, tenant: &str, replies: Vec<DeviceReply>) {
+        if replies.is_empty() {
+            return;
+        }
+        if let Some(sink) = self.inner.sink.get() {
+            for r in &replies {
+                sink.publish(tenant, &r.topic, r.payload.clone());
+            }
+        }
+        if self.backend() != "postgres" {
+            return;
+        }
+        let messages: Vec<onramp_store::OutboxMessage> = replies
+            .into_iter()
+            .map(|r| onramp_store::OutboxMessage {
+                tenant: tenant.to_string(),
+                topic: r.topic,
+                payload: r.payload,
+            })
+            .collect();
+        if let Err(e) = self
+            .inner
+            .store
+            .append_outbox(&messages, &self.inner.node_id, now())
+            .await
+        {
+            tracing::warn!(error = %e, "messages for other nodes were not recorded");
+        }
+    }
+
+    /// Where this node starts reading messages other nodes published.
+    pub async fn outbox_head(&self) -> crate::Result<onramp_store::IdentityChangeCursor> {
+        Ok(self.inner.store.outbox_head().await?)
+    }
+
+    /// Publishes to this node's subscribers the messages other nodes wrote
+    /// to the outbox since `cursor`. Returns how many.
+    pub async fn relay_outbox(
+        &self,
+        cursor: &mut onramp_store::IdentityChangeCursor,
+    ) -> crate::Result<usize> {
+        let messages = self.inner.store.outbox_messages(cursor).await?;
+        let mut relayed = 0;
+        if let Some(sink) = self.inner.sink.get() {
+            for (m, origin) in messages {
+                if origin != self.inner.node_id {
+                    sink.publish(&m.tenant, &m.topic, m.payload);
+                    relayed += 1;
+                }
+            }
+        }
+        Ok(relayed)
+    }
+
     /// Answers one device request. The publish was already authorised by the
     /// connection's policy; delivery of each reply is authorised again by
     /// the gateway against the receiver's policy.

@@ -35,6 +35,27 @@ pub enum ServiceError {
     Internal(String),
 }
 
+impl ServiceError {
+    /// The stable machine-readable code: the API's `error.code` and the
+    /// CLI's `--json` error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::BadRequest(_) => "bad_request",
+            ServiceError::Unauthorized(_) => "unauthorized",
+            ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Conflict(_) => "conflict",
+            ServiceError::RateLimited { .. } | ServiceError::TooManyFailures { .. } => {
+                "rate_limited"
+            }
+            ServiceError::Unavailable { .. } => "unavailable",
+            ServiceError::PayloadTooLarge(_) => "payload_too_large",
+            ServiceError::Timeout(_) => "timeout",
+            ServiceError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {

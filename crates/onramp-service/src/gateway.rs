@@ -125,6 +125,8 @@ impl Onramp {
 
     /// Forgets identity changes older than a day.
     pub async fn prune_identity_changes(&self) -> Result<u64> {
+        // The outbox is read the same way, seconds behind: pruned with it.
+        self.inner.store.prune_outbox(now() - 3_600).await?;
         Ok(self
             .inner
             .store

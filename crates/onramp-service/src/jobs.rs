@@ -31,14 +31,19 @@ pub(crate) struct JobRules {
     pub config: JobConfig,
 }
 
-/// What to target: things by name and thing groups (every thing that is a
-/// member when the job is created).
+/// What to target: things by name, thing groups, and a dynamic group
+/// defined by a fleet query. With SNAPSHOT selection the members at
+/// creation are targeted; with CONTINUOUS, things that join a group or
+/// start matching the query later are targeted too.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobTargets {
     #[serde(default)]
     pub things: Vec<String>,
-    #[serde(default)]
+    #[serde(default, alias = "thing_groups")]
     pub thing_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<onramp_domain::fleet::FleetQuery>,
 }
 
 /// CreateJob.
@@ -49,12 +54,16 @@ pub struct CreateJob {
     /// The job document: a JSON object of at most 32 KB.
     pub document: Vec<u8>,
     pub targets: JobTargets,
+    /// Target things added later too (CONTINUOUS) or not (SNAPSHOT, the default).
+    pub continuous: bool,
     /// The configuration members (timeoutConfig, jobExecutionsRetryConfig, ...).
     pub config: Value,
 }
 
-/// A job with its execution counts by status.
+/// A job with its execution counts by status, named in camelCase like the
+/// CreateJob body and the executions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobDescription {
     pub job_id: String,
     pub status: String,
@@ -69,6 +78,22 @@ pub struct JobDescription {
     pub completed_at: Option<UnixTime>,
     /// Executions per status (terminal ones included).
     pub execution_counts: BTreeMap<String, i64>,
+    /// Failures (FAILED, TIMED_OUT, REJECTED) by hardware revision and
+    /// device class, most first: a failure confined to one revision shows
+    /// at a glance. Empty in listings.
+    #[serde(default)]
+    pub failures_by_group: Vec<FailureGroup>,
+}
+
+/// Failed executions of one status among things of one hardware revision
+/// and device class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureGroup {
+    pub hardware_revision: Option<String>,
+    pub device_class: Option<String>,
+    pub status: String,
+    pub count: i64,
 }
 
 fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescription {
@@ -86,6 +111,7 @@ fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescripti
         updated_at: r.updated_at,
         completed_at: r.completed_at,
         execution_counts: counts,
+        failures_by_group: Vec::new(),
     }
 }
 
@@ -109,6 +135,53 @@ fn notification_replies(thing: &str, n: Notifications) -> Vec<DeviceReply> {
         ));
     }
     out
+}
+
+/// The configuration members CreateJob understands.
+const CONFIG_MEMBERS: [&str; 5] = [
+    "timeoutConfig",
+    "jobExecutionsRetryConfig",
+    "jobExecutionsRolloutConfig",
+    "abortConfig",
+    "successConfirmation",
+];
+
+/// CreateJob's configuration without `targetSelection: SNAPSHOT` (the only
+/// selection Onramp has). Any other member is refused rather than ignored:
+/// a job that silently lacked its `schedulingConfig`, or a misspelt
+/// `timeoutConfig`, would run unlike what the operator asked for.
+fn known_config(config: &Value) -> Result<Value> {
+    let Some(members) = config.as_object() else {
+        return Ok(config.clone());
+    };
+    let mut known = serde_json::Map::new();
+    for (name, value) in members {
+        if name == "targetSelection" {
+            if value != "SNAPSHOT" {
+                return Err(ServiceError::BadRequest(format!(
+                    "targetSelection {value} is not supported: jobs target the things and \
+                     thing-group members of their creation (SNAPSHOT)"
+                )));
+            }
+        } else if name == "requireSignedArtifacts" {
+            // Checked by `check_job_artifacts` at creation; not a rule of executions.
+            if !value.is_boolean() {
+                return Err(ServiceError::BadRequest(
+                    "requireSignedArtifacts must be true or false".into(),
+                ));
+            }
+        } else if CONFIG_MEMBERS.contains(&name.as_str()) {
+            known.insert(name.clone(), value.clone());
+        } else {
+            return Err(ServiceError::BadRequest(format!(
+                "unknown or unsupported member {name:?}; a job takes jobId, description, \
+                 document, targets, thingGroups, query, targetSelection, \
+                 requireSignedArtifacts and {}",
+                CONFIG_MEMBERS.join(", ")
+            )));
+        }
+    }
+    Ok(Value::Object(known))
 }
 
 /// The outcome of one attempt at a device request.
@@ -446,7 +519,7 @@ impl Onramp {
 
     /// Checks the abort criteria, then marks the job COMPLETED once none of
     /// its executions is pending and no target waits for the rollout.
-    async fn note_job_progress(&self, tenant: &str, job_id: &str) {
+    pub(crate) async fn note_job_progress(&self, tenant: &str, job_id: &str) {
         self.check_abort(tenant, job_id).await;
         let store = &self.inner.store;
         let Ok(counts) = store.job_execution_counts(tenant, job_id).await else {
@@ -464,8 +537,13 @@ impl Onramp {
             .await
             .map(|j| j.iter().any(|(t, id)| t == tenant && id == job_id))
             .unwrap_or(true);
+        let awaiting = store
+            .job_awaits_confirmation(tenant, job_id)
+            .await
+            .unwrap_or(true);
         if pending == 0
             && !waiting
+            && !awaiting
             && let Ok(Some(job)) = store.get_job(tenant, job_id).await
             && job.status == "IN_PROGRESS"
             && let Err(e) = store
@@ -498,14 +576,12 @@ impl Onramp {
                 continue;
             };
             let docs = |id: &str| rules.get(id).map(|r| r.document.clone());
-            for reply in
-                notification_replies(&thing, job::notifications(&before, &after, at, &docs))
-            {
-                if let Ok(body) = serde_json::from_slice::<Value>(&reply.payload) {
-                    let body = self.resolve_artifacts(tenant, &thing, &body).await;
-                    self.publish(tenant, reply.topic, &body);
-                }
-            }
+            let replies =
+                notification_replies(&thing, job::notifications(&before, &after, at, &docs));
+            let replies = self
+                .resolve_artifacts_in_replies(tenant, &thing, replies)
+                .await;
+            self.publish_everywhere(tenant, replies).await;
         }
     }
 
@@ -523,17 +599,16 @@ impl Onramp {
         }
         let document = job::validate_job_document(&request.document)
             .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
-        let config = JobConfig::from_json(&request.config)
+        let config = JobConfig::from_json(&known_config(&request.config)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
-        if config.success_confirmation.is_some() {
-            return Err(ServiceError::BadRequest(
-                "successConfirmation is not supported yet".into(),
-            ));
+        if let Some(q) = &request.targets.query {
+            q.validate()
+                .map_err(|e| ServiceError::BadRequest(format!("query: {e}")))?;
         }
         self.check_job_artifacts(tenant, &document, &request.config)
             .await?;
         let things = self.resolve_targets(tenant, &request.targets).await?;
-        if things.is_empty() {
+        if things.is_empty() && !request.continuous {
             return Err(ServiceError::BadRequest(
                 "the job targets no thing: give things or thing groups with members".into(),
             ));
@@ -570,7 +645,11 @@ impl Onramp {
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
             targets: serde_json::to_string(&request.targets)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?,
-            target_selection: "SNAPSHOT".into(),
+            target_selection: if request.continuous {
+                "CONTINUOUS".into()
+            } else {
+                "SNAPSHOT".into()
+            },
             created_by: caller.actor.clone(),
             created_at: at,
             updated_at: at,
@@ -609,7 +688,11 @@ impl Onramp {
         self.describe_job(caller, &request.job_id).await
     }
 
-    async fn resolve_targets(&self, tenant: &str, targets: &JobTargets) -> Result<Vec<String>> {
+    pub(crate) async fn resolve_targets(
+        &self,
+        tenant: &str,
+        targets: &JobTargets,
+    ) -> Result<Vec<String>> {
         let mut things = std::collections::BTreeSet::new();
         for t in &targets.things {
             if self.inner.store.get_device(tenant, t).await?.is_none() {
@@ -617,7 +700,7 @@ impl Onramp {
             }
             things.insert(t.clone());
         }
-        if !targets.thing_groups.is_empty() {
+        if !targets.thing_groups.is_empty() || targets.query.is_some() {
             let mut after: Option<String> = None;
             loop {
                 let page = self
@@ -634,6 +717,21 @@ impl Onramp {
                         .iter()
                         .any(|g| targets.thing_groups.contains(g))
                     {
+                        things.insert(d.thing_name.clone());
+                        continue;
+                    }
+                    let Some(q) = &targets.query else { continue };
+                    let shadow = if q.needs_shadow() {
+                        self.inner
+                            .store
+                            .get_shadow(tenant, &d.thing_name, "")
+                            .await?
+                            .and_then(|s| s.document)
+                            .and_then(|doc| serde_json::from_str(&doc).ok())
+                    } else {
+                        None
+                    };
+                    if q.matches(d, shadow.as_ref()) {
                         things.insert(d.thing_name.clone());
                     }
                 }
@@ -664,7 +762,21 @@ impl Onramp {
             .await?
             .into_iter()
             .collect();
-        Ok(describe_record(&record, counts))
+        let mut described = describe_record(&record, counts);
+        described.failures_by_group = store
+            .job_failures_by_group(&caller.tenant, job_id)
+            .await?
+            .into_iter()
+            .map(
+                |(hardware_revision, device_class, status, count)| FailureGroup {
+                    hardware_revision,
+                    device_class,
+                    status,
+                    count,
+                },
+            )
+            .collect();
+        Ok(described)
     }
 
     /// Jobs in id order.
@@ -708,6 +820,15 @@ impl Onramp {
         thing: &str,
     ) -> Result<Vec<JobExecution>> {
         caller.require(Permission::ReadRegistry)?;
+        if self
+            .inner
+            .store
+            .get_device(&caller.tenant, thing)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::NotFound(format!("thing {thing}")));
+        }
         Ok(self
             .inner
             .store

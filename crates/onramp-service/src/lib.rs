@@ -25,7 +25,7 @@ pub use device::{Audience, DeviceReply, MessageSink, RequestOrigin};
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
 pub use gateway::{Authorizer, DeviceIdentity};
-pub use jobs::{CreateJob, JobDescription, JobTargets, MAX_JOB_TARGETS};
+pub use jobs::{CreateJob, FailureGroup, JobDescription, JobTargets, MAX_JOB_TARGETS};
 pub use onramp_domain::{DeviceRequest, ShadowOp, ShadowTopic};
 pub use onramp_store::IdentityChangeCursor;
 pub use provisioning::{

@@ -238,9 +238,146 @@ impl Onramp {
             if page.len() < Page::MAX_LIMIT as usize {
                 break;
             }
-            after = page.last().map(|e| e.thing_name.clone());
+            after = page.last().map(onramp_store::execution_cursor_of);
         }
         self.notify_things(tenant, notes).await;
         Ok(true)
+    }
+}
+
+/// The firmware version a device reports: its classic shadow's reported
+/// `firmware_version`, `firmwareVersion` or `firmware` (the first that is a
+/// string), else the registry's.
+fn reported_firmware(
+    reported: Option<&serde_json::Value>,
+    registry: Option<&str>,
+) -> Option<String> {
+    reported
+        .and_then(|r| {
+            ["firmware_version", "firmwareVersion", "firmware"]
+                .iter()
+                .find_map(|k| r.get(*k).and_then(serde_json::Value::as_str))
+        })
+        .or(registry)
+        .map(str::to_string)
+}
+
+impl Onramp {
+    /// Settles successes that await confirmation: confirmed when the device
+    /// reports the job's target firmware version, FAILED with reason
+    /// `NotConfirmed` once the deadline passes without it. Returns how many
+    /// executions changed.
+    pub async fn confirm_job_executions(&self, at: UnixTime) -> Result<usize> {
+        let store = &self.inner.store;
+        let mut changed = 0;
+        for (tenant, e) in store.awaiting_confirmation(1000).await? {
+            let rules = self.job_rules(&tenant, &e.job_id).await?;
+            let config = rules.map(|r| r.config.clone()).unwrap_or_default();
+            let device = store.get_device(&tenant, &e.thing_name).await?;
+            let shadow = store.get_shadow(&tenant, &e.thing_name, "").await?;
+            let reported = shadow
+                .and_then(|s| s.document)
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                .and_then(|d| d.pointer("/state/reported").cloned());
+            let version = reported_firmware(
+                reported.as_ref(),
+                device.as_ref().and_then(|d| d.firmware_version.as_deref()),
+            );
+            let next = match version.as_deref().map(|v| job::confirm(&e, v, at)) {
+                Some(job::ConfirmOutcome::Confirmed(next)) => Some(job::ExecutionChange {
+                    execution: *next,
+                    retry: None,
+                }),
+                _ => job::confirmation_expired(&e, at, &config),
+            };
+            let Some(change) = next else { continue };
+            if store
+                .save_execution(
+                    &tenant,
+                    &change.execution,
+                    Some(e.version),
+                    change.retry.as_ref(),
+                )
+                .await?
+            {
+                changed += 1;
+                let outcome = if change.execution.status == JobExecutionStatus::Succeeded {
+                    "confirmed"
+                } else {
+                    "not_confirmed"
+                };
+                metrics::counter!("onramp_job_confirmations_total", "outcome" => outcome)
+                    .increment(1);
+                if change.retry.is_some() {
+                    let before = store.thing_executions(&tenant, &e.thing_name, None).await?;
+                    let before: Vec<JobExecution> = before
+                        .into_iter()
+                        .filter(|x| Some(x) != change.retry.as_ref())
+                        .collect();
+                    self.notify_things(&tenant, vec![(e.thing_name.clone(), before)])
+                        .await;
+                }
+                self.note_job_progress(&tenant, &e.job_id).await;
+            }
+        }
+        Ok(changed)
+    }
+}
+
+impl Onramp {
+    /// Adds to each continuous job the things that joined its groups or
+    /// started matching its query since: queued at once, or waiting for the
+    /// rollout when the job is paced. Returns how many things were added.
+    pub async fn extend_continuous_jobs(&self, at: UnixTime) -> Result<usize> {
+        let store = &self.inner.store;
+        let mut added = 0;
+        for (tenant, job_id) in store.continuous_jobs().await? {
+            let Some(record) = store.get_job(&tenant, &job_id).await? else {
+                continue;
+            };
+            let Ok(targets) = serde_json::from_str::<crate::JobTargets>(&record.targets) else {
+                tracing::warn!(job = %job_id, "a continuous job's targets do not parse");
+                continue;
+            };
+            let known: std::collections::BTreeSet<String> = store
+                .job_target_names(&tenant, &job_id)
+                .await?
+                .into_iter()
+                .collect();
+            // Named things are fixed at creation; groups and queries move.
+            let moving = crate::JobTargets {
+                things: Vec::new(),
+                ..targets
+            };
+            let fresh: Vec<String> = self
+                .resolve_targets(&tenant, &moving)
+                .await?
+                .into_iter()
+                .filter(|t| !known.contains(t))
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            let paced = self
+                .job_rules(&tenant, &job_id)
+                .await?
+                .is_some_and(|r| r.config.job_executions_rollout_config.is_some());
+            added += fresh.len();
+            if paced {
+                store.add_job_targets(&tenant, &job_id, &[], &fresh).await?;
+            } else {
+                let executions: Vec<JobExecution> = fresh
+                    .iter()
+                    .map(|t| JobExecution::queued(&job_id, t, at))
+                    .collect();
+                let queued = store
+                    .add_job_targets(&tenant, &job_id, &executions, &[])
+                    .await?;
+                metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
+                    .increment(queued.len() as u64);
+                self.notify_released(&tenant, &queued).await;
+            }
+        }
+        Ok(added)
     }
 }

@@ -29,16 +29,22 @@ pub enum ClusterTask {
     JobTimeouts,
     /// Targets of paced rollouts, released at their configured rate.
     JobRollouts,
+    /// Successes awaiting confirmation by the firmware version devices report.
+    JobConfirmations,
+    /// Things that joined a continuous job's groups or query.
+    JobContinuous,
 }
 
 impl ClusterTask {
-    pub const ALL: [ClusterTask; 6] = [
+    pub const ALL: [ClusterTask; 8] = [
         ClusterTask::PendingCertificates,
         ClusterTask::ClaimExpiry,
         ClusterTask::ShadowCompaction,
         ClusterTask::IdentityChangePruning,
         ClusterTask::JobTimeouts,
         ClusterTask::JobRollouts,
+        ClusterTask::JobConfirmations,
+        ClusterTask::JobContinuous,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +55,8 @@ impl ClusterTask {
             ClusterTask::IdentityChangePruning => "identity-change-pruning",
             ClusterTask::JobTimeouts => "job-timeouts",
             ClusterTask::JobRollouts => "job-rollouts",
+            ClusterTask::JobConfirmations => "job-confirmations",
+            ClusterTask::JobContinuous => "job-continuous",
         }
     }
 }
@@ -66,6 +74,8 @@ impl Onramp {
             // Timers are set in minutes; a few seconds late is within AWS's own precision.
             ClusterTask::JobTimeouts => 5,
             ClusterTask::JobRollouts => 1,
+            ClusterTask::JobConfirmations => 5,
+            ClusterTask::JobContinuous => 10,
         }
     }
 
@@ -92,6 +102,12 @@ impl Onramp {
             }
             ClusterTask::JobRollouts => {
                 self.release_rollouts(now()).await?;
+            }
+            ClusterTask::JobConfirmations => {
+                self.confirm_job_executions(now()).await?;
+            }
+            ClusterTask::JobContinuous => {
+                self.extend_continuous_jobs(now()).await?;
             }
         }
         Ok(())
@@ -165,8 +181,31 @@ impl Onramp {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_limit_sweep = std::time::Instant::now();
                 let mut last_audit_flush = std::time::Instant::now();
+                // Messages other nodes publish for every node's subscribers.
+                let relay = onramp.inner.sink.get().is_some() && onramp.backend() == "postgres";
+                let mut outbox = if relay {
+                    match onramp.outbox_head().await {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not read the outbox head; retrying");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 loop {
                     tick.tick().await;
+                    if relay {
+                        match outbox.as_mut() {
+                            Some(cursor) => {
+                                if let Err(e) = onramp.relay_outbox(cursor).await {
+                                    tracing::warn!(error = %e, "outbox read failed; retrying");
+                                }
+                            }
+                            None => outbox = onramp.outbox_head().await.ok(),
+                        }
+                    }
                     // Shadows written by the CLI or another node: their
                     // deltas go to this node's subscribers.
                     if onramp.inner.sink.get().is_some()

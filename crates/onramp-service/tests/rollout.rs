@@ -89,7 +89,9 @@ async fn rollout_is_paced_survives_a_restart_and_releases_each_target_once(postg
             targets: JobTargets {
                 things: targets.clone(),
                 thing_groups: vec![],
+                query: None,
             },
+            continuous: false,
             config: json!({"jobExecutionsRolloutConfig": {"maximumPerMinute": 10}}),
         },
     )
@@ -146,7 +148,9 @@ async fn abort_at_the_threshold_cancels_queued_and_drops_waiting(postgres: bool)
             targets: JobTargets {
                 things: targets.clone(),
                 thing_groups: vec![],
+                query: None,
             },
+            continuous: false,
             config: json!({
                 "jobExecutionsRolloutConfig": {"maximumPerMinute": 6},
                 "abortConfig": {"criteriaList": [{"failureType": "FAILED", "action": "CANCEL",
@@ -183,6 +187,7 @@ async fn abort_at_the_threshold_cancels_queued_and_drops_waiting(postgres: bool)
             &caller(),
             &onramp_domain::AuditQuery {
                 action: Some("job.abort".into()),
+                limit: 10,
                 ..Default::default()
             },
         )
@@ -210,4 +215,234 @@ async fn abort_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_on_postgres() {
     abort_at_the_threshold_cancels_queued_and_drops_waiting(true).await;
+}
+
+async fn thing_with(o: &Onramp, name: &str, hw: &str, fw: &str) {
+    o.create_token(
+        &caller(),
+        &TokenRequest {
+            serial_number: name.into(),
+            thing_name: None,
+            profile: DeviceProfile {
+                device_class: Some("sensor".into()),
+                hardware_revision: Some(hw.into()),
+                firmware_version: Some(fw.into()),
+            },
+            ttl_secs: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn report_firmware(o: &Onramp, thing: &str, version: &str) {
+    let topic = onramp_domain::ShadowTopic {
+        thing_name: thing.into(),
+        shadow_name: None,
+        op: onramp_domain::ShadowOp::Update,
+    };
+    let body = json!({"state": {"reported": {"firmware_version": version}}}).to_string();
+    o.shadow_request(DEFAULT_TENANT, &topic, body.as_bytes())
+        .await
+        .unwrap();
+}
+
+async fn status_of(o: &Onramp, job: &str, thing: &str) -> (JobExecutionStatus, Option<String>) {
+    let e = executions(o, job)
+        .await
+        .into_iter()
+        .filter(|e| e.thing_name == thing)
+        .max_by_key(|e| e.execution_number)
+        .unwrap();
+    (e.status, e.failure_reason.map(|r| format!("{r:?}")))
+}
+
+async fn success_counts_only_once_the_device_reports_the_target_version(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    thing_with(&o, "honest", "rev-a", "1.0.0").await;
+    thing_with(&o, "liar", "rev-b", "1.0.0").await;
+    thing_with(&o, "broken", "rev-b", "1.0.0").await;
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "fw-2".into(),
+            description: None,
+            document: br#"{"firmware":"2.0.0"}"#.to_vec(),
+            targets: JobTargets {
+                things: vec!["honest".into(), "liar".into(), "broken".into()],
+                thing_groups: vec![],
+                query: None,
+            },
+            continuous: false,
+            config: json!({"successConfirmation": {"firmwareVersion": "2.0.0", "withinMinutes": 10}}),
+        },
+    )
+    .await
+    .unwrap();
+    for t in ["honest", "liar"] {
+        assert!(update(&o, t, "fw-2", "SUCCEEDED").await[0].ends_with("/accepted"));
+    }
+    assert!(update(&o, "broken", "fw-2", "FAILED").await[0].ends_with("/accepted"));
+    let t = onramp_service::now();
+    // Nobody runs 2.0.0 yet: both successes wait, the job is not complete.
+    assert_eq!(o.confirm_job_executions(t).await.unwrap(), 0);
+    assert_eq!(
+        o.describe_job(&caller(), "fw-2").await.unwrap().status,
+        "IN_PROGRESS"
+    );
+    // The honest device reports the new version (as 2.0: versions compare as versions).
+    report_firmware(&o, "honest", "2.0").await;
+    // The other one rolled back and keeps reporting the old version.
+    report_firmware(&o, "liar", "1.0.0").await;
+    assert_eq!(o.confirm_job_executions(t + 1).await.unwrap(), 1);
+    assert_eq!(
+        status_of(&o, "fw-2", "honest").await,
+        (JobExecutionStatus::Succeeded, None)
+    );
+    assert_eq!(
+        status_of(&o, "fw-2", "liar").await,
+        (JobExecutionStatus::Succeeded, None)
+    );
+    // Past the deadline the unconfirmed success becomes a failure.
+    assert_eq!(o.confirm_job_executions(t + 601).await.unwrap(), 1);
+    assert_eq!(
+        status_of(&o, "fw-2", "liar").await,
+        (JobExecutionStatus::Failed, Some("NotConfirmed".into()))
+    );
+    let job = o.describe_job(&caller(), "fw-2").await.unwrap();
+    assert_eq!(job.status, "COMPLETED");
+    assert_eq!(job.execution_counts.get("SUCCEEDED"), Some(&1));
+    assert_eq!(job.execution_counts.get("FAILED"), Some(&2));
+    // Both failures share hardware revision rev-b: one glance shows it.
+    assert_eq!(
+        job.failures_by_group,
+        vec![onramp_service::FailureGroup {
+            hardware_revision: Some("rev-b".into()),
+            device_class: Some("sensor".into()),
+            status: "FAILED".into(),
+            count: 2,
+        }]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_on_sqlite() {
+    success_counts_only_once_the_device_reports_the_target_version(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_on_postgres() {
+    success_counts_only_once_the_device_reports_the_target_version(true).await;
+}
+
+async fn a_continuous_query_job_reaches_things_that_match_later(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    thing_with(&o, "old-b", "b", "1.2.0").await;
+    thing_with(&o, "new-b", "b", "2.1.0").await;
+    thing_with(&o, "old-a", "a", "1.2.0").await;
+    let query =
+        serde_json::from_value(json!({"hardwareRevision": "b", "firmwareLt": "2.0"})).unwrap();
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "fix-b".into(),
+            description: None,
+            document: br#"{"op":"patch"}"#.to_vec(),
+            targets: JobTargets {
+                things: vec![],
+                thing_groups: vec![],
+                query: Some(query),
+            },
+            continuous: true,
+            config: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    let names = |v: Vec<JobExecution>| v.into_iter().map(|e| e.thing_name).collect::<Vec<_>>();
+    assert_eq!(names(executions(&o, "fix-b").await), vec!["old-b"]);
+    // Nothing new: nothing added.
+    assert_eq!(
+        o.extend_continuous_jobs(onramp_service::now())
+            .await
+            .unwrap(),
+        0
+    );
+    // A thing registered later that matches gets the job; one that does not, does not.
+    thing_with(&o, "later-b", "b", "1.9.9").await;
+    thing_with(&o, "later-a", "a", "1.0.0").await;
+    assert_eq!(
+        o.extend_continuous_jobs(onramp_service::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        names(executions(&o, "fix-b").await),
+        vec!["later-b", "old-b"]
+    );
+    // Once added, never added twice.
+    assert_eq!(
+        o.extend_continuous_jobs(onramp_service::now())
+            .await
+            .unwrap(),
+        0
+    );
+    // A snapshot job on reported state targets only things whose shadow matches.
+    report_firmware(&o, "old-a", "0.9").await;
+    let query = serde_json::from_value(
+        json!({"reported": {"path": "firmware_version", "op": "lt", "value": "1.0"}}),
+    )
+    .unwrap();
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "by-shadow".into(),
+            description: None,
+            document: br#"{"op":"patch"}"#.to_vec(),
+            targets: JobTargets {
+                things: vec![],
+                thing_groups: vec![],
+                query: Some(query),
+            },
+            continuous: false,
+            config: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(names(executions(&o, "by-shadow").await), vec!["old-a"]);
+    // A bad query is refused with its reason.
+    let bad = serde_json::from_value(json!({"firmwareLt": "bogus"})).unwrap();
+    let err = o
+        .create_job(
+            &caller(),
+            CreateJob {
+                job_id: "bad".into(),
+                description: None,
+                document: br#"{}"#.to_vec(),
+                targets: JobTargets {
+                    things: vec![],
+                    thing_groups: vec![],
+                    query: Some(bad),
+                },
+                continuous: false,
+                config: json!({}),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a version"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_on_sqlite() {
+    a_continuous_query_job_reaches_things_that_match_later(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_on_postgres() {
+    a_continuous_query_job_reaches_things_that_match_later(true).await;
 }

@@ -5,7 +5,7 @@
 use crate::sql::{SqlStore, insert_audit};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
-use onramp_domain::job::{JobExecution, JobExecutionStatus};
+use onramp_domain::job::{Confirmation, JobExecution, JobExecutionStatus};
 use onramp_domain::{AuditEntry, Page, UnixTime};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -96,12 +96,61 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<JobExecution>>;
     /// Drops a job's targets that were never released; returns how many.
     async fn drop_waiting_targets(&self, tenant: &str, job_id: &str) -> Result<u64>;
+    /// A job's failed, timed-out and rejected executions counted by the
+    /// hardware revision and device class of their things:
+    /// `(hardware_revision, device_class, status, count)`.
+    async fn job_failures_by_group(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>>;
+    /// Continuous jobs still in progress.
+    async fn continuous_jobs(&self) -> Result<Vec<(String, String)>>;
+    /// Every thing a job already targets: released or waiting.
+    async fn job_target_names(&self, tenant: &str, job_id: &str) -> Result<Vec<String>>;
+    /// Adds things to a job still in progress: queued executions and
+    /// targets waiting for its rollout, in one transaction. Things the job
+    /// already targets are skipped. Returns the executions queued.
+    async fn add_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        executions: &[JobExecution],
+        waiting: &[String],
+    ) -> Result<Vec<JobExecution>>;
+    /// SUCCEEDED executions still awaiting confirmation, earliest deadline first.
+    async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>>;
+    /// Whether any success of the job still awaits confirmation.
+    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool>;
     /// IN_PROGRESS executions whose timer ran out at `now`, oldest first.
     async fn overdue_executions(
         &self,
         now: UnixTime,
         limit: u32,
     ) -> Result<Vec<(String, JobExecution)>>;
+}
+
+/// Where a page of a job's executions starts: after `thing/number` (see
+/// [`execution_cursor_of`]), or after every execution of `thing` when the
+/// cursor names only a thing. A thing has one execution per retry, so a
+/// cursor of the thing name alone would skip those a page boundary splits.
+fn execution_cursor(after: Option<&str>) -> (&str, i64) {
+    let Some(after) = after else {
+        return ("", 0);
+    };
+    match after.rsplit_once('/') {
+        Some((thing, n)) => match n.parse::<i64>() {
+            Ok(n) => (thing, n),
+            Err(_) => (after, i64::MAX),
+        },
+        None => (after, i64::MAX),
+    }
+}
+
+/// The cursor that continues a listing of a job's executions after `e`.
+/// Thing names never contain `/`.
+pub fn execution_cursor_of(e: &JobExecution) -> String {
+    format!("{}/{}", e.thing_name, e.execution_number)
 }
 
 fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
@@ -131,11 +180,16 @@ fn encode(e: &JobExecution) -> Result<String> {
     serde_json::to_string(e).map_err(|err| StoreError::Corrupt(format!("job execution: {err}")))
 }
 
-/// The deadline column: only running executions have a timer to watch.
+/// The deadline column: a running execution's timer, or the confirmation
+/// deadline of a success that awaits confirmation by firmware version.
 fn deadline(e: &JobExecution) -> Option<i64> {
-    (e.status == JobExecutionStatus::InProgress)
-        .then(|| e.deadline())
-        .flatten()
+    match (&e.status, &e.confirmation) {
+        (JobExecutionStatus::InProgress, _) => e.deadline(),
+        (JobExecutionStatus::Succeeded, Some(Confirmation::Pending { deadline, .. })) => {
+            Some(*deadline)
+        }
+        _ => None,
+    }
 }
 
 fn version(v: u64) -> i64 {
@@ -311,13 +365,16 @@ impl JobStore for SqlStore {
         job_id: &str,
         page: &Page,
     ) -> Result<Vec<JobExecution>> {
+        let (thing, number) = execution_cursor(page.after.as_deref());
         let rows = sqlx::query(
             "SELECT execution FROM job_executions WHERE tenant = $1 AND job_id = $2 \
-             AND thing_name > $3 ORDER BY thing_name, execution_number LIMIT $4",
+             AND (thing_name > $3 OR (thing_name = $3 AND execution_number > $4)) \
+             ORDER BY thing_name, execution_number LIMIT $5",
         )
         .bind(tenant)
         .bind(job_id)
-        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(thing)
+        .bind(number)
         .bind(i64::from(page.limit))
         .fetch_all(&self.reader)
         .await?;
@@ -493,6 +550,145 @@ impl JobStore for SqlStore {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn job_failures_by_group(
+        &self,
+        tenant: &str,
+        job_id: &str,
+    ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT d.hardware_revision AS hardware_revision, d.device_class AS device_class, \
+             e.status AS status, COUNT(*) AS n FROM job_executions e \
+             LEFT JOIN devices d ON d.tenant = e.tenant AND d.thing_name = e.thing_name \
+             WHERE e.tenant = $1 AND e.job_id = $2 \
+             AND e.status IN ('FAILED', 'TIMED_OUT', 'REJECTED') \
+             GROUP BY d.hardware_revision, d.device_class, e.status \
+             ORDER BY COUNT(*) DESC, e.status",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("hardware_revision")?,
+                    r.try_get("device_class")?,
+                    r.try_get("status")?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn continuous_jobs(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, job_id FROM jobs WHERE status = 'IN_PROGRESS' \
+             AND target_selection = 'CONTINUOUS' ORDER BY tenant, job_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, r.try_get("job_id")?)))
+            .collect()
+    }
+
+    async fn job_target_names(&self, tenant: &str, job_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT thing_name FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             UNION SELECT thing_name FROM job_targets WHERE tenant = $1 AND job_id = $2",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("thing_name")?)).collect()
+    }
+
+    async fn add_job_targets(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        executions: &[JobExecution],
+        waiting: &[String],
+    ) -> Result<Vec<JobExecution>> {
+        let mut tx = self.begin().await?;
+        let live = sqlx::query(
+            "UPDATE jobs SET updated_at = updated_at WHERE tenant = $1 AND job_id = $2 \
+             AND status = 'IN_PROGRESS'",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if live == 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let targeted = |thing: &str| {
+            sqlx::query(
+                "SELECT 1 AS x FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+                 AND thing_name = $3 UNION SELECT 1 AS x FROM job_targets \
+                 WHERE tenant = $1 AND job_id = $2 AND thing_name = $3",
+            )
+            .bind(tenant.to_string())
+            .bind(job_id.to_string())
+            .bind(thing.to_string())
+        };
+        let mut queued = Vec::new();
+        for e in executions {
+            if targeted(&e.thing_name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_none()
+            {
+                insert_execution(&mut tx, tenant, e).await?;
+                queued.push(e.clone());
+            }
+        }
+        for thing in waiting {
+            if targeted(thing).fetch_optional(&mut *tx).await?.is_none() {
+                sqlx::query(
+                    "INSERT INTO job_targets (tenant, job_id, thing_name, released_at) \
+                     VALUES ($1, $2, $3, NULL)",
+                )
+                .bind(tenant)
+                .bind(job_id)
+                .bind(thing)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn awaiting_confirmation(&self, limit: u32) -> Result<Vec<(String, JobExecution)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, execution FROM job_executions WHERE deadline IS NOT NULL \
+             AND status = 'SUCCEEDED' ORDER BY deadline LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant")?, execution_from_row(r)?)))
+            .collect()
+    }
+
+    async fn job_awaits_confirmation(&self, tenant: &str, job_id: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM job_executions WHERE tenant = $1 AND job_id = $2 \
+             AND status = 'SUCCEEDED' AND deadline IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(job_id)
+        .fetch_one(&self.reader)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n > 0)
     }
 
     async fn overdue_executions(

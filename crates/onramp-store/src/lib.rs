@@ -16,7 +16,7 @@ mod sql;
 pub mod testing;
 
 pub use artifacts::{ArtifactRecord, ArtifactStore, SignerRecord};
-pub use jobs::{JobRecord, JobStore};
+pub use jobs::{JobRecord, JobStore, execution_cursor_of};
 pub use provisioning::{
     OwnershipClaim, PolicyToAttach, ProvisioningStore, RegistrationCommit, RegistrationOutcome,
 };
@@ -98,6 +98,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// Where a reader of the identity-change feed stands; see
 /// [`Store::identity_changes`]. Each gateway node keeps its own.
 #[derive(Debug, Clone, Default)]
+/// A reader's place in a feed read by position: the identity-change feed,
+/// and the message outbox.
 pub struct IdentityChangeCursor {
     /// SQLite: the last sequence number handled (sequence order is commit
     /// order there, as write transactions run one at a time).
@@ -173,6 +175,14 @@ pub struct ShadowChange {
     pub thing_name: String,
     pub shadow_name: String,
     pub shadow: StoredShadow,
+}
+
+/// A message for MQTT subscribers on every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub tenant: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
 }
 
 /// The answer to [`Store::claim_task`].
@@ -371,6 +381,26 @@ pub trait Store: ProvisioningStore + JobStore + ArtifactStore + Send + Sync + 's
     /// Forgets identity changes recorded before `before`; readers are seconds
     /// behind, never days. Returns how many were removed.
     async fn prune_identity_changes(&self, before: UnixTime) -> Result<u64>;
+
+    // Messages for the connections of every node.
+    /// Records messages this node (`origin`) published, for the other nodes.
+    async fn append_outbox(
+        &self,
+        messages: &[OutboxMessage],
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<()>;
+    /// Where a node starts reading the outbox: after everything committed now.
+    async fn outbox_head(&self) -> Result<IdentityChangeCursor>;
+    /// Messages committed since the cursor, each once however late its
+    /// transaction committed, with the node that wrote each. The cursor
+    /// advances only when the call succeeds.
+    async fn outbox_messages(
+        &self,
+        cursor: &mut IdentityChangeCursor,
+    ) -> Result<Vec<(OutboxMessage, String)>>;
+    /// Forgets outbox messages written before `before`.
+    async fn prune_outbox(&self, before: UnixTime) -> Result<u64>;
 
     // Periodic tasks shared by the nodes of one database.
     /// Takes the task for `holder` if it is due (last run at least

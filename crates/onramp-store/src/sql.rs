@@ -6,8 +6,8 @@
 //! SQLite binds `$n` by position of first use, PostgreSQL by number.
 
 use crate::{
-    EnrolmentCommit, IdentityChangeCursor, NewToken, Result, ShadowChange, Store, StoreError,
-    StoredShadow, Supersede, TaskClaim, TokenEnrolment, parse_role, parse_status,
+    EnrolmentCommit, IdentityChangeCursor, NewToken, OutboxMessage, Result, ShadowChange, Store,
+    StoreError, StoredShadow, Supersede, TaskClaim, TokenEnrolment, parse_role, parse_status,
 };
 use async_trait::async_trait;
 use onramp_domain::{
@@ -1498,6 +1498,129 @@ impl Store for SqlStore {
 
     async fn prune_identity_changes(&self, before: UnixTime) -> Result<u64> {
         let done = sqlx::query("DELETE FROM identity_changes WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn append_outbox(
+        &self,
+        messages: &[OutboxMessage],
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for m in messages {
+            sqlx::query(
+                "INSERT INTO message_outbox (tenant, topic, payload, origin, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&m.tenant)
+            .bind(&m.topic)
+            .bind(&m.payload)
+            .bind(origin)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_head(&self) -> Result<IdentityChangeCursor> {
+        match self.dialect {
+            Dialect::Sqlite => {
+                let seq: Option<i64> = sqlx::query("SELECT MAX(seq) AS seq FROM message_outbox")
+                    .fetch_one(&self.reader)
+                    .await?
+                    .try_get("seq")?;
+                Ok(IdentityChangeCursor {
+                    seq: seq.unwrap_or(0),
+                    ..IdentityChangeCursor::default()
+                })
+            }
+            Dialect::Postgres => {
+                let xmin = pg_snapshot_xmin(&self.reader).await?;
+                let rows = sqlx::query("SELECT seq, txid FROM message_outbox WHERE txid >= $1")
+                    .bind(xmin)
+                    .fetch_all(&self.reader)
+                    .await?;
+                let mut seen = std::collections::HashMap::new();
+                for r in &rows {
+                    seen.insert(r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("txid")?);
+                }
+                Ok(IdentityChangeCursor {
+                    seq: 0,
+                    txid_floor: xmin,
+                    seen,
+                })
+            }
+        }
+    }
+
+    async fn outbox_messages(
+        &self,
+        cursor: &mut IdentityChangeCursor,
+    ) -> Result<Vec<(OutboxMessage, String)>> {
+        const COLUMNS: &str = "seq, tenant, topic, payload, origin";
+        let mut next = cursor.clone();
+        let rows = match self.dialect {
+            Dialect::Sqlite => {
+                let rows = sqlx::query(sqlf!(
+                    "SELECT {COLUMNS} FROM message_outbox WHERE seq > $1 ORDER BY seq LIMIT 1000"
+                ))
+                .bind(cursor.seq)
+                .fetch_all(&self.reader)
+                .await?;
+                if let Some(last) = rows.last() {
+                    next.seq = last.try_get("seq")?;
+                }
+                rows
+            }
+            Dialect::Postgres => {
+                // As for identity changes: xmin first, then the rows.
+                let xmin = pg_snapshot_xmin(&self.reader).await?;
+                let rows = sqlx::query(sqlf!(
+                    "SELECT {COLUMNS}, txid FROM message_outbox WHERE txid >= $1 ORDER BY txid, seq"
+                ))
+                .bind(cursor.txid_floor)
+                .fetch_all(&self.reader)
+                .await?;
+                let mut fresh = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let seq: i64 = r.try_get("seq")?;
+                    let txid: i64 = r.try_get("txid")?;
+                    if next.seen.insert(seq, txid).is_none() {
+                        fresh.push(r);
+                    }
+                }
+                next.txid_floor = next.txid_floor.max(xmin);
+                let floor = next.txid_floor;
+                next.seen.retain(|_, txid| *txid >= floor);
+                fresh
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((
+                OutboxMessage {
+                    tenant: r.try_get("tenant")?,
+                    topic: r.try_get("topic")?,
+                    payload: r.try_get("payload")?,
+                },
+                r.try_get("origin")?,
+            ));
+        }
+        *cursor = next;
+        Ok(out)
+    }
+
+    async fn prune_outbox(&self, before: UnixTime) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM message_outbox WHERE created_at < $1")
             .bind(before)
             .execute(&self.writer)
             .await?;

@@ -1097,6 +1097,8 @@ suite!(
     presence_is_written_in_batches,
     a_scheduled_task_runs_once_per_period_and_a_dead_holders_lease_passes_on,
     concurrent_claims_of_a_due_task_have_exactly_one_winner,
+    concurrent_writes_of_one_job_execution_have_exactly_one_winner,
+    a_paced_release_queues_each_waiting_target_once_and_stops_with_the_job,
 );
 
 // ---- provisioning: templates, claim certificates, RegisterThing, registered CAs ----
@@ -3057,4 +3059,174 @@ async fn concurrent_claims_of_a_due_task_have_exactly_one_winner(db: Db) {
         }
     }
     assert_eq!(winners, 1);
+}
+
+// ---- jobs ----
+
+fn job_record(job_id: &str) -> JobRecord {
+    JobRecord {
+        tenant: DEFAULT_TENANT.into(),
+        job_id: job_id.into(),
+        status: "IN_PROGRESS".into(),
+        description: None,
+        document: "{}".into(),
+        config: "{}".into(),
+        targets: "{}".into(),
+        target_selection: "SNAPSHOT".into(),
+        created_by: "test".into(),
+        created_at: NOW,
+        updated_at: NOW,
+        completed_at: None,
+    }
+}
+
+async fn concurrent_writes_of_one_job_execution_have_exactly_one_winner(db: Db) {
+    use onramp_domain::job::{JobExecution, JobExecutionStatus};
+    let store = db.store.clone();
+    let queued = JobExecution::queued("j1", "t1", NOW);
+    store
+        .create_job(
+            &job_record("j1"),
+            std::slice::from_ref(&queued),
+            &[],
+            &audit(DEFAULT_TENANT, "job.create", "job:j1"),
+        )
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..8u64 {
+        let store = store.clone();
+        let mut next = queued.clone();
+        next.status = JobExecutionStatus::InProgress;
+        next.version = 2;
+        next.status_details.insert("writer".into(), i.to_string());
+        handles.push(tokio::spawn(async move {
+            store
+                .save_execution(DEFAULT_TENANT, &next, Some(1), None)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for h in handles {
+        if h.await.unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    let stored = store
+        .thing_executions(DEFAULT_TENANT, "t1", Some("j1"))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].version, 2);
+    assert_eq!(stored[0].status, JobExecutionStatus::InProgress);
+    // A stale version writes nothing.
+    let mut stale = stored[0].clone();
+    stale.status = JobExecutionStatus::Succeeded;
+    stale.version = 3;
+    assert!(
+        !store
+            .save_execution(DEFAULT_TENANT, &stale, Some(1), None)
+            .await
+            .unwrap()
+    );
+    // A retry is inserted with the change, in one transaction.
+    let mut retry = JobExecution::queued("j1", "t1", NOW + 1);
+    retry.execution_number = 2;
+    assert!(
+        store
+            .save_execution(DEFAULT_TENANT, &stale, Some(2), Some(&retry))
+            .await
+            .unwrap()
+    );
+    let pending = store
+        .thing_executions(DEFAULT_TENANT, "t1", None)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].execution_number, 2);
+}
+
+async fn a_paced_release_queues_each_waiting_target_once_and_stops_with_the_job(db: Db) {
+    let store = db.store.clone();
+    let waiting: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+    store
+        .create_job(
+            &job_record("paced"),
+            &[],
+            &waiting,
+            &audit(DEFAULT_TENANT, "job.create", "job:paced"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.jobs_awaiting_release().await.unwrap(),
+        vec![(DEFAULT_TENANT.to_string(), "paced".to_string())]
+    );
+    // Four releases of three race: seven executions, each thing once.
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .release_job_targets(DEFAULT_TENANT, "paced", 3, NOW, r#"{"s":1}"#)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut released = Vec::new();
+    for h in handles {
+        released.extend(h.await.unwrap().into_iter().map(|e| e.thing_name));
+    }
+    released.sort();
+    assert_eq!(released, waiting);
+    assert!(store.jobs_awaiting_release().await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .rollout_state(DEFAULT_TENANT, "paced")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"s":1}"#)
+    );
+    // A stopped job releases nothing more, and its waiting targets can be dropped.
+    store
+        .create_job(
+            &job_record("stopped"),
+            &[],
+            &waiting,
+            &audit(DEFAULT_TENANT, "job.create", "job:stopped"),
+        )
+        .await
+        .unwrap();
+    store
+        .set_job_status(DEFAULT_TENANT, "stopped", "CANCELED", NOW, None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .release_job_targets(DEFAULT_TENANT, "stopped", 3, NOW, "{}")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .drop_waiting_targets(DEFAULT_TENANT, "stopped")
+            .await
+            .unwrap(),
+        7
+    );
+    // A second job with the same id is a conflict and changes nothing.
+    let err = store
+        .create_job(
+            &job_record("paced"),
+            &[],
+            &[],
+            &audit(DEFAULT_TENANT, "job.create", "job:paced"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 }

@@ -1,8 +1,11 @@
 //! The command line: `onramp serve` and the admin commands. Admin commands
-//! act on the local data directory and database as the local operator, and
-//! are audited as `cli:<user>`.
+//! act on the local data directory and database as the local operator
+//! (audited as `cli:<user>`), or on a running server through its REST API
+//! (audited as the API key); see `crate::admin`.
 
+use crate::admin::{Admin, AdminError, ApiClient};
 use crate::config::Config;
+use crate::credentials::{self, Credentials, RemoteArgs};
 use crate::serve::{DataDir, import_ca, open_onramp, serve};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -14,27 +17,54 @@ use onramp_service::{Caller, TokenRequest};
 use serde::Serialize;
 use std::path::PathBuf;
 
-#[derive(Debug, Parser)]
+// No Debug: the parsed command line holds the API key.
+#[derive(Parser)]
 #[command(
     name = "onramp",
     version,
-    about = "Device provisioning and fleet lifecycle server"
+    about = "Device provisioning and fleet lifecycle server",
+    after_help = "Admin commands act on the local data directory as the local operator, or, \
+when a server is given (--server, ONRAMP_SERVER or `onramp login`), on that running server \
+through its REST API with an API key. Local-only: serve, init, config check, ca import, \
+tenant create, tenant list (and creating the first admin API key, before any key exists). \
+With --json, results print as JSON on stdout and errors as \
+{\"error\": {\"code\", \"message\"}} on stderr; the exit status is non-zero on error. \
+ONRAMP_BACKTRACE=1 adds a backtrace to errors."
 )]
 pub struct Cli {
-    /// TOML configuration file.
+    /// TOML configuration file (local mode).
     #[arg(long, global = true, env = "ONRAMP_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory (overrides the configuration).
+    /// Data directory (local mode; overrides the configuration).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// Tenant for admin commands.
-    #[arg(long, global = true, default_value = DEFAULT_TENANT)]
-    tenant: String,
-    /// Print JSON instead of a table.
+    /// Tenant for admin commands in local mode [default: default]; a remote
+    /// server takes the tenant from the API key.
+    #[arg(long, global = true)]
+    tenant: Option<String>,
+    /// Print JSON instead of a table (errors too, on stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// Manage this running server through its REST API, e.g. https://onramp.example:8443.
+    #[arg(long, global = true, env = "ONRAMP_SERVER")]
+    server: Option<String>,
+    /// API key for --server (`onramp apikey create` prints one).
+    #[arg(long, global = true, env = "ONRAMP_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// PEM trust anchor for --server's TLS certificate, as written by `onramp ca export`.
+    #[arg(long, global = true, env = "ONRAMP_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Use the local data directory even when a server is configured.
+    #[arg(long, global = true, conflicts_with = "server")]
+    local: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,13 +80,18 @@ enum ConfigCommand {
 enum Command {
     /// Run the server: EST, REST API and health over HTTPS, MQTT, and health,
     /// readiness and metrics on the operations listener. Creates the data
-    /// directory, CA and database on first start.
+    /// directory, CA and database on first start. Local only.
     Serve,
-    /// Create the data directory, CA and database without starting the server.
+    /// Create the data directory, CA and database without starting the server. Local only.
     Init,
-    /// The configuration.
+    /// The configuration. Local only.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check --server and --api-key against the server and store them (and
+    /// --ca-file's PEM) in the credentials file, mode 0600.
+    Login,
+    /// Remove the credentials file written by `onramp login`.
+    Logout,
     /// The certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -75,7 +110,7 @@ enum Command {
     /// API keys for the management API.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
-    /// Tenants.
+    /// Tenants. Local only.
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// MQTT policies (AWS IoT policy grammar).
@@ -100,21 +135,43 @@ enum Command {
     Signer(crate::cli_artifacts::SignerCommand),
 }
 
+impl Command {
+    /// Commands that act on the local data directory only, never through the API.
+    fn local_only(&self) -> Option<&'static str> {
+        match self {
+            Command::Serve => Some("serve"),
+            Command::Init => Some("init"),
+            Command::Config(ConfigCommand::Check) => Some("config check"),
+            Command::Ca(CaCommand::Import { .. }) => Some("ca import"),
+            Command::Tenant(TenantCommand::Create { .. }) => Some("tenant create"),
+            Command::Tenant(TenantCommand::List) => Some("tenant list"),
+            Command::Artifact(_) => Some("artifact"),
+            Command::Signer(_) => Some("signer"),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum CaCommand {
     /// Show the issuing and root CA.
     Show,
     /// Write the trust anchor (root, or --chain for issuing + root) as PEM.
     Export {
+        /// Write the issuing CA and the root, not the root alone.
         #[arg(long)]
         chain: bool,
+        /// File to write; standard output when absent.
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Use an existing CA (certificate chain PEM and key PEM) instead of creating one.
+    /// Use an existing CA (certificate chain PEM and key PEM) instead of
+    /// creating one. Local only.
     Import {
+        /// Certificate chain PEM: the issuing CA first, then up to the root.
         #[arg(long)]
         cert: PathBuf,
+        /// The issuing CA's private key, PEM.
         #[arg(long)]
         key: PathBuf,
     },
@@ -122,95 +179,149 @@ enum CaCommand {
     Registered(crate::cli_provisioning::RegisteredCaCommand),
 }
 
+/// Paging of a list command, as in the API: pass the printed `next` back as --after.
+#[derive(Debug, Args)]
+pub(crate) struct PageArgs {
+    /// Continue after this key (the `next` of the previous page).
+    #[arg(long)]
+    after: Option<String>,
+    /// Items per page, 1 to 1000.
+    #[arg(long, default_value_t = Page::DEFAULT_LIMIT)]
+    limit: u32,
+}
+
+impl PageArgs {
+    fn page(self) -> Result<Page> {
+        Page::checked(self.after, Some(self.limit))
+            .map_err(|e| AdminError::new("bad_request", e).into())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum DeviceCommand {
+    /// List devices, filtered, in thing-name order.
     List(DeviceListArgs),
+    /// Show one device.
     Show {
+        /// The device's thing name.
         thing_name: String,
     },
+    /// Refuse the device's connections and enrolment until reactivated.
     Suspend {
+        /// The device's thing name.
         thing_name: String,
     },
+    /// Let a suspended device connect again.
     Reactivate {
+        /// The device's thing name.
         thing_name: String,
     },
     /// Retire a device for good and revoke its certificates.
     Decommission {
+        /// The device's thing name.
         thing_name: String,
     },
 }
 
 #[derive(Debug, Args)]
 struct DeviceListArgs {
+    /// Only devices in this lifecycle state (pending, active, suspended, decommissioned).
     #[arg(long)]
     status: Option<DeviceStatus>,
+    /// Only devices of this device class.
     #[arg(long)]
     class: Option<String>,
+    /// Only devices of this hardware revision.
     #[arg(long)]
     hardware_revision: Option<String>,
+    /// Only firmware strictly below this version (2.10.0 > 2.9.0).
     #[arg(long)]
     firmware_lt: Option<String>,
+    /// Only firmware at or above this version.
     #[arg(long)]
     firmware_gte: Option<String>,
-    #[arg(long)]
-    after: Option<String>,
-    #[arg(long, default_value_t = 100)]
-    limit: u32,
+    #[command(flatten)]
+    page: PageArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a token for one serial number; the token is printed once.
     Create {
+        /// The serial number the token enrols.
         #[arg(long)]
         serial: String,
+        /// Thing name of the device; default: the serial number.
         #[arg(long)]
         thing_name: Option<String>,
+        /// Device class recorded at enrolment.
         #[arg(long)]
         class: Option<String>,
+        /// Hardware revision recorded at enrolment.
         #[arg(long)]
         hardware_revision: Option<String>,
+        /// Firmware version recorded at enrolment.
         #[arg(long)]
         firmware: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long)]
+        /// Lifetime in seconds, 60 to 31536000 (365 days); default from the configuration.
+        #[arg(long, allow_negative_numbers = true)]
         ttl: Option<i64>,
     },
-    List,
+    /// List tokens (never their secrets).
+    List(PageArgs),
+    /// Revoke an unused token.
     Revoke {
+        /// The token id (tok_...).
         id: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum AllowlistCommand {
+    /// Add serial numbers.
     Add {
+        /// Serial numbers to add.
         #[arg(required = true)]
         serials: Vec<String>,
     },
     /// Import a CSV file (serial number in the first column).
     Import {
+        /// The CSV file.
         file: PathBuf,
     },
+    /// Remove a serial number.
     Remove {
+        /// The serial number to remove.
         serial: String,
     },
-    List,
+    /// List the serial numbers.
+    List(PageArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum CertCommand {
+    /// List device certificates.
     List {
+        /// Only certificates of this device.
         #[arg(long)]
         thing_name: Option<String>,
+        /// Only certificates in this state (active, superseded, revoked, inactive).
         #[arg(long)]
         status: Option<CertStatus>,
+        #[command(flatten)]
+        page: PageArgs,
     },
+    /// Show one certificate.
     Show {
+        /// Certificate serial number (hex).
         serial: String,
     },
+    /// Revoke a certificate; the device is cut off at once.
     Revoke {
+        /// Certificate serial number (hex).
         serial: String,
+        /// RFC 5280 reason: unspecified, keyCompromise, affiliationChanged,
+        /// superseded, cessationOfOperation, certificateHold.
         #[arg(long, default_value = "unspecified")]
         reason: String,
     },
@@ -218,15 +329,20 @@ enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 enum ApiKeyCommand {
-    /// Create a key; it is printed once.
+    /// Create a key; it is printed once. The first admin key is created locally.
     Create {
+        /// A name to recognise the key by.
         #[arg(long)]
         name: String,
+        /// viewer, operator or admin.
         #[arg(long, default_value = "admin")]
         role: Role,
     },
+    /// List keys (never their secrets).
     List,
+    /// Revoke a key.
     Revoke {
+        /// The key id (key_...).
         id: String,
     },
 }
@@ -235,45 +351,62 @@ enum ApiKeyCommand {
 enum PolicyCommand {
     /// Create a policy, or store a new version of it, from a JSON file (`-` for stdin).
     Create {
+        /// Policy name.
         name: String,
+        /// The policy document (JSON file, or `-` for stdin).
         #[arg(long)]
         document: PathBuf,
     },
     /// Attach to one device (--device) or a device class (--class).
     Attach {
+        /// Policy name.
         name: String,
         #[command(flatten)]
         target: PolicyTargetArgs,
     },
+    /// Detach from one device (--device) or a device class (--class).
     Detach {
+        /// Policy name.
         name: String,
         #[command(flatten)]
         target: PolicyTargetArgs,
     },
+    /// Show a policy's document and attachments.
     Show {
+        /// Policy name.
         name: String,
     },
+    /// List policies.
     List,
 }
 
 #[derive(Debug, Subcommand)]
 enum ShadowCommand {
+    /// Print a shadow document.
     Get {
+        /// The device's thing name.
         thing_name: String,
+        /// A named shadow; the classic shadow when absent.
         #[arg(long)]
         name: Option<String>,
     },
     /// Apply an update document (`{"state": {"desired": {...}}}`) from a file or `-`.
     /// A running server publishes the resulting delta to the device.
     Update {
+        /// The device's thing name.
         thing_name: String,
+        /// A named shadow; the classic shadow when absent.
         #[arg(long)]
         name: Option<String>,
+        /// The update document (JSON file, or `-` for stdin).
         #[arg(long)]
         document: PathBuf,
     },
+    /// Delete a shadow.
     Delete {
+        /// The device's thing name.
         thing_name: String,
+        /// A named shadow; the classic shadow when absent.
         #[arg(long)]
         name: Option<String>,
     },
@@ -282,8 +415,10 @@ enum ShadowCommand {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 struct PolicyTargetArgs {
+    /// A device, by thing name.
     #[arg(long)]
     device: Option<String>,
+    /// Every device of a device class.
     #[arg(long)]
     class: Option<String>,
 }
@@ -300,16 +435,30 @@ impl PolicyTargetArgs {
 
 #[derive(Debug, Subcommand)]
 enum TenantCommand {
-    Create { id: String },
+    /// Create a tenant. Local only.
+    Create {
+        /// Tenant id: letters, digits, `_`, `-`, `:`.
+        id: String,
+    },
+    /// List tenants. Local only.
     List,
 }
 
 #[derive(Debug, Args)]
 struct AuditArgs {
+    /// Only this action, e.g. device.suspend.
     #[arg(long)]
     action: Option<String>,
+    /// Only this target, e.g. device:thing-1.
     #[arg(long)]
     target: Option<String>,
+    /// Only this actor, e.g. apikey:key_... or cli:alice.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Entries older than this id (the `next` of the previous page).
+    #[arg(long)]
+    before_id: Option<i64>,
+    /// Entries per page, 1 to 1000.
     #[arg(long, default_value_t = 50)]
     limit: u32,
 }
@@ -347,51 +496,189 @@ fn init_logging(cfg: &Config) {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
-    let cfg = Config::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
-    init_logging(&cfg);
-    if let Command::Serve = cli.command {
-        return serve(cfg).await;
-    }
-    if let Command::Config(ConfigCommand::Check) = cli.command {
-        cfg.check_listen_addresses()?;
-        println!("{}", serde_json::to_string_pretty(&cfg.shown()?)?);
-        return Ok(());
-    }
-    if let Command::Ca(CaCommand::Import { cert, key }) = &cli.command {
-        import_ca(&cfg, cert, key)?;
-        println!("imported the CA into {}", cfg.ca_dir().display());
-        return Ok(());
-    }
-    if matches!(&cli.command, Command::Artifact(c) if c.is_offline())
-        && let Command::Artifact(cmd) = cli.command
-    {
-        return crate::cli_artifacts::offline(cmd, &Output { json: cli.json });
-    }
-    if let Command::Init = cli.command {
-        let onramp = open_onramp(&cfg, DataDir::CreateIfMissing).await?;
-        let issuing = onramp.ca().issuing_info();
-        println!(
-            "data directory {} is ready (issuing CA {}, SHA-256 {}; registry on {})",
-            cfg.data_dir.display(),
-            issuing.subject_dn,
-            issuing.fingerprint,
-            onramp.backend()
-        );
-        return Ok(());
-    }
-    let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
-    let caller = Caller::local(&cli.tenant);
     let out = Output { json: cli.json };
     match cli.command {
+        Command::Login => return login(&cli, &out).await,
+        Command::Logout => return logout(&out),
+        // Build-machine commands: no server, no data directory.
+        Command::Artifact(cmd) if cmd.is_offline() => {
+            return crate::cli_artifacts::offline(cmd, &out);
+        }
+        _ => {}
+    }
+    let remote_args = RemoteArgs {
+        server: cli.server.clone(),
+        api_key: cli.api_key.clone(),
+        ca_file: cli.ca_file.clone(),
+    };
+    if let Some(name) = cli.command.local_only() {
+        // Bootstrap commands never follow the credentials file; naming a
+        // server for them is a mistake worth saying so.
+        if cli.server.is_some() {
+            return Err(AdminError::new(
+                "local_only",
+                format!(
+                    "`onramp {name}` works on the local data directory only; run it on the server's host without --server or ONRAMP_SERVER"
+                ),
+            )
+            .into());
+        }
+        return run_local_only(cli).await;
+    }
+    let remote = if cli.local {
+        None
+    } else {
+        let file = match credentials::path() {
+            Ok(p) => Credentials::load(&p)?,
+            Err(_) => None,
+        };
+        credentials::resolve(&remote_args, file)?
+    };
+    let admin = match remote {
+        Some(c) => {
+            if cli.tenant.is_some() {
+                anyhow::bail!(
+                    "--tenant applies to local mode only; {} acts on the API key's tenant",
+                    c.server
+                );
+            }
+            Admin::Remote(ApiClient::new(&c.server, &c.api_key, c.ca_pem.as_deref())?)
+        }
+        None => {
+            let cfg = Config::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
+            init_logging(&cfg);
+            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
+            let tenant = cli.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+            Admin::Local(onramp, Caller::local(tenant))
+        }
+    };
+    admin_command(&admin, &out, cli.command).await
+}
+
+/// Serve, init, config check, ca import and the tenant commands: always local.
+async fn run_local_only(cli: Cli) -> Result<()> {
+    let cfg = Config::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
+    init_logging(&cfg);
+    let out = Output { json: cli.json };
+    let caller = Caller::local(cli.tenant.as_deref().unwrap_or(DEFAULT_TENANT));
+    match cli.command {
+        Command::Serve => serve(cfg).await,
+        Command::Config(ConfigCommand::Check) => {
+            cfg.check_listen_addresses()?;
+            println!("{}", serde_json::to_string_pretty(&cfg.shown()?)?);
+            Ok(())
+        }
+        Command::Ca(CaCommand::Import { cert, key }) => {
+            import_ca(&cfg, &cert, &key)?;
+            out.message(
+                &serde_json::json!({"imported": cfg.ca_dir()}),
+                &format!("imported the CA into {}", cfg.ca_dir().display()),
+            )
+        }
+        Command::Init => {
+            let onramp = open_onramp(&cfg, DataDir::CreateIfMissing).await?;
+            let issuing = onramp.ca().issuing_info();
+            println!(
+                "data directory {} is ready (issuing CA {}, SHA-256 {}; registry on {})",
+                cfg.data_dir.display(),
+                issuing.subject_dn,
+                issuing.fingerprint,
+                onramp.backend()
+            );
+            Ok(())
+        }
+        Command::Tenant(TenantCommand::Create { id }) => {
+            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
+            onramp
+                .create_tenant(&caller, &id)
+                .await
+                .map_err(AdminError::from)?;
+            out.message(
+                &serde_json::json!({"tenant": id}),
+                &format!("created tenant {id}"),
+            )
+        }
+        Command::Tenant(TenantCommand::List) => {
+            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
+            let tenants = onramp.list_tenants().await.map_err(AdminError::from)?;
+            let rows = tenants.iter().map(|t| vec![t.clone()]).collect();
+            out.list(&tenants, None, &["TENANT"], rows)
+        }
+        Command::Artifact(cmd) => {
+            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
+            crate::cli_artifacts::artifact(&onramp, &caller, &out, cmd).await
+        }
+        Command::Signer(cmd) => {
+            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
+            crate::cli_artifacts::signer(&onramp, &caller, &out, cmd).await
+        }
+        _ => anyhow::bail!("not a local-only command"),
+    }
+}
+
+async fn login(cli: &Cli, out: &Output) -> Result<()> {
+    let (Some(server), Some(api_key)) = (&cli.server, &cli.api_key) else {
+        anyhow::bail!(
+            "`onramp login` needs --server URL and --api-key KEY (or ONRAMP_SERVER and ONRAMP_API_KEY)"
+        );
+    };
+    let ca_pem = credentials::load_ca(cli.ca_file.as_deref())?;
+    let api = ApiClient::new(server, api_key, ca_pem.as_deref())?;
+    let admin = Admin::Remote(api);
+    let me = admin.whoami().await?;
+    let path = credentials::path()?;
+    Credentials {
+        server: server.trim_end_matches('/').to_string(),
+        api_key: api_key.clone(),
+        ca_pem,
+    }
+    .save(&path)?;
+    out.message(
+        &serde_json::json!({
+            "server": server, "actor": me.actor, "tenant": me.tenant, "role": me.role,
+            "credentials": path,
+        }),
+        &format!(
+            "logged in to {server} as {} (role {}, tenant {}); credentials in {}",
+            me.actor,
+            me.role,
+            me.tenant,
+            path.display()
+        ),
+    )
+}
+
+fn logout(out: &Output) -> Result<()> {
+    let path = credentials::path()?;
+    let removed = match std::fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    };
+    out.message(
+        &serde_json::json!({"removed": removed, "credentials": path}),
+        &if removed {
+            format!("removed {}", path.display())
+        } else {
+            format!("no credentials file at {}", path.display())
+        },
+    )
+}
+
+async fn admin_command(admin: &Admin, out: &Output, command: Command) -> Result<()> {
+    match command {
         Command::Serve
         | Command::Init
         | Command::Config(_)
-        | Command::Ca(CaCommand::Import { .. }) => unreachable_command(),
+        | Command::Login
+        | Command::Logout
+        | Command::Tenant(_)
+        | Command::Artifact(_)
+        | Command::Signer(_)
+        | Command::Ca(CaCommand::Import { .. }) => anyhow::bail!("command handled earlier"),
         Command::Ca(CaCommand::Show) => {
-            let ca = onramp.ca();
-            let issuing = ca.issuing_info();
-            let root = onramp_pki::parse_cert(ca.root_der())?;
-            let rows = [("issuing", issuing), ("root", &root)]
+            let ca = admin.ca().await?;
+            let rows = [("issuing", &ca.issuing), ("root", &ca.root)]
                 .iter()
                 .map(|(role, i)| {
                     vec![
@@ -403,22 +690,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                     ]
                 })
                 .collect();
+            let (issuing, root) = (&ca.issuing, &ca.root);
             out.table_or_json(
                 &serde_json::json!({
                     "issuing": {"subject": issuing.subject_dn, "serial": issuing.serial, "sha256": issuing.fingerprint, "not_after": issuing.not_after},
                     "root": {"subject": root.subject_dn, "serial": root.serial, "sha256": root.fingerprint, "not_after": root.not_after},
-                    "dir": ca.dir(),
                 }),
                 &["ROLE", "SUBJECT", "SERIAL", "SHA-256", "NOT AFTER"],
                 rows,
             )
         }
         Command::Ca(CaCommand::Export { chain, out: path }) => {
-            let pem = if chain {
-                onramp.ca().chain_pem()
-            } else {
-                onramp.ca().root_pem()
-            };
+            let ca = admin.ca().await?;
+            let pem = if chain { ca.chain_pem } else { ca.root_pem };
             match path {
                 Some(p) => {
                     std::fs::write(&p, pem).with_context(|| format!("writing {}", p.display()))?
@@ -427,46 +711,34 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Device(cmd) => device(&onramp, &caller, &out, cmd).await,
-        Command::Token(cmd) => token(&onramp, &caller, &out, cmd).await,
-        Command::Allowlist(cmd) => allowlist(&onramp, &caller, &out, cmd).await,
-        Command::Cert(cmd) => cert(&onramp, &caller, &out, cmd).await,
-        Command::Apikey(cmd) => apikey(&onramp, &caller, &out, cmd).await,
-        Command::Tenant(TenantCommand::Create { id }) => {
-            onramp.create_tenant(&caller, &id).await?;
-            out.message(
-                &serde_json::json!({"tenant": id}),
-                &format!("created tenant {id}"),
-            )
-        }
-        Command::Policy(cmd) => policy(&onramp, &caller, &out, cmd).await,
-        Command::Template(cmd) => {
-            crate::cli_provisioning::template(&onramp, &caller, &out, cmd).await
-        }
-        Command::Claim(cmd) => crate::cli_provisioning::claim(&onramp, &caller, &out, cmd).await,
+        Command::Device(cmd) => device(admin, out, cmd).await,
+        Command::Token(cmd) => token(admin, out, cmd).await,
+        Command::Allowlist(cmd) => allowlist(admin, out, cmd).await,
+        Command::Cert(cmd) => cert(admin, out, cmd).await,
+        Command::Apikey(cmd) => apikey(admin, out, cmd).await,
+        Command::Policy(cmd) => policy(admin, out, cmd).await,
+        Command::Template(cmd) => crate::cli_provisioning::template(admin, out, cmd).await,
+        Command::Claim(cmd) => crate::cli_provisioning::claim(admin, out, cmd).await,
         Command::Ca(CaCommand::Registered(cmd)) => {
-            crate::cli_provisioning::registered_ca(&onramp, &caller, &out, cmd).await
+            crate::cli_provisioning::registered_ca(admin, out, cmd).await
         }
-        Command::Shadow(cmd) => shadow(&onramp, &caller, cmd).await,
-        Command::Artifact(cmd) => crate::cli_artifacts::artifact(&onramp, &caller, &out, cmd).await,
-        Command::Signer(cmd) => crate::cli_artifacts::signer(&onramp, &caller, &out, cmd).await,
-        Command::Tenant(TenantCommand::List) => {
-            let tenants = onramp.list_tenants().await?;
-            let rows = tenants.iter().map(|t| vec![t.clone()]).collect();
-            out.table_or_json(&tenants, &["TENANT"], rows)
-        }
+        Command::Shadow(cmd) => shadow(admin, cmd).await,
         Command::Audit(a) => {
-            let entries = onramp
-                .query_audit(
-                    &caller,
-                    &onramp_domain::AuditQuery {
-                        action: a.action,
-                        target: a.target,
-                        limit: a.limit,
-                        ..Default::default()
-                    },
-                )
+            let limit =
+                Page::check_limit(a.limit).map_err(|e| AdminError::new("bad_request", e))?;
+            let entries = admin
+                .query_audit(&onramp_domain::AuditQuery {
+                    action: a.action,
+                    target: a.target,
+                    actor: a.actor,
+                    before_id: a.before_id,
+                    limit,
+                    ..Default::default()
+                })
                 .await?;
+            let next = (entries.len() as u32 == limit)
+                .then(|| entries.last().map(|e| e.id.to_string()))
+                .flatten();
             let rows = entries
                 .iter()
                 .map(|e| {
@@ -482,8 +754,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     ]
                 })
                 .collect();
-            out.table_or_json(
+            out.list_with_hint(
                 &entries,
+                next,
+                "--before-id",
                 &[
                     "ID", "AT", "ACTOR", "ACTION", "TARGET", "SOURCE", "OUTCOME", "DETAIL",
                 ],
@@ -493,16 +767,20 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn unreachable_command() -> Result<()> {
-    anyhow::bail!("command handled earlier")
+/// The key of the last item when the page is full: where the next page starts.
+pub(crate) fn next_after<T>(
+    items: &[T],
+    page: &Page,
+    key: impl Fn(&T) -> String,
+) -> Option<String> {
+    if items.len() as u32 == page.limit {
+        items.last().map(key)
+    } else {
+        None
+    }
 }
 
-async fn device(
-    onramp: &onramp_service::Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: DeviceCommand,
-) -> Result<()> {
+async fn device(admin: &Admin, out: &Output, cmd: DeviceCommand) -> Result<()> {
     let one = |d: &onramp_domain::Device| {
         vec![
             d.thing_name.clone(),
@@ -533,26 +811,26 @@ async fn device(
                 firmware_gte: a.firmware_gte,
                 firmware_eq: None,
             };
-            let devices = onramp
-                .list_devices(caller, &filter, &Page::new(a.after, Some(a.limit)))
-                .await?;
+            let page = a.page.page()?;
+            let devices = admin.list_devices(&filter, &page).await?;
+            let next = next_after(&devices, &page, |d| d.thing_name.clone());
             let rows = devices.iter().map(one).collect();
-            return out.table_or_json(&devices, &HEAD, rows);
+            return out.list(&devices, next, &HEAD, rows);
         }
-        DeviceCommand::Show { thing_name } => onramp.get_device(caller, &thing_name).await?,
+        DeviceCommand::Show { thing_name } => admin.get_device(&thing_name).await?,
         DeviceCommand::Suspend { thing_name } => {
-            onramp
-                .change_device_lifecycle(caller, &thing_name, LifecycleAction::Suspend)
+            admin
+                .lifecycle(&thing_name, LifecycleAction::Suspend)
                 .await?
         }
         DeviceCommand::Reactivate { thing_name } => {
-            onramp
-                .change_device_lifecycle(caller, &thing_name, LifecycleAction::Reactivate)
+            admin
+                .lifecycle(&thing_name, LifecycleAction::Reactivate)
                 .await?
         }
         DeviceCommand::Decommission { thing_name } => {
-            onramp
-                .change_device_lifecycle(caller, &thing_name, LifecycleAction::Decommission)
+            admin
+                .lifecycle(&thing_name, LifecycleAction::Decommission)
                 .await?
         }
     };
@@ -560,12 +838,7 @@ async fn device(
     out.table_or_json(&device, &HEAD, rows)
 }
 
-async fn token(
-    onramp: &onramp_service::Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: TokenCommand,
-) -> Result<()> {
+async fn token(admin: &Admin, out: &Output, cmd: TokenCommand) -> Result<()> {
     let one = |t: &onramp_domain::EnrolmentToken| {
         let state = if t.revoked_at.is_some() {
             "revoked"
@@ -594,20 +867,17 @@ async fn token(
             firmware,
             ttl,
         } => {
-            let created = onramp
-                .create_token(
-                    caller,
-                    &TokenRequest {
-                        serial_number: serial,
-                        thing_name,
-                        profile: DeviceProfile {
-                            device_class: class,
-                            hardware_revision,
-                            firmware_version: firmware,
-                        },
-                        ttl_secs: ttl,
+            let created = admin
+                .create_token(&TokenRequest {
+                    serial_number: serial,
+                    thing_name,
+                    profile: DeviceProfile {
+                        device_class: class,
+                        hardware_revision,
+                        firmware_version: firmware,
                     },
-                )
+                    ttl_secs: ttl,
+                })
                 .await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
@@ -620,70 +890,54 @@ async fn token(
             }
             Ok(())
         }
-        TokenCommand::List => {
-            let tokens = onramp
-                .list_tokens(caller, &Page::new(None, Some(Page::MAX_LIMIT)))
-                .await?;
+        TokenCommand::List(p) => {
+            let page = p.page()?;
+            let tokens = admin.list_tokens(&page).await?;
+            let next = next_after(&tokens, &page, |t| t.id.clone());
             let rows = tokens.iter().map(one).collect();
-            out.table_or_json(&tokens, &HEAD, rows)
+            out.list(&tokens, next, &HEAD, rows)
         }
         TokenCommand::Revoke { id } => {
-            let t = onramp.revoke_token(caller, &id).await?;
+            let t = admin.revoke_token(&id).await?;
             let rows = vec![one(&t)];
             out.table_or_json(&t, &HEAD, rows)
         }
     }
 }
 
-async fn allowlist(
-    onramp: &onramp_service::Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: AllowlistCommand,
-) -> Result<()> {
+async fn allowlist(admin: &Admin, out: &Output, cmd: AllowlistCommand) -> Result<()> {
     match cmd {
         AllowlistCommand::Add { serials } => {
-            let added = onramp.allowlist_add(caller, &serials).await?;
-            out.message(
-                &serde_json::json!({"added": added}),
-                &format!("added {added} serial numbers"),
-            )
+            let added = admin.allowlist_add(&serials).await?;
+            out.message(&serde_json::json!({"added": added}), &added_text(added))
         }
         AllowlistCommand::Import { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let added = onramp.allowlist_import_csv(caller, &text).await?;
-            out.message(
-                &serde_json::json!({"added": added}),
-                &format!("added {added} serial numbers"),
-            )
+            let added = admin.allowlist_import(&text).await?;
+            out.message(&serde_json::json!({"added": added}), &added_text(added))
         }
         AllowlistCommand::Remove { serial } => {
-            onramp.allowlist_remove(caller, &serial).await?;
+            admin.allowlist_remove(&serial).await?;
             out.message(
                 &serde_json::json!({"removed": serial}),
                 &format!("removed {serial}"),
             )
         }
-        AllowlistCommand::List => {
-            let entries = onramp
-                .list_allowlist(caller, &Page::new(None, Some(Page::MAX_LIMIT)))
-                .await?;
+        AllowlistCommand::List(p) => {
+            let page = p.page()?;
+            let entries = admin.list_allowlist(&page).await?;
+            let next = next_after(&entries, &page, |e| e.serial_number.clone());
             let rows = entries
                 .iter()
                 .map(|e| vec![e.serial_number.clone(), ts(e.added_at)])
                 .collect();
-            out.table_or_json(&entries, &["SERIAL", "ADDED"], rows)
+            out.list(&entries, next, &["SERIAL", "ADDED"], rows)
         }
     }
 }
 
-async fn cert(
-    onramp: &onramp_service::Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: CertCommand,
-) -> Result<()> {
+async fn cert(admin: &Admin, out: &Output, cmd: CertCommand) -> Result<()> {
     let one = |c: &onramp_domain::Certificate| {
         vec![
             c.serial.clone(),
@@ -695,33 +949,29 @@ async fn cert(
     };
     const HEAD: [&str; 5] = ["SERIAL", "THING", "STATUS", "NOT AFTER", "SHA-256"];
     let c = match cmd {
-        CertCommand::List { thing_name, status } => {
-            let certs = onramp
-                .list_certificates(
-                    caller,
-                    thing_name.as_deref(),
-                    status,
-                    &Page::new(None, Some(Page::MAX_LIMIT)),
-                )
+        CertCommand::List {
+            thing_name,
+            status,
+            page,
+        } => {
+            let page = page.page()?;
+            let certs = admin
+                .list_certificates(thing_name.as_deref(), status, &page)
                 .await?;
+            let next = next_after(&certs, &page, |c| c.serial.clone());
             let rows = certs.iter().map(one).collect();
-            return out.table_or_json(&certs, &HEAD, rows);
+            return out.list(&certs, next, &HEAD, rows);
         }
-        CertCommand::Show { serial } => onramp.get_certificate(caller, &serial).await?,
+        CertCommand::Show { serial } => admin.get_certificate(&serial).await?,
         CertCommand::Revoke { serial, reason } => {
-            onramp.revoke_certificate(caller, &serial, &reason).await?
+            admin.revoke_certificate(&serial, &reason).await?
         }
     };
     let rows = vec![one(&c)];
     out.table_or_json(&c, &HEAD, rows)
 }
 
-async fn apikey(
-    onramp: &onramp_service::Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: ApiKeyCommand,
-) -> Result<()> {
+async fn apikey(admin: &Admin, out: &Output, cmd: ApiKeyCommand) -> Result<()> {
     let one = |k: &onramp_domain::ApiKey| {
         vec![
             k.id.clone(),
@@ -738,7 +988,7 @@ async fn apikey(
     const HEAD: [&str; 5] = ["ID", "NAME", "ROLE", "TENANT", "STATE"];
     match cmd {
         ApiKeyCommand::Create { name, role } => {
-            let created = onramp.create_api_key(caller, &name, role).await?;
+            let created = admin.create_api_key(&name, role).await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
             } else {
@@ -753,24 +1003,19 @@ async fn apikey(
             Ok(())
         }
         ApiKeyCommand::List => {
-            let keys = onramp.list_api_keys(caller).await?;
+            let keys = admin.list_api_keys().await?;
             let rows = keys.iter().map(one).collect();
-            out.table_or_json(&keys, &HEAD, rows)
+            out.list(&keys, None, &HEAD, rows)
         }
         ApiKeyCommand::Revoke { id } => {
-            let k = onramp.revoke_api_key(caller, &id).await?;
+            let k = admin.revoke_api_key(&id).await?;
             let rows = vec![one(&k)];
             out.table_or_json(&k, &HEAD, rows)
         }
     }
 }
 
-async fn policy(
-    onramp: &onramp_service::Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: PolicyCommand,
-) -> Result<()> {
+async fn policy(admin: &Admin, out: &Output, cmd: PolicyCommand) -> Result<()> {
     match cmd {
         PolicyCommand::Create { name, document } => {
             let text = if document.as_os_str() == "-" {
@@ -779,7 +1024,7 @@ async fn policy(
                 std::fs::read_to_string(&document)
                     .with_context(|| format!("reading {}", document.display()))?
             };
-            let p = onramp.put_policy(caller, &name, &text).await?;
+            let p = admin.put_policy(&name, &text).await?;
             out.message(
                 &serde_json::to_value(&p)?,
                 &format!("policy {} version {}", p.name, p.version),
@@ -787,7 +1032,7 @@ async fn policy(
         }
         PolicyCommand::Attach { name, target } => {
             let t = target.target();
-            onramp.attach_policy(caller, &name, &t).await?;
+            admin.attach_policy(&name, &t).await?;
             out.message(
                 &serde_json::json!({"attached": name, "to": t}),
                 &format!("attached {name} to {} {}", t.kind(), t.name()),
@@ -795,14 +1040,14 @@ async fn policy(
         }
         PolicyCommand::Detach { name, target } => {
             let t = target.target();
-            onramp.detach_policy(caller, &name, &t).await?;
+            admin.detach_policy(&name, &t).await?;
             out.message(
                 &serde_json::json!({"detached": name, "from": t}),
                 &format!("detached {name} from {} {}", t.kind(), t.name()),
             )
         }
         PolicyCommand::Show { name } => {
-            let (p, targets) = onramp.get_policy(caller, &name).await?;
+            let (p, targets) = admin.get_policy(&name).await?;
             if out.json {
                 println!(
                     "{}",
@@ -825,21 +1070,17 @@ async fn policy(
             Ok(())
         }
         PolicyCommand::List => {
-            let list = onramp.list_policies(caller).await?;
+            let list = admin.list_policies().await?;
             let rows = list
                 .iter()
                 .map(|p| vec![p.name.clone(), p.version.to_string(), ts(p.updated_at)])
                 .collect();
-            out.table_or_json(&list, &["NAME", "VERSION", "UPDATED"], rows)
+            out.list(&list, None, &["NAME", "VERSION", "UPDATED"], rows)
         }
     }
 }
 
-async fn shadow(
-    onramp: &onramp_service::Onramp,
-    caller: &Caller,
-    cmd: ShadowCommand,
-) -> Result<()> {
+async fn shadow(admin: &Admin, cmd: ShadowCommand) -> Result<()> {
     use onramp_service::{ShadowOp, ShadowTopic};
     let (thing_name, shadow_name, op, body) = match cmd {
         ShadowCommand::Get { thing_name, name } => (thing_name, name, ShadowOp::Get, Vec::new()),
@@ -865,13 +1106,9 @@ async fn shadow(
         shadow_name,
         op,
     };
-    match onramp.shadow_for_caller(caller, &topic, &body).await {
-        Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
-        }
-        Err(e) => anyhow::bail!("{} {}", e.code, e.message),
-    }
+    let v = admin.shadow(topic, &body).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 pub(crate) struct Output {
@@ -912,6 +1149,40 @@ impl Output {
         Ok(())
     }
 
+    /// A list: with --json `{"items": [...], "next": ...}` as the API pages;
+    /// as a table, a hint on stderr when there is a next page.
+    pub(crate) fn list<T: Serialize>(
+        &self,
+        items: &[T],
+        next: Option<String>,
+        head: &[&str],
+        rows: Vec<Vec<String>>,
+    ) -> Result<()> {
+        self.list_with_hint(items, next, "--after", head, rows)
+    }
+
+    pub(crate) fn list_with_hint<T: Serialize>(
+        &self,
+        items: &[T],
+        next: Option<String>,
+        option: &str,
+        head: &[&str],
+        rows: Vec<Vec<String>>,
+    ) -> Result<()> {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"items": items, "next": next}))?
+            );
+            return Ok(());
+        }
+        self.table_or_json(items, head, rows)?;
+        if let Some(n) = next {
+            eprintln!("(more: {option} {n})");
+        }
+        Ok(())
+    }
+
     pub(crate) fn message(&self, json: &serde_json::Value, text: &str) -> Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(json)?);
@@ -919,6 +1190,13 @@ impl Output {
             println!("{text}");
         }
         Ok(())
+    }
+}
+
+fn added_text(added: u64) -> String {
+    match added {
+        1 => "added 1 serial number".into(),
+        n => format!("added {n} serial numbers"),
     }
 }
 
@@ -935,6 +1213,75 @@ pub(crate) fn ts(unix: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and every option or argument says what it is for.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "onramp", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        // The walk sees nested commands and their options.
+        let n = cmd
+            .find_subcommand("device")
+            .and_then(|d| d.find_subcommand("list"))
+            .map(|l| l.get_arguments().count())
+            .unwrap_or(0);
+        assert!(n >= 7, "device list has {n} arguments");
+    }
+
+    #[test]
+    fn a_negative_ttl_parses_as_a_value() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "onramp", "token", "create", "--serial", "SN-1", "--ttl", "-5",
+        ])
+        .unwrap();
+        match cli.command {
+            super::Command::Token(super::TokenCommand::Create { ttl, .. }) => {
+                assert_eq!(ttl, Some(-5))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_only_commands_are_named() {
+        use clap::Parser;
+        for (args, want) in [
+            (vec!["onramp", "serve"], Some("serve")),
+            (vec!["onramp", "tenant", "list"], Some("tenant list")),
+            (
+                vec!["onramp", "ca", "import", "--cert", "a", "--key", "b"],
+                Some("ca import"),
+            ),
+            (vec!["onramp", "device", "list"], None),
+            (vec!["onramp", "apikey", "create", "--name", "x"], None),
+        ] {
+            let cli = super::Cli::try_parse_from(&args).unwrap();
+            assert_eq!(cli.command.local_only(), want, "{args:?}");
+        }
+    }
     #[test]
     fn timestamps_print_as_utc() {
         assert_eq!(super::ts(0), "1970-01-01T00:00:00Z");

@@ -1,16 +1,19 @@
 //! CLI for fleet provisioning and JITP: `onramp template`, `onramp claim`
 //! and the registered-CA commands under `onramp ca`.
 
+use crate::admin::Admin;
 use crate::cli::{Output, ts};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use onramp_domain::{CaStatus, TemplateKind};
-use onramp_service::{Caller, Onramp, TemplateSettings};
+use onramp_service::TemplateSettings;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KindArg {
+    /// Fleet provisioning by claim certificate.
     Fleet,
+    /// Just-in-time provisioning for devices of a registered CA.
     Jitp,
 }
 
@@ -18,22 +21,29 @@ pub enum KindArg {
 pub enum TemplateCommand {
     /// Create a template (version 1) from a JSON body file.
     Create {
+        /// Template name: 1 to 36 letters, digits, `_` and `-`.
         name: String,
+        /// The template body (Parameters, Resources) as a JSON file.
         #[arg(long)]
         body: PathBuf,
+        /// What the template provisions through.
         #[arg(long, value_enum, default_value = "fleet")]
         kind: KindArg,
         #[command(flatten)]
         settings: TemplateSettingsArgs,
     },
+    /// List templates.
     List,
     /// Show settings, the default body and the versions.
     Show {
+        /// Template name.
         name: String,
     },
     /// Store a new version of the body.
     Version {
+        /// Template name.
         name: String,
+        /// The new body as a JSON file.
         #[arg(long)]
         body: PathBuf,
         /// Make the new version the default.
@@ -42,11 +52,14 @@ pub enum TemplateCommand {
     },
     /// Make an earlier or later version the default.
     SetDefaultVersion {
+        /// Template name.
         name: String,
+        /// The version to make the default.
         version: i64,
     },
     /// Change a template's settings.
     Update {
+        /// Template name.
         name: String,
         #[command(flatten)]
         settings: TemplateSettingsArgs,
@@ -61,6 +74,7 @@ pub enum TemplateCommand {
 
 #[derive(Debug, Args)]
 pub struct TemplateSettingsArgs {
+    /// A description for operators.
     #[arg(long)]
     description: Option<String>,
     /// Serial numbers allowed to provision (repeat, or a comma-separated list).
@@ -72,8 +86,10 @@ pub struct TemplateSettingsArgs {
     /// Pre-provisioning webhook URL.
     #[arg(long)]
     hook_url: Option<String>,
+    /// Refuse provisioning through this template.
     #[arg(long, conflicts_with = "enable")]
     disable: bool,
+    /// Allow provisioning through this template again.
     #[arg(long)]
     enable: bool,
 }
@@ -99,22 +115,31 @@ pub enum ClaimCommand {
     /// Issue a claim certificate and key for a production batch, bound to one
     /// fleet template; writes claim.pem, claim.key (0600) and ca.pem to --out.
     Create {
+        /// The fleet template the claim may provision through.
         #[arg(long)]
         template: String,
+        /// Validity in days, 1 to 3650.
         #[arg(long, default_value_t = 365)]
         validity_days: u32,
+        /// Directory to write claim.pem, claim.key and ca.pem into.
         #[arg(long)]
         out: PathBuf,
     },
+    /// List claim certificates.
     List,
+    /// Revoke a claim certificate.
     Revoke {
+        /// Claim certificate serial number (hex).
         serial: String,
     },
     /// Issue a replacement bound to the same template and revoke the old one.
     Rotate {
+        /// Serial number (hex) of the claim certificate to replace.
         serial: String,
+        /// Validity of the replacement in days, 1 to 3650.
         #[arg(long, default_value_t = 365)]
         validity_days: u32,
+        /// Directory to write claim.pem, claim.key and ca.pem into.
         #[arg(long)]
         out: PathBuf,
     },
@@ -126,6 +151,7 @@ pub enum ClaimCommand {
 pub enum RegisteredCaCommand {
     /// Register a manufacturer CA whose device certificates may connect.
     Register {
+        /// The manufacturer CA certificate, PEM.
         #[arg(long)]
         cert: PathBuf,
         /// The template JITP runs for unknown devices of this CA.
@@ -143,27 +169,35 @@ pub enum RegisteredCaCommand {
     RegistrationCode,
     /// Registered manufacturer CAs.
     Registered,
+    /// Accept the CA's devices again.
     Activate {
+        /// The CA's id (SHA-256 of its certificate).
         id: String,
     },
     /// Refuse the CA's devices until activated again.
     Deactivate {
+        /// The CA's id (SHA-256 of its certificate).
         id: String,
     },
     /// Refuse the CA's devices for good.
     Revoke {
+        /// The CA's id (SHA-256 of its certificate).
         id: String,
     },
     /// Turn auto-registration on or off.
     AutoRegistration {
+        /// The CA's id (SHA-256 of its certificate).
         id: String,
+        /// on or off.
         state: OnOff,
     },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
+    /// Turned on.
     On,
+    /// Turned off.
     Off,
 }
 
@@ -185,12 +219,7 @@ fn show_template(out: &Output, t: &onramp_domain::ProvisioningTemplateRecord) ->
     )
 }
 
-pub async fn template(
-    onramp: &Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: TemplateCommand,
-) -> Result<()> {
+pub async fn template(admin: &Admin, out: &Output, cmd: TemplateCommand) -> Result<()> {
     match cmd {
         TemplateCommand::Create {
             name,
@@ -202,13 +231,13 @@ pub async fn template(
                 KindArg::Fleet => TemplateKind::Fleet,
                 KindArg::Jitp => TemplateKind::Jitp,
             };
-            let t = onramp
-                .create_template(caller, &name, kind, &read(&body)?, settings.settings())
+            let t = admin
+                .create_template(&name, kind, &read(&body)?, settings.settings())
                 .await?;
             show_template(out, &t)
         }
         TemplateCommand::List => {
-            let list = onramp.list_templates(caller).await?;
+            let list = admin.list_templates().await?;
             let rows = list
                 .iter()
                 .map(|t| {
@@ -222,14 +251,15 @@ pub async fn template(
                     ]
                 })
                 .collect();
-            out.table_or_json(
+            out.list(
                 &list,
+                None,
                 &["NAME", "KIND", "DEFAULT", "LATEST", "ENABLED", "HOOK"],
                 rows,
             )
         }
         TemplateCommand::Show { name } => {
-            let d = onramp.get_template(caller, &name).await?;
+            let d = admin.get_template(&name).await?;
             if out.json {
                 println!(
                     "{}",
@@ -262,15 +292,13 @@ pub async fn template(
             body,
             set_default,
         } => {
-            let t = onramp
-                .add_template_version(caller, &name, &read(&body)?, set_default)
+            let t = admin
+                .add_template_version(&name, &read(&body)?, set_default)
                 .await?;
             show_template(out, &t)
         }
         TemplateCommand::SetDefaultVersion { name, version } => {
-            let t = onramp
-                .set_template_default_version(caller, &name, version)
-                .await?;
+            let t = admin.set_template_default_version(&name, version).await?;
             show_template(out, &t)
         }
         TemplateCommand::Update {
@@ -286,7 +314,7 @@ pub async fn template(
             if clear_hook {
                 s.hook_url = Some(None);
             }
-            let t = onramp.update_template(caller, &name, s).await?;
+            let t = admin.update_template(&name, s).await?;
             show_template(out, &t)
         }
     }
@@ -300,21 +328,14 @@ fn write_claim(dir: &Path, created: &onramp_service::CreatedClaim) -> Result<()>
     Ok(())
 }
 
-pub async fn claim(
-    onramp: &Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: ClaimCommand,
-) -> Result<()> {
+pub async fn claim(admin: &Admin, out: &Output, cmd: ClaimCommand) -> Result<()> {
     match cmd {
         ClaimCommand::Create {
             template,
             validity_days,
             out: dir,
         } => {
-            let created = onramp
-                .create_claim(caller, &template, validity_days)
-                .await?;
+            let created = admin.create_claim(&template, validity_days).await?;
             write_claim(&dir, &created)?;
             out.message(
                 &serde_json::to_value(&created.claim)?,
@@ -328,7 +349,7 @@ pub async fn claim(
             )
         }
         ClaimCommand::List => {
-            let list = onramp.list_claims(caller).await?;
+            let list = admin.list_claims().await?;
             let rows = list
                 .iter()
                 .map(|c| {
@@ -341,14 +362,15 @@ pub async fn claim(
                     ]
                 })
                 .collect();
-            out.table_or_json(
+            out.list(
                 &list,
+                None,
                 &["SERIAL", "TEMPLATE", "STATUS", "NOT AFTER", "REPLACED BY"],
                 rows,
             )
         }
         ClaimCommand::Revoke { serial } => {
-            onramp.revoke_claim(caller, &serial).await?;
+            admin.revoke_claim(&serial).await?;
             out.message(
                 &serde_json::json!({"revoked": serial}),
                 &format!("revoked claim certificate {serial}"),
@@ -359,7 +381,7 @@ pub async fn claim(
             validity_days,
             out: dir,
         } => {
-            let created = onramp.rotate_claim(caller, &serial, validity_days).await?;
+            let created = admin.rotate_claim(&serial, validity_days).await?;
             write_claim(&dir, &created)?;
             out.message(
                 &serde_json::to_value(&created.claim)?,
@@ -371,22 +393,17 @@ pub async fn claim(
             )
         }
         ClaimCommand::CheckExpiry => {
-            let list = onramp.check_claim_expiry_as(caller).await?;
+            let list = admin.expiring_claims().await?;
             let rows = list
                 .iter()
                 .map(|c| vec![c.serial.clone(), c.template.clone(), ts(c.not_after)])
                 .collect();
-            out.table_or_json(&list, &["SERIAL", "TEMPLATE", "NOT AFTER"], rows)
+            out.list(&list, None, &["SERIAL", "TEMPLATE", "NOT AFTER"], rows)
         }
     }
 }
 
-pub async fn registered_ca(
-    onramp: &Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: RegisteredCaCommand,
-) -> Result<()> {
+pub async fn registered_ca(admin: &Admin, out: &Output, cmd: RegisteredCaCommand) -> Result<()> {
     let show = |ca: &onramp_domain::RegisteredCa, verb: &str| {
         out.message(
             &serde_json::to_value(ca)?,
@@ -407,9 +424,8 @@ pub async fn registered_ca(
             verification_cert,
         } => {
             let verification = verification_cert.as_deref().map(read).transpose()?;
-            let ca = onramp
+            let ca = admin
                 .register_ca(
-                    caller,
                     &read(&cert)?,
                     template.as_deref(),
                     auto_registration == OnOff::On,
@@ -419,11 +435,11 @@ pub async fn registered_ca(
             show(&ca, "registered")
         }
         RegisteredCaCommand::RegistrationCode => {
-            let code = onramp.registration_code(caller)?;
+            let code = admin.registration_code().await?;
             out.message(&serde_json::json!({"registration_code": code}), &code)
         }
         RegisteredCaCommand::Registered => {
-            let list = onramp.list_registered_cas(caller).await?;
+            let list = admin.list_registered_cas().await?;
             let rows = list
                 .iter()
                 .map(|c| {
@@ -436,33 +452,34 @@ pub async fn registered_ca(
                     ]
                 })
                 .collect();
-            out.table_or_json(
+            out.list(
                 &list,
+                None,
                 &["ID", "SUBJECT", "STATUS", "AUTO", "TEMPLATE"],
                 rows,
             )
         }
         RegisteredCaCommand::Activate { id } => {
-            let ca = onramp
-                .update_registered_ca(caller, &id, Some(CaStatus::Active), None)
+            let ca = admin
+                .update_registered_ca(&id, Some(CaStatus::Active), None)
                 .await?;
             show(&ca, "activated")
         }
         RegisteredCaCommand::Deactivate { id } => {
-            let ca = onramp
-                .update_registered_ca(caller, &id, Some(CaStatus::Inactive), None)
+            let ca = admin
+                .update_registered_ca(&id, Some(CaStatus::Inactive), None)
                 .await?;
             show(&ca, "deactivated")
         }
         RegisteredCaCommand::Revoke { id } => {
-            let ca = onramp
-                .update_registered_ca(caller, &id, Some(CaStatus::Revoked), None)
+            let ca = admin
+                .update_registered_ca(&id, Some(CaStatus::Revoked), None)
                 .await?;
             show(&ca, "revoked")
         }
         RegisteredCaCommand::AutoRegistration { id, state } => {
-            let ca = onramp
-                .update_registered_ca(caller, &id, None, Some(state == OnOff::On))
+            let ca = admin
+                .update_registered_ca(&id, None, Some(state == OnOff::On))
                 .await?;
             show(&ca, "updated")
         }

@@ -397,7 +397,8 @@ impl Config {
     pub fn require_initialised(&self) -> Result<()> {
         let fix = "Admin commands act on the server's data directory: pass `--data-dir DIR` \
                    or set ONRAMP_DATA_DIR (or `data_dir` in the --config file). \
-                   Only `onramp serve` and `onramp init` create a new one.";
+                   Only `onramp serve` and `onramp init` create a new one. To manage a \
+                   running server instead, give --server URL and --api-key KEY (or run `onramp login`).";
         if !self.data_dir.is_dir() {
             bail!(
                 "the data directory {} does not exist. {fix}",

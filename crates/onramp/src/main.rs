@@ -1,19 +1,72 @@
 //! `onramp`: the server (`onramp serve`) and the admin CLI.
 
+mod admin;
 mod cli;
 mod cli_artifacts;
 mod cli_provisioning;
 mod config;
+mod credentials;
 mod serve;
 mod telemetry;
 
-use anyhow::Result;
 use clap::Parser;
+use std::process::ExitCode;
 
-fn main() -> Result<()> {
-    let args = cli::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Set to 1 to print a backtrace with an error. RUST_BACKTRACE alone does
+/// not: an operator's error is the message chain, not the stack.
+const BACKTRACE_VAR: &str = "ONRAMP_BACKTRACE";
+
+fn main() -> ExitCode {
+    if std::env::var(BACKTRACE_VAR).is_ok_and(|v| v == "1") {
+        // SAFETY: no other thread exists yet; the runtime is built below.
+        // anyhow captures a backtrace only when this variable asks for it.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "1") };
+    } else {
+        // RUST_BACKTRACE in the environment is for panics; errors skip the cost.
+        // SAFETY: as above, still single-threaded.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    let json = std::env::args_os().any(|a| a == "--json");
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                print_json_error("usage", first.trim_start_matches("error: "));
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
+    let json = args.json();
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(cli::run(args))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(cli::run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<admin::AdminError>())
+                .map_or("error", |a| a.code.as_str());
+            if json {
+                print_json_error(code, &format!("{e:#}"));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            if std::env::var(BACKTRACE_VAR).is_ok_and(|v| v == "1") {
+                eprintln!("{}", e.backtrace());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json_error(code: &str, message: &str) {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    eprintln!("{body}");
 }

@@ -98,6 +98,8 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "identity-change-pruning",
         "job-timeouts",
         "job-rollouts",
+        "job-confirmations",
+        "job-continuous",
     ] {
         for outcome in ["ok", "failed"] {
             all.push((
@@ -105,6 +107,9 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
                 vec![("task", task), ("outcome", outcome)],
             ));
         }
+    }
+    for outcome in ["confirmed", "not_confirmed"] {
+        all.push(("onramp_job_confirmations_total", vec![("outcome", outcome)]));
     }
     for op in ["get_pending", "start_next", "describe", "update"] {
         for outcome in ["accepted", "rejected"] {
@@ -220,6 +225,10 @@ fn describe() {
     describe_counter!(
         "onramp_artifact_uploads_total",
         "Artifact uploads, by outcome"
+    );
+    describe_counter!(
+        "onramp_job_confirmations_total",
+        "Successes settled by the firmware version devices reported: confirmed or not"
     );
     describe_counter!(
         "onramp_job_rollout_released_total",

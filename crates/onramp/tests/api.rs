@@ -6,7 +6,7 @@ use support::*;
 
 #[test]
 fn the_api_requires_a_valid_key_and_enforces_roles() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let r = s.curl(&[&s.url("/api/v1/devices")]);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["code"], "unauthorized");
@@ -72,7 +72,7 @@ fn the_api_requires_a_valid_key_and_enforces_roles() {
 
 #[test]
 fn a_token_is_shown_once_and_listed_without_its_secret() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     let created = s
         .api("POST", "/api/v1/tokens", &key, Some(r#"{"serial_number":"SN-2","thing_name":"pump-2","firmware_version":"1.2.3","ttl_secs":3600}"#))
@@ -99,7 +99,7 @@ fn a_token_is_shown_once_and_listed_without_its_secret() {
 
 #[test]
 fn bad_json_and_bad_values_are_refused_with_a_reason() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("admin");
     for (body, needle) in [
         ("{not json", "invalid JSON"),
@@ -150,7 +150,7 @@ fn bad_json_and_bad_values_are_refused_with_a_reason() {
 
 #[test]
 fn devices_are_filtered_by_firmware_version_order_and_paginated() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     for (serial, fw, class) in [
         ("A", "2.9.0", "sensor"),
@@ -191,7 +191,7 @@ fn devices_are_filtered_by_firmware_version_order_and_paginated() {
 
 #[test]
 fn device_lifecycle_through_the_api() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let token = s.token("SN-4");
     let d = device_csr(s.dir.path(), "d", "/CN=SN-4");
     assert_eq!(s.enrol(&d, "SN-4", &token).status, 200);
@@ -278,7 +278,7 @@ fn device_lifecycle_through_the_api() {
 
 #[test]
 fn the_allowlist_takes_json_and_csv() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     let r = s.api(
         "POST",
@@ -344,7 +344,7 @@ fn the_allowlist_takes_json_and_csv() {
 
 #[test]
 fn tenants_are_isolated() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let token = s.token("SN-5");
     let d = device_csr(s.dir.path(), "d", "/CN=SN-5");
     assert_eq!(s.enrol(&d, "SN-5", &token).status, 200);
@@ -424,7 +424,7 @@ fn tenants_are_isolated() {
 
 #[test]
 fn health_readiness_metrics_openapi_and_ca_chain() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     assert_eq!(s.curl(&[&s.url("/healthz")]).status, 200);
     let ready = s.curl(&[&s.url("/readyz")]);
     assert_eq!(ready.status, 200);
@@ -465,7 +465,7 @@ fn health_readiness_metrics_openapi_and_ca_chain() {
 #[test]
 fn certificates_about_to_expire_show_in_metrics() {
     let s = Server::start_with(
-        Backend::Sqlite,
+        backend(),
         &[("ONRAMP_ENROLMENT__DEVICE_CERT_VALIDITY_DAYS", "10")],
         None,
     );
@@ -486,7 +486,7 @@ fn certificates_about_to_expire_show_in_metrics() {
 #[test]
 fn the_server_refuses_to_start_with_a_world_readable_ca_key() {
     use std::os::unix::fs::PermissionsExt;
-    let mut s = Server::start(Backend::Sqlite);
+    let mut s = Server::start(backend());
     s.stop();
     let key = s.data.join("ca/issuing.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -506,7 +506,7 @@ fn the_server_refuses_to_start_with_a_world_readable_ca_key() {
 
 #[test]
 fn the_registry_and_ca_survive_a_restart() {
-    let mut s = Server::start(Backend::Sqlite);
+    let mut s = Server::start(backend());
     let token = s.token("SN-8");
     let d = device_csr(s.dir.path(), "d", "/CN=SN-8");
     assert_eq!(s.enrol(&d, "SN-8", &token).status, 200);
@@ -524,17 +524,46 @@ fn the_registry_and_ca_survive_a_restart() {
 
 #[test]
 fn the_cli_prints_tables_and_json() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     s.token("SN-9");
     let out = s.cli(&["device", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("THING"), "{text}");
     assert!(text.contains("SN-9") && text.contains("pending"));
     let json = s.cli_json(&["device", "list"]);
-    assert_eq!(json[0]["serial_number"], "SN-9");
+    assert_eq!(json["items"][0]["serial_number"], "SN-9");
+    assert_eq!(json["next"], serde_json::Value::Null);
     let out = s.cli(&["ca", "show"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Onramp Issuing CA"));
     let out = s.cli(&["device", "suspend", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[test]
+fn the_suites_backend_comes_from_onramp_test_store_and_a_typo_is_refused() {
+    use std::ffi::OsStr;
+    assert_eq!(Backend::parse(None), Ok(Backend::Sqlite));
+    assert_eq!(Backend::parse(Some(OsStr::new(""))), Ok(Backend::Sqlite));
+    assert_eq!(
+        Backend::parse(Some(OsStr::new("sqlite"))),
+        Ok(Backend::Sqlite)
+    );
+    assert_eq!(
+        Backend::parse(Some(OsStr::new("postgres"))),
+        Ok(Backend::Postgres)
+    );
+    for typo in ["postgresql", "Postgres", "pg", "sqlite3"] {
+        let why = Backend::parse(Some(OsStr::new(typo))).expect_err(typo);
+        assert!(why.contains("ONRAMP_TEST_STORE"), "{why}");
+        assert!(why.contains(typo), "{why}");
+    }
+    // The server this binary starts is on the backend the variable names
+    // (Server::spawn checks the server's own log line for it).
+    let s = Server::start(backend());
+    assert_eq!(s.database_url.is_some(), backend() == Backend::Postgres);
+    assert!(s.store_url().starts_with(match backend() {
+        Backend::Sqlite => "sqlite://",
+        Backend::Postgres => "postgres://",
+    }));
 }

@@ -96,7 +96,7 @@ fn cli_and_api_writes_side_by_side_on_sqlite_never_fail() {
             "LC-{i} went through {ROUNDS} suspend/reactivate rounds"
         );
     }
-    let listed = s.cli_json(&["allowlist", "list"]);
+    let listed = s.cli_json(&["allowlist", "list", "--limit", "1000"])["items"].clone();
     let serials: Vec<&str> = listed
         .as_array()
         .unwrap()
@@ -109,7 +109,8 @@ fn cli_and_api_writes_side_by_side_on_sqlite_never_fail() {
             assert!(serials.contains(&serial.as_str()), "{serial} missing");
         }
     }
-    let audit = s.cli_json(&["audit", "--action", "device.suspend", "--limit", "1000"]);
+    let audit =
+        s.cli_json(&["audit", "--action", "device.suspend", "--limit", "1000"])["items"].clone();
     assert_eq!(
         audit.as_array().unwrap().len(),
         DEVICES * ROUNDS,
@@ -162,7 +163,7 @@ fn a_locked_sqlite_database_answers_503_with_retry_after_and_recovers() {
     assert_eq!(locked.json()["error"]["code"], "unavailable");
     assert_eq!(locked.header("retry-after").as_deref(), Some("1"));
     assert!(
-        !s.cli_json(&["allowlist", "list"])
+        !s.cli_json(&["allowlist", "list"])["items"]
             .as_array()
             .unwrap()
             .iter()

@@ -1,6 +1,8 @@
 //! The examples in `docs/provisioning.md`, run as written: the fleet
 //! template and the operator's set-up commands, then a device provisions
-//! through them (paho-mqtt, one connection).
+//! through them (paho-mqtt, one connection). And those of `docs/jobs.md`:
+//! the operator's curl commands and the device program with the AWS IoT
+//! Device SDK's jobs client.
 
 mod support;
 
@@ -103,4 +105,222 @@ fn the_provisioning_guide_examples_work() {
         lines[2]["payload"]["errorCode"], "AccessDenied",
         "{lines:?}"
     );
+    // A job for a thing group reaches the things the template put in it.
+    let key = s.api_key("operator");
+    let r = s.api(
+        "POST",
+        "/api/v1/jobs",
+        &key,
+        Some(r#"{"jobId":"berlin-1","document":{"op":"x"},"thingGroups":["berlin"]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["executionCounts"], json!({"QUEUED": 1}));
+    let r = s.api("GET", "/api/v1/jobs/berlin-1/executions", &key, None);
+    assert_eq!(r.json()["items"][0]["thingName"], "pump-P-0001");
+    let r = s.api(
+        "POST",
+        "/api/v1/jobs",
+        &key,
+        Some(r#"{"jobId":"paris-1","document":{"op":"x"},"thingGroups":["paris"]}"#),
+    );
+    assert_eq!(r.status, 400, "a group with no members: {}", r.text());
+}
+
+const JOBS_DOC: &str = include_str!("../../../docs/jobs.md");
+
+/// The fenced block after `<!-- example: NAME -->` in `docs/jobs.md`.
+fn jobs_example(name: &str) -> String {
+    let marker = format!("<!-- example: {name} -->");
+    let rest = JOBS_DOC
+        .split(&marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/jobs.md has no example {name}"));
+    let body = rest.split("```").nth(1).expect("a fenced block");
+    body.split_once('\n')
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Runs a shell example of `docs/jobs.md` against `s` (its URL in place of
+/// the documented one); returns its standard output.
+fn run_jobs_shell(s: &Server, work: &std::path::Path, key: &str, name: &str) -> String {
+    let script = jobs_example(name).replace("https://localhost:8443", &s.url(""));
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(work)
+        .env("KEY", key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "example {name}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Splits the concatenated JSON documents the curl commands printed.
+fn json_documents(text: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .map(|v| v.expect("JSON output"))
+        .collect()
+}
+
+#[test]
+fn the_jobs_guide_examples_work() {
+    let s = Server::start(Backend::Sqlite);
+    let key = s.api_key("operator");
+    let device = s.device("SN-0001");
+    let work = s.path("jobs-docs");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(&s.root_pem, work.join("root.pem")).unwrap();
+    std::fs::copy(&device.cert, work.join("device.pem")).unwrap();
+    std::fs::copy(&device.key, work.join("device.key")).unwrap();
+
+    let created = json_documents(&run_jobs_shell(&s, &work, &key, "jobs-create"));
+    assert_eq!(created[0]["jobId"], "firmware-2-5-0", "{created:?}");
+    assert_eq!(created[0]["executionCounts"], json!({"QUEUED": 1}));
+
+    // The device example, with the test server's port.
+    let program = jobs_example("jobs-device").replace(
+        "\"localhost\", 8883,",
+        &format!("\"localhost\", {},", s.mqtt_port),
+    );
+    assert!(program.contains(&s.mqtt_port.to_string()));
+    let out = Command::new(python_with(&["awsiot.iotjobs", "awscrt.mqtt5"]))
+        .args(["-c", &program])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let document: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("running firmware-2-5-0 "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .unwrap_or_else(|| panic!("the device ran no job: {stdout}"));
+    assert_eq!(
+        document,
+        json!({"operation": "upgrade", "version": "2.5.0",
+               "url": "https://downloads.example.com/pump-2.5.0.bin"})
+    );
+    assert!(
+        stdout.contains("finished firmware-2-5-0 SUCCEEDED"),
+        "{stdout}"
+    );
+
+    let status = json_documents(&run_jobs_shell(&s, &work, &key, "jobs-status"));
+    assert_eq!(status.len(), 3, "{status:?}");
+    assert_eq!(status[0]["status"], "COMPLETED", "{status:?}");
+    assert_eq!(status[0]["executionCounts"], json!({"SUCCEEDED": 1}));
+    assert_eq!(status[1]["items"][0]["status"], "SUCCEEDED", "{status:?}");
+    assert_eq!(
+        status[1]["items"][0]["statusDetails"],
+        json!({"step": "installed"})
+    );
+    assert_eq!(status[2], json!([]), "{status:?}");
+
+    // Cancel a job the device has started.
+    let r = s.api(
+        "POST",
+        "/api/v1/jobs",
+        &key,
+        Some(r#"{"jobId":"firmware-2-6-0-beta","document":{"version":"2.6.0-beta"},"targets":["SN-0001"]}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let canceled = json_documents(&run_jobs_shell(&s, &work, &key, "jobs-cancel"));
+    assert_eq!(canceled[0]["status"], "CANCELED", "{canceled:?}");
+    assert_eq!(canceled[0]["executionCounts"], json!({"CANCELED": 1}));
+}
+
+const ROLLOUTS_DOC: &str = include_str!("../../../docs/rollouts.md");
+
+/// Runs a shell example of `docs/rollouts.md` against `s`; returns its
+/// standard output parsed as JSON.
+fn run_rollouts_shell(s: &Server, key: &str, name: &str) -> Value {
+    let marker = format!("<!-- example: {name} -->");
+    let rest = ROLLOUTS_DOC
+        .split(&marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/rollouts.md has no example {name}"));
+    let body = rest.split("```").nth(1).expect("a fenced block");
+    let script = body.split_once('\n').map(|(_, b)| b).unwrap_or("");
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .env("KEY", key)
+        .env("URL", s.url(""))
+        .env("CACERT", &s.root_pem)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "example {name}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("example {name}: {e}: {stdout}"))
+}
+
+/// A registered (pending) device with the given hardware revision and firmware.
+fn registered(s: &Server, key: &str, thing: &str, hw: &str, fw: &str) {
+    let body = json!({"serial_number": thing, "hardware_revision": hw, "firmware_version": fw});
+    let r = s.api("POST", "/api/v1/tokens", key, Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+#[test]
+fn the_rollouts_guide_examples_work() {
+    let s = Server::start(Backend::Sqlite);
+    let key = s.api_key("operator");
+    for pump in ["pump-1", "pump-2", "pump-3"] {
+        registered(&s, &key, pump, "rev-a", "1.0.0");
+    }
+    let job = run_rollouts_shell(&s, &key, "paced-job");
+    assert_eq!(job["jobId"], "fw-2-0-0", "{job}");
+    assert_eq!(job["status"], "IN_PROGRESS", "{job}");
+    // The exponential base rate (10 a minute) covers all three at once.
+    assert_eq!(job["executionCounts"], json!({"QUEUED": 3}), "{job}");
+    assert_eq!(
+        job["config"]["jobExecutionsRolloutConfig"]["maximumPerMinute"], 100,
+        "{job}"
+    );
+    let described = run_rollouts_shell(&s, &key, "describe-job");
+    assert_eq!(described["executionCounts"], json!({"QUEUED": 3}));
+    assert_eq!(described["failuresByGroup"], json!([]));
+
+    // A continuous job on a fleet query: one thing matches at creation...
+    registered(&s, &key, "old-b", "rev-b", "1.2.0");
+    registered(&s, &key, "new-b", "rev-b", "2.1.0");
+    let job = run_rollouts_shell(&s, &key, "continuous-job");
+    assert_eq!(job["targetSelection"], "CONTINUOUS", "{job}");
+    assert_eq!(job["executionCounts"], json!({"QUEUED": 1}), "{job}");
+    // ...and one registered later is added by the scheduler within its period.
+    registered(&s, &key, "later-b", "rev-b", "1.9.0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = s.api("GET", "/api/v1/jobs/fix-rev-b/executions", &key, None);
+        let things: Vec<String> = r.json()["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["thingName"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if things == ["later-b", "old-b"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the later thing was not added within 30 s: {things:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

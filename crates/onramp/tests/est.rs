@@ -52,7 +52,7 @@ fn enrol_happy_path(backend: Backend) {
     assert_eq!(certs[0]["serial"].as_str().unwrap(), serial);
 
     // ... and the enrolment is in the audit log with who, what and from where.
-    let audit = s.cli_json(&["audit", "--action", "est.simpleenroll"]);
+    let audit = s.cli_json(&["audit", "--action", "est.simpleenroll"])["items"].clone();
     let e = &audit.as_array().unwrap()[0];
     assert_eq!(e["outcome"], "success");
     assert_eq!(e["target"], "device:SN-0001");
@@ -124,7 +124,7 @@ fn re_enrolment_supersedes_the_presented_cert_on_postgres() {
 }
 
 fn token_state(s: &Server, serial: &str) -> (bool, bool) {
-    let tokens = s.cli_json(&["token", "list"]);
+    let tokens = s.cli_json(&["token", "list"])["items"].clone();
     let t = tokens
         .as_array()
         .unwrap()
@@ -157,7 +157,7 @@ fn replayed_token(backend: Backend) {
         Some("Basic realm=\"onramp-est\"")
     );
     assert_eq!(s.certs_of("SN-3").len(), 1, "no second certificate");
-    let denied = s.cli_json(&["audit", "--action", "est.simpleenroll"]);
+    let denied = s.cli_json(&["audit", "--action", "est.simpleenroll"])["items"].clone();
     assert_eq!(denied.as_array().unwrap()[0]["outcome"], "denied");
 }
 

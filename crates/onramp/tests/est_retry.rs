@@ -20,10 +20,10 @@ fn replays_audited(s: &Server) -> usize {
         "est.simpleenroll.replay",
         "--limit",
         "1000",
-    ])
-    .as_array()
-    .unwrap()
-    .len()
+    ])["items"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn same_request_gets_the_same_certificate(backend: Backend) {

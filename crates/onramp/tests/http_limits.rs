@@ -445,7 +445,7 @@ fn audit_counts(s: &Server, action: &str, target: &str) -> (Vec<Value>, u64) {
     let rows = s.cli_json(&[
         "audit", "--action", action, "--target", target, "--limit", "1000",
     ]);
-    let rows = rows.as_array().unwrap().clone();
+    let rows = rows["items"].as_array().unwrap().clone();
     let sum = rows
         .iter()
         .map(|r| {

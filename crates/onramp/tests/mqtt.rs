@@ -28,7 +28,7 @@ fn paho(s: &Server, id: &Identity, protocol: &str, steps: Value) -> Vec<Value> {
         .args(["--client-id", &id.name, "--protocol", protocol])
         .args(["--steps", &steps.to_string()])
         .output()
-        .expect("python3 with paho-mqtt (pip install -r tests/requirements.txt)");
+        .unwrap_or_else(|e| panic!("the paho-mqtt client did not start: {e}; {PYTHON_FIX}"));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<Value> = stdout
         .lines()
@@ -87,7 +87,7 @@ fn assert_disconnected_with(line: &Value, code: u64) {
 
 #[test]
 fn devices_publish_to_their_own_topics_and_services_receive_qos0_and_qos1() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     let sub = s.mosquitto_sub(
@@ -120,7 +120,7 @@ fn devices_publish_to_their_own_topics_and_services_receive_qos0_and_qos1() {
 
 #[test]
 fn a_device_subscribes_to_its_own_topics_with_mqtt5() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     let sub = s.mosquitto_sub(
@@ -163,7 +163,7 @@ fn a_device_subscribes_to_its_own_topics_with_mqtt5() {
 
 #[test]
 fn retained_messages_reach_late_subscribers_and_survive_a_restart() {
-    let mut s = Server::start(Backend::Sqlite);
+    let mut s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     assert!(
@@ -233,7 +233,7 @@ fn retained_messages_reach_late_subscribers_and_survive_a_restart() {
 
 #[test]
 fn a_persistent_session_receives_what_it_missed_after_reconnecting() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     // Subscribe with a persistent session (-c), then go away.
@@ -261,7 +261,7 @@ fn a_persistent_session_receives_what_it_missed_after_reconnecting() {
 
 #[test]
 fn a_will_is_published_when_a_device_drops_off() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     let watcher = s.mosquitto_sub(
@@ -294,7 +294,7 @@ fn a_will_is_published_when_a_device_drops_off() {
 
 #[test]
 fn a_shared_subscription_spreads_messages_over_its_members() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let a = s.service("svc-a");
     let b = s.device("svc-b");
     assert!(
@@ -339,7 +339,7 @@ fn a_shared_subscription_spreads_messages_over_its_members() {
 
 #[test]
 fn presence_events_follow_a_device_with_the_aws_fields() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     let sub = s.mosquitto_sub(
@@ -388,7 +388,7 @@ fn presence_events_follow_a_device_with_the_aws_fields() {
 
 #[test]
 fn a_certificate_from_another_ca_cannot_connect() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let dir = s.dir.path();
     let p = |n: &str| dir.join(n).display().to_string();
     openssl(&[
@@ -420,7 +420,7 @@ fn a_certificate_from_another_ca_cannot_connect() {
 
 #[test]
 fn an_expired_certificate_cannot_connect() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let ca = onramp_pki::CertificateAuthority::load(&s.data.join("ca")).unwrap();
     let d = device_csr(s.dir.path(), "old", "/CN=OLD-1");
     let csr = onramp_pki::parse_csr(&std::fs::read(&d.csr_der).unwrap()).unwrap();
@@ -432,7 +432,7 @@ fn an_expired_certificate_cannot_connect() {
         .unwrap();
     let expires = cert.not_after;
     // Registered as the device's active certificate, as an enrolment would.
-    let url = format!("sqlite://{}", s.data.join("onramp.db").display());
+    let url = s.store_url();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -528,7 +528,7 @@ fn assert_refused(s: &Server, id: &Identity, client_id: &str) -> String {
 
 #[test]
 fn a_revoked_certificate_is_refused_at_connect() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     let serial = s.certs_of("D1")[0]["serial"].as_str().unwrap().to_string();
     assert!(
@@ -542,7 +542,7 @@ fn a_revoked_certificate_is_refused_at_connect() {
 
 #[test]
 fn a_suspended_device_is_refused_at_connect() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     assert!(s.cli(&["device", "suspend", "D1"]).status.success());
     let err = assert_refused(&s, &d1, "D1");
@@ -553,7 +553,7 @@ fn a_suspended_device_is_refused_at_connect() {
 
 #[test]
 fn a_device_reconnecting_in_a_tight_loop_is_throttled() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     let results: Vec<(bool, String)> = (0..8)
         .map(|_| s.mosquitto_pub(&d1, &["-t", "things/D1/x", "-m", "x"]))
@@ -576,7 +576,7 @@ fn a_device_reconnecting_in_a_tight_loop_is_throttled() {
 
 #[test]
 fn a_client_id_other_than_the_thing_name_is_refused() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     let err = assert_refused(&s, &d1, "D2");
     assert!(err.contains("identifier rejected"), "{err}");
@@ -584,7 +584,7 @@ fn a_client_id_other_than_the_thing_name_is_refused() {
 
 #[test]
 fn publishing_outside_the_policy_closes_the_connection_and_nothing_leaks() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let spy = spy(&s);
     let d1 = s.device("D1");
     s.device("D2");
@@ -661,7 +661,7 @@ fn publishing_outside_the_policy_closes_the_connection_and_nothing_leaks() {
 
 #[test]
 fn mqtt5_gets_a_not_authorized_puback_for_a_foreign_topic() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     let sub = s.mosquitto_sub(&svc, "svc-1", &["-t", "things/#", "-C", "2", "-W", "10"]);
@@ -698,7 +698,7 @@ fn mqtt5_gets_a_not_authorized_puback_for_a_foreign_topic() {
 
 #[test]
 fn a_topic_over_256_bytes_gets_disconnect_144() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     let topic = |len: usize| {
         let prefix = "things/D1/";
@@ -734,7 +734,7 @@ fn a_topic_over_256_bytes_gets_disconnect_144() {
 
 #[test]
 fn subscribing_outside_the_policy_is_refused_filter_by_filter() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     s.device("D2");
     // One SUBSCRIBE with six filters, each of which reaches beyond the device.
@@ -775,7 +775,7 @@ fn subscribing_outside_the_policy_is_refused_filter_by_filter() {
 
 #[test]
 fn tenants_do_not_see_each_others_topics() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     assert!(s.cli(&["tenant", "create", "acme"]).status.success());
     let svc = s.service("svc-1");
     // An acme service with the same broad policy, in its own tenant.
@@ -854,7 +854,7 @@ fn tenants_do_not_see_each_others_topics() {
 
 #[test]
 fn revoking_a_certificate_drops_its_live_connection() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     let mut sub = s.mosquitto_sub(&d1, "D1", &["-t", "things/D1/#", "-W", "30"]);
     settle();
@@ -894,7 +894,7 @@ fn revoking_a_certificate_drops_its_live_connection() {
 
 #[test]
 fn suspending_a_device_drops_its_live_connection() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     let _sub = s.mosquitto_sub(&d1, "D1", &["-t", "things/D1/#", "-W", "30"]);
     settle();
@@ -915,7 +915,7 @@ fn suspending_a_device_drops_its_live_connection() {
 
 #[test]
 fn garbage_on_the_mqtt_port_is_dropped_without_harm() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     // A TLS client that speaks no MQTT: random bytes after the handshake. The
     // server must close the connection: `timeout` ends openssl with 124 if not.
@@ -963,7 +963,7 @@ fn garbage_on_the_mqtt_port_is_dropped_without_harm() {
 
 #[test]
 fn an_oversize_payload_closes_the_connection_and_is_not_delivered() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     // Topic and payload length of each message: the 200 KiB one would show up
@@ -1001,7 +1001,7 @@ fn an_oversize_payload_closes_the_connection_and_is_not_delivered() {
 #[test]
 fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
     let s = Server::start_with(
-        Backend::Sqlite,
+        backend(),
         &[("ONRAMP_MQTT__HANDSHAKE_TIMEOUT_SECS", "1")],
         None,
     );
@@ -1021,7 +1021,7 @@ fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
 
 #[test]
 fn gateway_metrics_count_connections_messages_and_denials() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let svc = s.service("svc-1");
     let d1 = s.device("D1");
     let sub = s.mosquitto_sub(
@@ -1056,7 +1056,7 @@ fn gateway_metrics_count_connections_messages_and_denials() {
 
 #[test]
 fn a_client_connecting_to_an_ip_address_causes_no_tls_warning() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     // mosquitto puts the address it connects to in SNI, even an IP address
     // (RFC 6066 forbids it); the server must take that quietly.

@@ -163,15 +163,21 @@ fn rejected(v: &Value) -> &Value {
 }
 
 fn device_count(s: &Server) -> usize {
-    s.cli_json(&["device", "list"]).as_array().unwrap().len()
+    s.cli_json(&["device", "list", "--limit", "1000"])["items"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn cert_count(s: &Server) -> usize {
-    s.cli_json(&["cert", "list"]).as_array().unwrap().len()
+    s.cli_json(&["cert", "list", "--limit", "1000"])["items"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn audit(s: &Server, action: &str) -> Vec<Value> {
-    s.cli_json(&["audit", "--action", action, "--limit", "500"])
+    s.cli_json(&["audit", "--action", action, "--limit", "500"])["items"]
         .as_array()
         .unwrap()
         .clone()
@@ -247,7 +253,7 @@ fn fleet_flow(backend: Backend) {
     assert_eq!(certs.len(), 1);
     assert_eq!(certs[0]["status"], "active");
     assert_eq!(certs[0]["fingerprint"], created["certificateId"]);
-    let policies = s.cli_json(&["policy", "list"]);
+    let policies = s.cli_json(&["policy", "list"])["items"].clone();
     assert!(
         policies
             .as_array()
@@ -308,7 +314,7 @@ fn claim_create_keys_register_thing_and_reconnect_postgres() {
 
 #[test]
 fn create_certificate_from_csr_then_register_over_mqtt_3() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     setup_template(&s, "fab", TEMPLATE, &[]);
     let c = claim(&s, "fab", "batch-1");
     let key = s.path("dev.key");
@@ -444,7 +450,7 @@ fn create_and_register(s: &Server, c: &Claim, template: &str, params: Value) -> 
 #[test]
 fn who_may_provision_allow_list_deny_list_and_hook() {
     let s = Server::start_with(
-        Backend::Sqlite,
+        backend(),
         &[("ONRAMP_PROVISIONING__HOOK_TIMEOUT_SECS", "1")],
         None,
     );
@@ -551,7 +557,7 @@ fn who_may_provision_allow_list_deny_list_and_hook() {
 #[test]
 fn ownership_tokens_expire_are_single_use_and_bound_to_their_claim() {
     let s = Server::start_with(
-        Backend::Sqlite,
+        backend(),
         &[("ONRAMP_PROVISIONING__OWNERSHIP_TOKEN_TTL_SECS", "2")],
         None,
     );
@@ -641,7 +647,7 @@ fn ownership_tokens_expire_are_single_use_and_bound_to_their_claim() {
 
 #[test]
 fn a_claim_certificate_may_only_provision() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     setup_template(&s, "fab", TEMPLATE, &[]);
     setup_template(&s, "other", TEMPLATE, &[]);
     let c = claim(&s, "fab", "batch-1");
@@ -715,7 +721,7 @@ fn a_claim_certificate_may_only_provision() {
 #[test]
 fn provisioning_is_rate_limited_per_claim_and_audited() {
     let s = Server::start_with(
-        Backend::Sqlite,
+        backend(),
         &[
             ("ONRAMP_PROVISIONING__RATE_PER_CLAIM__PER_SECOND", "0"),
             ("ONRAMP_PROVISIONING__RATE_PER_CLAIM__BURST", "2"),
@@ -849,7 +855,7 @@ fn wait_trusted(s: &Server, id: &Identity, topic: &str, want: bool) -> bool {
 
 #[test]
 fn jitp_provisions_a_manufacturer_device_on_first_connection() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let ca = make_maker_ca(s.dir.path());
     setup_template(&s, "maker", JITP_TEMPLATE, &["--kind", "jitp"]);
     let meter = maker_device(s.dir.path(), &ca, "meter-0001", "M-0001");
@@ -974,7 +980,7 @@ fn jitp_provisions_a_manufacturer_device_on_first_connection() {
 
 #[test]
 fn a_crash_between_create_and_register_leaves_no_active_certificate_and_the_device_can_retry() {
-    let mut s = Server::start(Backend::Sqlite);
+    let mut s = Server::start(backend());
     setup_template(&s, "fab", TEMPLATE, &[]);
     let c = claim(&s, "fab", "batch-1");
     let r = steps_ok(&s, &c.identity, json!([{"op": "create"}]));
@@ -1007,7 +1013,7 @@ fn a_crash_between_create_and_register_leaves_no_active_certificate_and_the_devi
 
 #[test]
 fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     setup_template(&s, "fab", TEMPLATE, &[]);
     let out_dir = s.path("short");
     let short = s.cli_json(&[
@@ -1027,7 +1033,7 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
     let report = s.cli(&["--json", "claim", "check-expiry"]);
     assert!(report.status.success());
     let expiring: Value = serde_json::from_slice(&report.stdout).unwrap();
-    let serials: Vec<&str> = expiring
+    let serials: Vec<&str> = expiring["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -1062,7 +1068,7 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
     };
     let r = steps_ok(&s, &new_id, json!([{"op": "create"}]));
     accepted(&r[0]);
-    let list = s.cli_json(&["claim", "list"]);
+    let list = s.cli_json(&["claim", "list"])["items"].clone();
     let old = list
         .as_array()
         .unwrap()
@@ -1076,7 +1082,7 @@ fn claim_certificates_are_listed_rotated_and_reported_before_they_expire() {
 #[test]
 fn jitp_can_drop_the_first_connection_like_aws() {
     let s = Server::start_with(
-        Backend::Sqlite,
+        backend(),
         &[("ONRAMP_PROVISIONING__JITP_DROP_FIRST_CONNECTION", "true")],
         None,
     );

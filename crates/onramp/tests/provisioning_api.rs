@@ -79,7 +79,7 @@ fn patch(s: &Server, path: &str, key: &str, body: &Value) -> Curl {
 
 #[test]
 fn templates_are_created_versioned_and_configured_by_admins() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let admin = s.api_key("admin");
 
     // The body as a JSON object.
@@ -355,7 +355,7 @@ fn templates_are_created_versioned_and_configured_by_admins() {
 
 #[test]
 fn claim_certificates_are_issued_once_listed_revoked_and_rotated() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let admin = s.api_key("admin");
     let operator = s.api_key("operator");
     let viewer = s.api_key("viewer");
@@ -620,7 +620,7 @@ fn verification_cert(dir: &Path, name: &str, cn: &str, ca: &Path, ca_key: &Path)
 
 #[test]
 fn manufacturer_cas_are_registered_with_proof_of_possession_and_retired() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let admin = s.api_key("admin");
     let dir = s.dir.path();
     let r = post(
@@ -833,7 +833,7 @@ fn manufacturer_cas_are_registered_with_proof_of_possession_and_retired() {
 
 #[test]
 fn the_openapi_document_lists_the_provisioning_routes() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let doc = s.curl(&[&s.url("/api/v1/openapi.json")]).json();
     for (path, method) in [
         ("/api/v1/templates", "get"),

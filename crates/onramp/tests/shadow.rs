@@ -21,7 +21,7 @@ fn payload(line: &str) -> Value {
 
 #[test]
 fn desired_state_from_rest_reaches_the_device_as_a_delta_and_reporting_clears_it() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     let d1 = s.device("D1");
     let delta = s.mosquitto_sub(
@@ -86,7 +86,7 @@ fn desired_state_from_rest_reaches_the_device_as_a_delta_and_reporting_clears_it
 
 #[test]
 fn the_rest_get_shows_the_delta_and_missing_shadows_get_aws_errors() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     s.device("D1");
     let (status, _) = rest(
@@ -109,7 +109,7 @@ fn the_rest_get_shows_the_delta_and_missing_shadows_get_aws_errors() {
 
 #[test]
 fn named_shadows_work_over_mqtt_and_are_listed() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     let d1 = s.device("D1");
     let accepted = s.mosquitto_sub(
@@ -147,7 +147,7 @@ fn named_shadows_work_over_mqtt_and_are_listed() {
 
 #[test]
 fn a_device_cannot_touch_another_devices_shadow() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     s.device("D1");
     let d2 = s.device("D2");
@@ -182,7 +182,7 @@ fn a_device_cannot_touch_another_devices_shadow() {
 
 #[test]
 fn bad_shadow_documents_are_refused_and_change_nothing() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     s.device("D1");
     let (status, _) = rest(
@@ -226,7 +226,7 @@ fn bad_shadow_documents_are_refused_and_change_nothing() {
 
 #[test]
 fn version_numbering_continues_after_delete_and_recreate() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     s.device("D1");
     for v in 1..=3 {
@@ -272,7 +272,7 @@ fn version_numbering_continues_after_delete_and_recreate() {
 
 #[test]
 fn concurrent_updates_from_many_writers_lose_nothing() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     s.device("D1");
     std::thread::scope(|scope| {
@@ -300,7 +300,7 @@ fn concurrent_updates_from_many_writers_lose_nothing() {
 
 #[test]
 fn the_cli_updates_a_shadow_and_the_running_server_sends_the_delta() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let d1 = s.device("D1");
     let delta = s.mosquitto_sub(
         &d1,
@@ -338,14 +338,17 @@ fn the_cli_updates_a_shadow_and_the_running_server_sends_the_delta() {
     assert_eq!(payload(&lines[0])["state"], json!({"interval": 60}));
     let out = s.cli(&["shadow", "get", "D1", "--name", "missing"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: No shadow exists with name: 'missing'\n"
+    );
     let out = s.cli(&["shadow", "delete", "D1"]);
     assert!(out.status.success());
 }
 
 #[test]
 fn a_fleet_query_finds_devices_by_reported_firmware_version() {
-    let s = Server::start(Backend::Sqlite);
+    let s = Server::start(backend());
     let key = s.api_key("operator");
     for (thing, fw) in [
         ("A", "2.4.9"),

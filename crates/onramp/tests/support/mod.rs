@@ -13,6 +13,34 @@ pub enum Backend {
     Postgres,
 }
 
+/// The variable that picks the store of the server suites' default backend.
+pub const STORE_VAR: &str = "ONRAMP_TEST_STORE";
+
+impl Backend {
+    /// Reads a value of `ONRAMP_TEST_STORE`: unset or empty is SQLite. Any
+    /// other value is refused, so that a typo cannot quietly test SQLite twice.
+    pub fn parse(value: Option<&std::ffi::OsStr>) -> Result<Backend, String> {
+        let Some(value) = value else {
+            return Ok(Backend::Sqlite);
+        };
+        match value.to_str() {
+            Some("" | "sqlite") => Ok(Backend::Sqlite),
+            Some("postgres") => Ok(Backend::Postgres),
+            _ => Err(format!(
+                "{STORE_VAR}={value:?} is not a store: use `sqlite` (the default) or `postgres`"
+            )),
+        }
+    }
+}
+
+/// The backend for tests that hold for every store: SQLite, or with
+/// `ONRAMP_TEST_STORE=postgres` (as the second pass of `scripts/test` sets)
+/// PostgreSQL, each server on a scratch database of its own. One build of
+/// the test binaries serves both passes.
+pub fn backend() -> Backend {
+    Backend::parse(std::env::var_os(STORE_VAR).as_deref()).unwrap_or_else(|why| panic!("{why}"))
+}
+
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
@@ -89,6 +117,14 @@ impl Server {
         let mut c = Command::new(bin());
         c.arg("--data-dir").arg(&self.data);
         c.env_remove("RUST_LOG");
+        // Admin commands stay local: no operator's `onramp login` file is read.
+        c.env(
+            "ONRAMP_CREDENTIALS",
+            self.dir.path().join("no-credentials.toml"),
+        );
+        for var in ["ONRAMP_SERVER", "ONRAMP_API_KEY", "ONRAMP_CA_FILE"] {
+            c.env_remove(var);
+        }
         if let Some(url) = &self.database_url {
             c.env("ONRAMP_DATABASE_URL", url);
         }
@@ -184,6 +220,14 @@ impl Server {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// The URL of this server's store, for a test that writes to it directly.
+    pub fn store_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => onramp_store::testing::sqlite_url(&self.data),
+        }
     }
 
     pub fn server_log(&self) -> String {
@@ -322,7 +366,7 @@ impl Server {
     }
 
     pub fn certs_of(&self, thing: &str) -> Vec<Value> {
-        self.cli_json(&["cert", "list", "--thing-name", thing])
+        self.cli_json(&["cert", "list", "--thing-name", thing])["items"]
             .as_array()
             .unwrap()
             .clone()
