@@ -29,39 +29,50 @@ pub enum ArtifactCommand {
     /// Create a signing key (PKCS#8 PEM, mode 0600) and its public key.
     /// Runs on the build machine; needs no server and no data directory.
     Keygen {
+        /// Where to write the private key (PKCS#8 PEM, mode 0600); must not exist.
         #[arg(long)]
         out: PathBuf,
+        /// Where to write the public key (PEM) to register as a signer.
         #[arg(long)]
         public_out: PathBuf,
+        /// The key type.
         #[arg(long, value_enum, default_value = "ed25519")]
         algorithm: AlgorithmArg,
     },
     /// Write a detached signature of FILE with a PKCS#8 PEM key (Ed25519 or
     /// ECDSA P-256, by the key's type). Needs no server and no data directory.
     Sign {
+        /// The artifact to sign.
         file: PathBuf,
+        /// The PKCS#8 PEM private key (Ed25519 or ECDSA P-256).
         #[arg(long)]
         key: PathBuf,
         /// Default: FILE.sig.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How to write the signature.
         #[arg(long, value_enum, default_value = "der")]
         format: SignatureFormat,
     },
     /// Store an artifact, verified against a registered signer.
     Upload {
+        /// The artifact to upload.
         file: PathBuf,
         /// The detached signature file (raw/DER or base64).
         #[arg(long, requires = "signer")]
         signature: Option<PathBuf>,
+        /// The registered signer whose key made the signature.
         #[arg(long, requires = "signature")]
         signer: Option<String>,
         /// Default: the file's name.
         #[arg(long)]
         name: Option<String>,
     },
+    /// List the stored artifacts.
     List,
+    /// Show one artifact.
     Show {
+        /// The artifact's SHA-256 (hex).
         sha256: String,
     },
 }
@@ -80,13 +91,17 @@ impl ArtifactCommand {
 pub enum SignerCommand {
     /// Register a signer's public key (PEM, Ed25519 or ECDSA P-256).
     Add {
+        /// The signer's name (letters, digits, '-' and '_').
         name: String,
+        /// The public key PEM file.
         #[arg(long)]
         public_key: PathBuf,
     },
+    /// List the signers.
     List,
     /// Remove a signer: uploads naming it are refused from then on.
     Delete {
+        /// The signer's name.
         name: String,
     },
 }
