@@ -4,6 +4,7 @@
 //! callers pass the current time and any randomness in. That keeps every rule
 //! here testable exhaustively, without a database, a socket or a CA.
 
+pub mod artifact;
 pub mod audit;
 pub mod enrolment;
 pub mod fleet;

@@ -5,6 +5,7 @@
 //! place per protocol; they hold no business rule and no SQL.
 
 mod api;
+mod artifacts_api;
 mod error;
 mod est;
 mod jobs_api;
@@ -35,6 +36,7 @@ pub fn router(state: AppState, metrics_on_https: bool) -> Router {
         .merge(est::routes())
         .merge(api::routes())
         .merge(jobs_api::routes())
+        .merge(artifacts_api::routes())
         .merge(ops::health_routes());
     if metrics_on_https {
         app = app.merge(ops::metrics_routes());

@@ -1,6 +1,6 @@
 //! The OpenAPI document served at `/api/v1/openapi.json`.
 
-use crate::{api, jobs_api};
+use crate::{api, artifacts_api, jobs_api};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -18,7 +18,7 @@ impl Modify for ApiKeyAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Onramp management API", description = "Devices, enrolment tokens, allow-list, certificates, API keys, policies, provisioning templates, claim certificates, registered CAs, jobs and the audit log. EST (RFC 7030) lives under /.well-known/est."),
+    info(title = "Onramp management API", description = "Devices, enrolment tokens, allow-list, certificates, API keys, policies, provisioning templates, claim certificates, registered CAs, jobs, signed OTA artifacts and the audit log. EST (RFC 7030) lives under /.well-known/est."),
     paths(
         api::whoami, api::list_devices, api::get_device, api::patch_device, api::suspend_device,
         api::reactivate_device, api::decommission_device, api::create_token, api::list_tokens,
@@ -34,6 +34,8 @@ impl Modify for ApiKeyAuth {
         api::ca_registration_code, api::list_cas, api::register_ca, api::patch_ca,
         jobs_api::create_job, jobs_api::list_jobs, jobs_api::describe_job, jobs_api::cancel_job,
         jobs_api::list_job_executions, jobs_api::thing_jobs,
+        artifacts_api::add_signer, artifacts_api::list_signers, artifacts_api::delete_signer,
+        artifacts_api::upload_artifact, artifacts_api::list_artifacts, artifacts_api::get_artifact,
     ),
     modifiers(&ApiKeyAuth)
 )]

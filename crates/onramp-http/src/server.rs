@@ -62,6 +62,9 @@ pub struct HttpLimits {
     /// The unread body of a refused request is read and discarded up to this
     /// many bytes before the refusal is sent; beyond it the connection closes.
     pub max_discard_bytes: u64,
+    /// The body deadline of an artifact upload (`POST /api/v1/artifacts`),
+    /// which may be gigabytes, instead of `body_read_timeout`.
+    pub upload_body_read_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -77,6 +80,7 @@ impl Default for HttpLimits {
             max_header_bytes: 64 * 1024,
             h2_keep_alive_interval: Duration::from_secs(30),
             max_discard_bytes: 16 * 1024 * 1024,
+            upload_body_read_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -238,6 +242,33 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that keeps its request counted as in progress until the
+/// body has been sent (or dropped).
+struct Tracked {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 // ---- the request body: deadline, and what is left after the handler ----
 
 /// The request body did not arrive within `body_read_timeout`.
@@ -353,10 +384,16 @@ async fn handle(
         .get(hyper::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let http1 = req.version() < hyper::Version::HTTP_2;
+    let body_timeout =
+        if req.method() == hyper::Method::POST && req.uri().path() == "/api/v1/artifacts" {
+            limits.upload_body_read_timeout
+        } else {
+            limits.body_read_timeout
+        };
     let (parts, incoming) = req.into_parts();
     let state = Arc::new(Mutex::new(BodyState {
         inner: incoming,
-        deadline: Box::pin(tokio::time::sleep(limits.body_read_timeout)),
+        deadline: Box::pin(tokio::time::sleep(body_timeout)),
         read: 0,
         ended: false,
         polled: false,
@@ -493,9 +530,16 @@ pub async fn serve(
                     req.extensions_mut().insert(SourceAddr(addr));
                     let (app, limits) = (app.clone(), limits.clone());
                     async move {
-                        let resp = handle(app, limits, req).await;
-                        drop(in_flight);
-                        resp
+                        // The request stays in progress until its response
+                        // body is sent: a long download is not idle.
+                        handle(app, limits, req).await.map(|resp| {
+                            resp.map(|body| {
+                                axum::body::Body::new(Tracked {
+                                    body,
+                                    _in_flight: in_flight,
+                                })
+                            })
+                        })
                     }
                 })
             };

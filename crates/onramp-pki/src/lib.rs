@@ -12,6 +12,7 @@ mod encoding;
 mod files;
 mod provisioning;
 mod secrets;
+pub mod signing;
 pub mod tls;
 
 pub use ca::{CaKeyAlgorithm, CertificateAuthority, IssuedCert, ServerIdentity};
@@ -26,6 +27,7 @@ pub use provisioning::{
     CaCertificateInfo, parse_ca_certificate, subject_parameters, verification_certificate_ok,
 };
 pub use secrets::{SecretHasher, random_secret};
+pub use signing::Sha256Context;
 pub use tls::{ClientCerts, ClientRoots, server_config, server_config_with_roots};
 
 /// Everything that can go wrong in the PKI layer.

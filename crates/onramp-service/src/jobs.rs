@@ -163,12 +163,20 @@ fn known_config(config: &Value) -> Result<Value> {
                      thing-group members of their creation (SNAPSHOT)"
                 )));
             }
+        } else if name == "requireSignedArtifacts" {
+            // Checked by `check_job_artifacts` at creation; not a rule of executions.
+            if !value.is_boolean() {
+                return Err(ServiceError::BadRequest(
+                    "requireSignedArtifacts must be true or false".into(),
+                ));
+            }
         } else if CONFIG_MEMBERS.contains(&name.as_str()) {
             known.insert(name.clone(), value.clone());
         } else {
             return Err(ServiceError::BadRequest(format!(
                 "unknown or unsupported member {name:?}; a job takes jobId, description, \
-                 document, targets, thingGroups, query, targetSelection and {}",
+                 document, targets, thingGroups, query, targetSelection, \
+                 requireSignedArtifacts and {}",
                 CONFIG_MEMBERS.join(", ")
             )));
         }
@@ -348,7 +356,8 @@ impl Onramp {
         match outcome {
             Ok(replies) => {
                 metrics::counter!("onramp_jobs_requests_total", "op" => op, "outcome" => "accepted").increment(1);
-                replies
+                self.resolve_artifacts_in_replies(tenant, &topic.thing_name, replies)
+                    .await
             }
             Err(r) => {
                 metrics::counter!("onramp_jobs_requests_total", "op" => op, "outcome" => "rejected").increment(1);
@@ -572,6 +581,9 @@ impl Onramp {
             let docs = |id: &str| rules.get(id).map(|r| r.document.clone());
             let replies =
                 notification_replies(&thing, job::notifications(&before, &after, at, &docs));
+            let replies = self
+                .resolve_artifacts_in_replies(tenant, &thing, replies)
+                .await;
             self.publish_everywhere(tenant, replies).await;
         }
     }
@@ -596,6 +608,8 @@ impl Onramp {
             q.validate()
                 .map_err(|e| ServiceError::BadRequest(format!("query: {e}")))?;
         }
+        self.check_job_artifacts(tenant, &document, &request.config)
+            .await?;
         let things = self.resolve_targets(tenant, &request.targets).await?;
         if things.is_empty() && !request.continuous {
             return Err(ServiceError::BadRequest(

@@ -4,6 +4,7 @@
 //! are the only side effects.
 
 mod admin;
+mod artifacts;
 mod caller;
 mod device;
 mod enrolment;
@@ -18,6 +19,7 @@ mod scheduler;
 mod shadow;
 
 pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
+pub use artifacts::{Artifact, ArtifactDownload, ArtifactSettings, Signer, UploadArtifact};
 pub use caller::Caller;
 pub use device::{Audience, DeviceReply, MessageSink, RequestOrigin};
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
@@ -64,6 +66,8 @@ pub struct Settings {
     pub refusal_audit_window_secs: i64,
     /// Jobs requests per thing; beyond it devices get RequestThrottled.
     pub jobs_rate_per_thing: RateLimit,
+    /// OTA artifacts: storage, size limit, download URLs and rate.
+    pub artifacts: ArtifactSettings,
 }
 
 impl Default for Settings {
@@ -101,6 +105,7 @@ impl Default for Settings {
                 per_second: 20,
                 burst: 40,
             },
+            artifacts: ArtifactSettings::default(),
         }
     }
 }
@@ -147,6 +152,10 @@ struct Inner {
     node_id: String,
     /// Shadow versions whose replies this process published (tenant, thing, shadow).
     published_shadows: std::sync::Mutex<std::collections::HashMap<(String, String, String), i64>>,
+    /// Artifact download requests per device.
+    download_limiter: RateLimiter,
+    /// The HTTPS base URL of artifact download links.
+    artifact_base_url: std::sync::OnceLock<String>,
 }
 
 impl Onramp {
@@ -182,6 +191,8 @@ impl Onramp {
                     .unwrap_or_default(),
                 sink: std::sync::OnceLock::new(),
                 jobs_limiter: RateLimiter::new(settings.jobs_rate_per_thing),
+                download_limiter: RateLimiter::new(settings.artifacts.downloads_per_device),
+                artifact_base_url: std::sync::OnceLock::new(),
                 job_rules: std::sync::Mutex::new(std::collections::HashMap::new()),
                 published_shadows: std::sync::Mutex::new(std::collections::HashMap::new()),
                 node_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -213,6 +224,7 @@ impl Onramp {
         self.inner.claim_limiter.sweep();
         self.inner.throttle_audit_limiter.sweep();
         self.inner.provisioning_source_limiter.sweep();
+        self.inner.download_limiter.sweep();
         self.inner.serial_failures.sweep(std::time::Instant::now());
         self.inner.api_key_failures.sweep(std::time::Instant::now());
     }

@@ -9,11 +9,13 @@
 //!
 //! The store knows nothing of HTTP, MQTT or certificates' bytes beyond storing them.
 
+mod artifacts;
 mod jobs;
 mod provisioning;
 mod sql;
 pub mod testing;
 
+pub use artifacts::{ArtifactRecord, ArtifactStore, SignerRecord};
 pub use jobs::{JobRecord, JobStore, execution_cursor_of};
 pub use provisioning::{
     OwnershipClaim, PolicyToAttach, ProvisioningStore, RegistrationCommit, RegistrationOutcome,
@@ -206,7 +208,7 @@ pub struct NewToken {
 }
 
 #[async_trait]
-pub trait Store: ProvisioningStore + JobStore + Send + Sync + 'static {
+pub trait Store: ProvisioningStore + JobStore + ArtifactStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 

@@ -130,6 +130,12 @@ enum Command {
     /// Claim certificates for fleet provisioning.
     #[command(subcommand)]
     Claim(crate::cli_provisioning::ClaimCommand),
+    /// Signed OTA artifacts: keygen and sign (build machine), upload.
+    #[command(subcommand)]
+    Artifact(crate::cli_artifacts::ArtifactCommand),
+    /// Public keys that sign artifacts.
+    #[command(subcommand)]
+    Signer(crate::cli_artifacts::SignerCommand),
 }
 
 impl Command {
@@ -142,6 +148,8 @@ impl Command {
             Command::Ca(CaCommand::Import { .. }) => Some("ca import"),
             Command::Tenant(TenantCommand::Create { .. }) => Some("tenant create"),
             Command::Tenant(TenantCommand::List) => Some("tenant list"),
+            Command::Artifact(_) => Some("artifact"),
+            Command::Signer(_) => Some("signer"),
             _ => None,
         }
     }
@@ -495,6 +503,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Login => return login(&cli, &out).await,
         Command::Logout => return logout(&out),
+        // Build-machine commands: no server, no data directory.
+        Command::Artifact(cmd) if cmd.is_offline() => {
+            return crate::cli_artifacts::offline(cmd, &out);
+        }
         _ => {}
     }
     let remote_args = RemoteArgs {
@@ -595,6 +607,14 @@ async fn run_local_only(cli: Cli) -> Result<()> {
             let rows = tenants.iter().map(|t| vec![t.clone()]).collect();
             out.list(&tenants, None, &["TENANT"], rows)
         }
+        Command::Artifact(cmd) => {
+            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
+            crate::cli_artifacts::artifact(&onramp, &caller, &out, cmd).await
+        }
+        Command::Signer(cmd) => {
+            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
+            crate::cli_artifacts::signer(&onramp, &caller, &out, cmd).await
+        }
         _ => anyhow::bail!("not a local-only command"),
     }
 }
@@ -656,6 +676,8 @@ async fn admin_command(admin: &Admin, out: &Output, command: Command) -> Result<
         | Command::Login
         | Command::Logout
         | Command::Tenant(_)
+        | Command::Artifact(_)
+        | Command::Signer(_)
         | Command::Ca(CaCommand::Import { .. }) => anyhow::bail!("command handled earlier"),
         Command::Ca(CaCommand::Show) => {
             let ca = admin.ca().await?;

@@ -19,7 +19,26 @@ pub struct Config {
     pub enrolment: EnrolmentConfig,
     pub mqtt: MqttConfig,
     pub provisioning: ProvisioningConfig,
+    pub artifacts: ArtifactsConfig,
     pub log: LogConfig,
+}
+
+/// Signed OTA artifacts (docs/artifacts.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// Base of the download URLs put in job documents, such as
+    /// `https://onramp.example.com:8443`; empty: `https://` + the first of
+    /// `http.hosts` + the HTTPS port.
+    pub public_url: String,
+    /// The largest artifact accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Lifetime of a download URL in a job document.
+    pub url_ttl_secs: i64,
+    /// Download requests per device.
+    pub downloads_per_device: RateConfig,
+    /// Bandwidth of one download, bytes per second; 0: unpaced.
+    pub download_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -93,6 +112,8 @@ pub struct HttpConfig {
     pub header_read_timeout_secs: u64,
     /// Time allowed for a request body, from its head.
     pub body_read_timeout_secs: u64,
+    /// Time allowed for the body of an artifact upload (`POST /api/v1/artifacts`).
+    pub upload_body_read_timeout_secs: u64,
     /// A connection with no request in progress is closed after this.
     pub idle_timeout_secs: u64,
     /// Live HTTPS connections, in total and per client IP address.
@@ -182,6 +203,7 @@ hosts = ["localhost", "127.0.0.1", "::1"]
 handshake_timeout_secs = 10
 header_read_timeout_secs = 10
 body_read_timeout_secs = 30
+upload_body_read_timeout_secs = 3600
 idle_timeout_secs = 60
 max_connections = 10000
 max_connections_per_source = 256
@@ -233,6 +255,13 @@ rate_per_source = { per_second = 50, burst = 200 }
 hook_timeout_secs = 5
 claim_expiry_warning_days = 30
 jitp_drop_first_connection = false
+
+[artifacts]
+public_url = ""
+max_upload_bytes = 2147483648
+url_ttl_secs = 3600
+downloads_per_device = { per_second = 1, burst = 10 }
+download_bytes_per_sec = 0
 
 [log]
 format = "text"
@@ -330,6 +359,11 @@ impl Config {
 
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("tls")
+    }
+
+    /// Where uploaded artifacts are kept (0700), by SHA-256.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.data_dir.join("artifacts")
     }
 
     pub fn hmac_key_path(&self) -> PathBuf {
@@ -469,6 +503,7 @@ impl HttpConfig {
             max_header_bytes: self.max_header_bytes.max(8192),
             h2_keep_alive_interval: secs(self.h2_keep_alive_interval_secs),
             max_discard_bytes: self.max_discard_bytes,
+            upload_body_read_timeout: secs(self.upload_body_read_timeout_secs),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod cli_artifacts;
 mod cli_jobs;
 mod cli_provisioning;
 mod config;

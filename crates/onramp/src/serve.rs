@@ -89,8 +89,41 @@ pub async fn open_onramp(cfg: &Config, data_dir: DataDir) -> Result<Onramp> {
         api_key_failures_per_source: cfg.http.api_key_failures_per_source.limit(),
         refusal_audit_window_secs: cfg.http.refusal_audit_window_secs.max(1),
         jobs_rate_per_thing: onramp_service::Settings::default().jobs_rate_per_thing,
+        artifacts: {
+            let a = &cfg.artifacts;
+            onramp_service::ArtifactSettings {
+                dir: Some(cfg.artifacts_dir()),
+                max_upload_bytes: a.max_upload_bytes.max(1),
+                url_ttl_secs: a.url_ttl_secs.max(1),
+                downloads_per_device: RateLimit {
+                    per_second: a.downloads_per_device.per_second,
+                    burst: a.downloads_per_device.burst,
+                },
+                download_bytes_per_sec: a.download_bytes_per_sec,
+            }
+        },
     };
     Ok(Onramp::new(store, ca, hasher, settings))
+}
+
+/// The base of artifact download URLs: `artifacts.public_url`, or the first
+/// server host name with the bound HTTPS port.
+fn artifact_base_url(cfg: &Config, port: u16) -> String {
+    let configured = cfg.artifacts.public_url.trim();
+    if !configured.is_empty() {
+        return configured.trim_end_matches('/').to_string();
+    }
+    let host = cfg
+        .http
+        .hosts
+        .first()
+        .map(String::as_str)
+        .unwrap_or("localhost");
+    if host.contains(':') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    }
 }
 
 fn load_or_create_ca(cfg: &Config) -> Result<CertificateAuthority> {
@@ -301,6 +334,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
     };
     // Tests and scripts read the bound address (the port may be ephemeral).
     std::fs::write(cfg.data_dir.join("https.addr"), addr.to_string())?;
+    onramp.set_artifact_base_url(&artifact_base_url(&cfg, addr.port()));
+    let unfinished = onramp.clean_artifact_uploads();
+    if unfinished > 0 {
+        tracing::info!(count = unfinished, "removed unfinished artifact uploads");
+    }
     let served = if cfg.http.metrics {
         "EST, API, health, metrics"
     } else {

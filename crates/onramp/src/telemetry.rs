@@ -134,7 +134,18 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             vec![("status", status)],
         ));
     }
+    for reason in ["rate_limited", "token", "no_job"] {
+        all.push((
+            "onramp_artifact_downloads_refused_total",
+            vec![("reason", reason)],
+        ));
+    }
+    for outcome in ["signed", "unsigned", "bad_signature"] {
+        all.push(("onramp_artifact_uploads_total", vec![("outcome", outcome)]));
+    }
     for name in [
+        "onramp_artifact_download_bytes_total",
+        "onramp_artifact_downloads_completed_total",
         "onramp_jobs_created_total",
         "onramp_job_rollout_released_total",
         "onramp_job_aborts_total",
@@ -199,6 +210,22 @@ fn describe() {
         "Job executions written, by the status they reached"
     );
     describe_counter!("onramp_jobs_created_total", "Jobs created");
+    describe_counter!(
+        "onramp_artifact_download_bytes_total",
+        "Artifact bytes sent to devices"
+    );
+    describe_counter!(
+        "onramp_artifact_downloads_completed_total",
+        "Artifact downloads that reached the end of the file"
+    );
+    describe_counter!(
+        "onramp_artifact_downloads_refused_total",
+        "Artifact downloads refused, by reason"
+    );
+    describe_counter!(
+        "onramp_artifact_uploads_total",
+        "Artifact uploads, by outcome"
+    );
     describe_counter!(
         "onramp_job_confirmations_total",
         "Successes settled by the firmware version devices reported: confirmed or not"
