@@ -311,7 +311,11 @@ async fn execution_counts(
         );
     }
     let job: Value = serde_json::from_slice(&response.body).context("the job description")?;
-    Ok(job["executionCounts"]
+    let counts = match &job["executionCounts"] {
+        Value::Null => &job["execution_counts"],
+        counts => counts,
+    };
+    Ok(counts
         .as_object()
         .map(|counts| {
             counts
