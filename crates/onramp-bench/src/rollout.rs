@@ -444,6 +444,8 @@ struct DeviceResult {
     /// start-next sent without a notification.
     fallbacks: usize,
     succeeded: bool,
+    /// When the SUCCEEDED update was accepted.
+    succeeded_at: Option<Instant>,
     failed: bool,
     /// A request still without a reply when the phase ended.
     unanswered: bool,
@@ -739,6 +741,7 @@ impl Device {
                     job.shared.updates.fetch_add(1, Ordering::Relaxed);
                     if last {
                         result.succeeded = true;
+                        result.succeeded_at = Some(now);
                         job.shared.succeeded.fetch_add(1, Ordering::Relaxed);
                         Ok(Step::Done)
                     } else {
@@ -857,6 +860,8 @@ struct UnthrottledResult {
     updates: u64,
     /// Accepted replies by the time the POST was answered.
     updates_at_response: u64,
+    /// From the first `notify-next` to the last SUCCEEDED accepted.
+    working: Duration,
     succeeded: u64,
     notified: usize,
     /// `notify-next` arrivals before the POST's response.
@@ -947,6 +952,14 @@ async fn unthrottled_phase(
         .filter_map(|r| r.notified.map(|(at, _, _)| at))
         .collect();
     let notified_early = arrivals.iter().filter(|&&at| at < answered).count();
+    // Devices at work: from the first notify-next to the last SUCCEEDED accepted.
+    let working = match (
+        arrivals.iter().min(),
+        phased.results.iter().filter_map(|r| r.succeeded_at).max(),
+    ) {
+        (Some(&first), Some(last)) => last.saturating_duration_since(first),
+        _ => Duration::ZERO,
+    };
     let notify_latency = Latency::of(
         arrivals
             .iter()
@@ -968,6 +981,7 @@ async fn unthrottled_phase(
             post: answered - sent,
             updates,
             updates_at_response,
+            working,
             succeeded,
             notified: arrivals.len(),
             notified_early,
@@ -1183,6 +1197,14 @@ fn summarise(
                 u.updates, u.succeeded
             ),
         ));
+        let rate_working = per_second(u.updates, u.working);
+        rows.push((
+            "unthrottled: updates/s from the first notify-next".into(),
+            format!(
+                "{rate_working:.1} (over {:.2} s, first notify-next to last SUCCEEDED accepted)",
+                u.working.as_secs_f64()
+            ),
+        ));
         let after = u.wall.saturating_sub(u.post);
         let rate_after = per_second(u.updates - u.updates_at_response, after);
         rows.push((
@@ -1241,6 +1263,8 @@ fn summarise(
             "updates": u.updates,
             "updates_per_s": (rate * 10.0).round() / 10.0,
             "updates_before_response": u.updates_at_response,
+            "working_s": u.working.as_secs_f64(),
+            "updates_per_s_from_first_notify": (rate_working * 10.0).round() / 10.0,
             "updates_per_s_after_response": (rate_after * 10.0).round() / 10.0,
             "succeeded": u.succeeded,
             "request_to_accepted_ms": t.latency.json(),
