@@ -1339,7 +1339,7 @@ fn summarise(
             ),
         ));
         rows.push(("paced: executionCounts".into(), counts_line(&p.counts)));
-        rows.extend(cpu_rows("paced: ", &p.cpu, p.released as u64));
+        rows.extend(cpu_rows("paced: ", &p.cpu, t.samples as u64));
         rows.push((
             "paced: server CPU per execution".into(),
             format!(
