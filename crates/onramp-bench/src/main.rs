@@ -9,6 +9,7 @@ mod mqtt;
 mod onboard;
 mod report;
 mod revocation;
+mod rollout;
 mod server;
 mod shadow_bench;
 mod sys;
@@ -58,6 +59,10 @@ enum Command {
     /// MQTT while an operator revokes (or suspends) some of them; the time
     /// from each API answer to the server closing that connection.
     Revocation(revocation::RevocationArgs),
+    /// AWS IoT Jobs over MQTT: one job to every device as fast as the
+    /// server takes the executions' updates, then a job paced by
+    /// `maximumPerMinute`, its releases counted per minute.
+    Rollout(rollout::RolloutArgs),
 }
 
 #[tokio::main]
@@ -71,6 +76,7 @@ async fn main() -> ExitCode {
         Command::Shadow(args) => shadow_bench::run(args).await,
         Command::Onboard(args) => onboard::run(args).await,
         Command::Revocation(args) => revocation::run(args).await,
+        Command::Rollout(args) => rollout::run(args).await,
         Command::MqttIdleWorker(args) => {
             return match mqtt::idle::worker(args).await {
                 Ok(()) => ExitCode::SUCCESS,

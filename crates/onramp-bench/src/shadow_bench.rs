@@ -193,7 +193,7 @@ pub async fn run(args: ShadowArgs) -> Result<Report> {
 }
 
 /// A configuration file naming `--database-url`, if one was given.
-fn database_config(args: &ServerArgs) -> Result<Option<tempfile::NamedTempFile>> {
+pub(crate) fn database_config(args: &ServerArgs) -> Result<Option<tempfile::NamedTempFile>> {
     let Some(url) = &args.database_url else {
         return Ok(None);
     };
@@ -209,7 +209,7 @@ fn database_config(args: &ServerArgs) -> Result<Option<tempfile::NamedTempFile>>
 }
 
 /// The registry backend the server's start-up log line names.
-fn logged_backend(server: &Server) -> &'static str {
+pub(crate) fn logged_backend(server: &Server) -> &'static str {
     let log = server.log_tail();
     match log.lines().find(|l| l.contains("serving HTTPS")) {
         Some(line) if line.contains("\"postgres\"") => "postgres",
@@ -220,7 +220,7 @@ fn logged_backend(server: &Server) -> &'static str {
 
 /// Creates an admin API key with the CLI (on the server's database) and
 /// returns its secret.
-async fn admin_api_key(server: &Server, config: Option<&str>) -> Result<String> {
+pub(crate) async fn admin_api_key(server: &Server, config: Option<&str>) -> Result<String> {
     let mut args: Vec<&str> = Vec::new();
     if let Some(path) = config {
         args.extend(["--config", path]);
@@ -466,7 +466,7 @@ fn first_certificate(p7: &[u8]) -> Result<Vec<u8>> {
 // ---------------------------------------------------------------------------
 // The MQTT 3.1.1 device client
 
-type Conn = Framed<TlsStream<TcpStream>, Codec>;
+pub(crate) type Conn = Framed<TlsStream<TcpStream>, Codec>;
 
 /// A connected, subscribed device.
 struct Device {
@@ -805,7 +805,7 @@ impl Device {
     }
 }
 
-async fn read_packet(conn: &mut Conn, what: &str) -> Result<Packet> {
+pub(crate) async fn read_packet(conn: &mut Conn, what: &str) -> Result<Packet> {
     match timeout(MQTT_SETUP_TIMEOUT, conn.next()).await {
         Err(_) => bail!("no {what} within {MQTT_SETUP_TIMEOUT:?}"),
         Ok(None) => bail!("the server closed the connection instead of sending {what}"),
@@ -908,8 +908,8 @@ struct DeviceResult {
 
 /// CPU used by the server, the bench and the whole machine, at one moment.
 #[derive(Clone, Copy)]
-struct CpuMark {
-    at: Instant,
+pub(crate) struct CpuMark {
+    pub(crate) at: Instant,
     server: Duration,
     own: Duration,
     machine: Duration,
@@ -917,7 +917,7 @@ struct CpuMark {
 }
 
 impl CpuMark {
-    fn now(server: &Server) -> Result<CpuMark> {
+    pub(crate) fn now(server: &Server) -> Result<CpuMark> {
         Ok(CpuMark {
             at: Instant::now(),
             server: server.cpu_time()?,
@@ -927,7 +927,7 @@ impl CpuMark {
         })
     }
 
-    fn since(self, earlier: CpuMark) -> CpuUse {
+    pub(crate) fn since(self, earlier: CpuMark) -> CpuUse {
         let server = self.server.saturating_sub(earlier.server);
         let own = self.own.saturating_sub(earlier.own);
         CpuUse {
@@ -945,9 +945,9 @@ impl CpuMark {
     }
 }
 
-struct CpuUse {
-    wall: Duration,
-    server: Duration,
+pub(crate) struct CpuUse {
+    pub(crate) wall: Duration,
+    pub(crate) server: Duration,
     own: Duration,
     other: Duration,
     switches: u64,
@@ -1215,11 +1215,11 @@ async fn delta_phase(
 // ---------------------------------------------------------------------------
 // Report
 
-fn per_second(count: u64, wall: Duration) -> f64 {
+pub(crate) fn per_second(count: u64, wall: Duration) -> f64 {
     count as f64 / wall.as_secs_f64().max(f64::MIN_POSITIVE)
 }
 
-fn latency_line(latency: &Latency, samples: usize) -> String {
+pub(crate) fn latency_line(latency: &Latency, samples: usize) -> String {
     if samples == 0 {
         "no samples".into()
     } else {
@@ -1227,7 +1227,7 @@ fn latency_line(latency: &Latency, samples: usize) -> String {
     }
 }
 
-fn map_line(map: &BTreeMap<String, usize>) -> String {
+pub(crate) fn map_line(map: &BTreeMap<String, usize>) -> String {
     if map.is_empty() {
         return "none".into();
     }
@@ -1237,7 +1237,7 @@ fn map_line(map: &BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
-fn cpu_rows(prefix: &str, cpu: &CpuUse, updates: u64) -> Vec<(String, String)> {
+pub(crate) fn cpu_rows(prefix: &str, cpu: &CpuUse, updates: u64) -> Vec<(String, String)> {
     let secs = cpu.wall.as_secs_f64().max(f64::MIN_POSITIVE);
     let line = |used: Duration| {
         format!(
@@ -1269,7 +1269,7 @@ fn cpu_rows(prefix: &str, cpu: &CpuUse, updates: u64) -> Vec<(String, String)> {
     ]
 }
 
-fn cpu_json(cpu: &CpuUse) -> serde_json::Value {
+pub(crate) fn cpu_json(cpu: &CpuUse) -> serde_json::Value {
     serde_json::json!({
         "wall_s": cpu.wall.as_secs_f64(),
         "server_cpu_s": cpu.server.as_secs_f64(),
