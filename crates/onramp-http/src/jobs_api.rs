@@ -18,6 +18,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs", get(list_jobs).post(create_job))
         .route("/api/v1/jobs/{job_id}", get(describe_job))
         .route("/api/v1/jobs/{job_id}/cancel", post(cancel_job))
+        .route(
+            "/api/v1/jobs/{job_id}/things/{thing}/cancel",
+            post(cancel_job_execution),
+        )
         .route("/api/v1/jobs/{job_id}/executions", get(list_job_executions))
         .route("/api/v1/things/{thing}/jobs", get(thing_jobs))
 }
@@ -168,5 +172,22 @@ pub async fn thing_jobs(
 ) -> Result<Json<Vec<JobExecution>>, ApiError> {
     Ok(Json(
         s.onramp.thing_pending_executions(&caller, &thing).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/things/{thing}/cancel",
+    params(("job_id" = String, Path), ("thing" = String, Path), CancelParams),
+    responses((status = 200, description = "The canceled execution"), (status = 404), (status = 409)),
+    security(("api_key" = [])))]
+pub async fn cancel_job_execution(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path((job_id, thing)): Path<(String, String)>,
+    Params(p): Params<CancelParams>,
+) -> Result<Json<JobExecution>, ApiError> {
+    Ok(Json(
+        s.onramp
+            .cancel_job_execution(&caller, &job_id, &thing, p.force.unwrap_or(false))
+            .await?,
     ))
 }

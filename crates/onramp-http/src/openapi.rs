@@ -32,7 +32,7 @@ impl Modify for ApiKeyAuth {
         api::patch_template, api::add_template_version, api::set_template_default_version,
         api::list_claims, api::expiring_claims, api::create_claim, api::revoke_claim, api::rotate_claim,
         api::ca_registration_code, api::list_cas, api::register_ca, api::patch_ca,
-        jobs_api::create_job, jobs_api::list_jobs, jobs_api::describe_job, jobs_api::cancel_job,
+        jobs_api::create_job, jobs_api::list_jobs, jobs_api::describe_job, jobs_api::cancel_job, jobs_api::cancel_job_execution,
         jobs_api::list_job_executions, jobs_api::thing_jobs,
         artifacts_api::add_signer, artifacts_api::list_signers, artifacts_api::delete_signer,
         artifacts_api::upload_artifact, artifacts_api::list_artifacts, artifacts_api::get_artifact,

@@ -839,6 +839,63 @@ impl Onramp {
             .await?)
     }
 
+    /// Cancels one thing's execution of a job: QUEUED, or with `force` also
+    /// IN_PROGRESS, becomes CANCELED; the thing is notified and the cancel
+    /// audited. Returns the canceled execution.
+    pub async fn cancel_job_execution(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        thing: &str,
+        force: bool,
+    ) -> Result<JobExecution> {
+        caller.require(Permission::ManageDevices)?;
+        let tenant = caller.tenant.as_str();
+        let store = &self.inner.store;
+        for _ in 0..CAS_ATTEMPTS {
+            let before = store.thing_executions(tenant, thing, None).await?;
+            let of_job = store.thing_executions(tenant, thing, Some(job_id)).await?;
+            let current = job::find_execution(&of_job, job_id, None).ok_or_else(|| {
+                ServiceError::NotFound(format!("execution of job {job_id} on thing {thing}"))
+            })?;
+            let canceled = job::cancel(current, force, now())
+                .map_err(|r| ServiceError::Conflict(r.message.clone()))?;
+            if !store
+                .save_execution(tenant, &canceled, Some(current.version), None)
+                .await?
+            {
+                continue;
+            }
+            metrics::counter!("onramp_job_execution_updates_total", "status" => "CANCELED")
+                .increment(1);
+            let audit = AuditEntry {
+                id: 0,
+                tenant: tenant.to_string(),
+                actor: caller.actor.clone(),
+                action: "job.cancel_execution".into(),
+                target: format!("job:{job_id}"),
+                source: caller.source.clone(),
+                outcome: Outcome::Success,
+                detail: format!(
+                    "thing {thing}, execution {}{}",
+                    canceled.execution_number,
+                    if force { ", force" } else { "" }
+                ),
+                at: canceled.last_updated_at,
+            };
+            if let Err(e) = store.append_audit(&audit).await {
+                tracing::warn!(error = %e, "the execution cancel was not audited");
+            }
+            self.notify_things(tenant, vec![(thing.to_string(), before)])
+                .await;
+            self.note_job_progress(tenant, job_id).await;
+            return Ok(canceled);
+        }
+        Err(ServiceError::Unavailable {
+            retry_after_secs: 1,
+        })
+    }
+
     /// Cancels a job: waiting targets are dropped, its QUEUED executions
     /// become CANCELED, and with `force` its IN_PROGRESS ones too.
     pub async fn cancel_job(

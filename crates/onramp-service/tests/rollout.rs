@@ -446,3 +446,78 @@ async fn continuous_on_sqlite() {
 async fn continuous_on_postgres() {
     a_continuous_query_job_reaches_things_that_match_later(true).await;
 }
+
+async fn one_execution_is_canceled_and_the_rest_of_the_job_runs_on(postgres: bool) {
+    let f = Fixture::new(postgres).await;
+    let o = f.onramp().await;
+    let targets = things(&o, 3).await;
+    o.create_job(
+        &caller(),
+        CreateJob {
+            job_id: "one-off".into(),
+            description: None,
+            document: br#"{"op":"x"}"#.to_vec(),
+            targets: JobTargets {
+                things: targets.clone(),
+                thing_groups: vec![],
+                query: None,
+            },
+            continuous: false,
+            config: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    // A queued execution is canceled without force.
+    let canceled = o
+        .cancel_job_execution(&caller(), "one-off", &targets[0], false)
+        .await
+        .unwrap();
+    assert_eq!(canceled.status, JobExecutionStatus::Canceled);
+    // One in progress needs force.
+    assert!(update(&o, &targets[1], "one-off", "IN_PROGRESS").await[0].ends_with("/accepted"));
+    let err = o
+        .cancel_job_execution(&caller(), "one-off", &targets[1], false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, onramp_service::ServiceError::Conflict(_)),
+        "{err:?}"
+    );
+    let forced = o
+        .cancel_job_execution(&caller(), "one-off", &targets[1], true)
+        .await
+        .unwrap();
+    assert_eq!(forced.status, JobExecutionStatus::Canceled);
+    // Canceled twice is a conflict; an unknown thing is not found.
+    assert!(matches!(
+        o.cancel_job_execution(&caller(), "one-off", &targets[0], true)
+            .await
+            .unwrap_err(),
+        onramp_service::ServiceError::Conflict(_)
+    ));
+    assert!(matches!(
+        o.cancel_job_execution(&caller(), "one-off", "ghost", true)
+            .await
+            .unwrap_err(),
+        onramp_service::ServiceError::NotFound(_)
+    ));
+    // The job runs on for the third thing, then completes.
+    let job = o.describe_job(&caller(), "one-off").await.unwrap();
+    assert_eq!(job.status, "IN_PROGRESS");
+    assert!(update(&o, &targets[2], "one-off", "SUCCEEDED").await[0].ends_with("/accepted"));
+    let job = o.describe_job(&caller(), "one-off").await.unwrap();
+    assert_eq!(job.status, "COMPLETED");
+    assert_eq!(job.execution_counts.get("CANCELED"), Some(&2));
+    assert_eq!(job.execution_counts.get("SUCCEEDED"), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_execution_on_sqlite() {
+    one_execution_is_canceled_and_the_rest_of_the_job_runs_on(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_execution_on_postgres() {
+    one_execution_is_canceled_and_the_rest_of_the_job_runs_on(true).await;
+}

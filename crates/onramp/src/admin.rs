@@ -252,6 +252,19 @@ impl Admin {
                 &format!("/api/v1/jobs/{}/cancel?force={force}", seg(job_id)), Body::None).await)
     }
 
+    pub async fn cancel_job_execution(
+        &self,
+        job_id: &str,
+        thing: &str,
+        force: bool,
+    ) -> Result<JobExecution> {
+        local_or_remote!(self,
+            (o, c) => o.cancel_job_execution(c, job_id, thing, force),
+            api => api.send(reqwest::Method::POST,
+                &format!("/api/v1/jobs/{}/things/{}/cancel?force={force}", seg(job_id), seg(thing)),
+                Body::None).await)
+    }
+
     pub async fn thing_jobs(&self, thing: &str) -> Result<Vec<JobExecution>> {
         local_or_remote!(self,
             (o, c) => o.thing_pending_executions(c, thing),

@@ -53,10 +53,14 @@ pub enum JobCommand {
         #[command(flatten)]
         page: PageArgs,
     },
-    /// Cancel a job: queued executions are canceled, waiting targets dropped.
+    /// Cancel a job (queued executions are canceled, waiting targets
+    /// dropped), or with --thing only that thing's execution.
     Cancel {
         /// The job id.
         job_id: String,
+        /// Cancel only this thing's execution.
+        #[arg(long)]
+        thing: Option<String>,
         /// Cancel executions already in progress too.
         #[arg(long)]
         force: bool,
@@ -187,7 +191,20 @@ pub async fn job(admin: &Admin, out: &Output, cmd: JobCommand) -> Result<()> {
             let rows = executions.iter().map(exec_row).collect();
             out.list(&executions, next, &EXEC_HEAD, rows)
         }
-        JobCommand::Cancel { job_id, force } => {
+        JobCommand::Cancel {
+            job_id,
+            thing: Some(thing),
+            force,
+        } => {
+            let e = admin.cancel_job_execution(&job_id, &thing, force).await?;
+            let rows = vec![exec_row(&e)];
+            out.table_or_json(&e, &EXEC_HEAD, rows)
+        }
+        JobCommand::Cancel {
+            job_id,
+            thing: None,
+            force,
+        } => {
             let j = admin.cancel_job(&job_id, force).await?;
             let rows = vec![job_row(&j)];
             out.table_or_json(&j, &JOB_HEAD, rows)
