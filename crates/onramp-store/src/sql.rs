@@ -51,6 +51,92 @@ const TOKEN_COLUMNS: &str = "id, tenant, serial_number, thing_name, created_at, 
 const AUDIT_COLUMNS: &str = "id, tenant, actor, action, target, source, outcome, detail, at";
 
 impl SqlStore {
+    /// Where a reader of a feed table (one read by position: identity
+    /// changes, the message outbox) starts: after everything committed now.
+    async fn feed_head(&self, table: &'static str) -> Result<IdentityChangeCursor> {
+        match self.dialect {
+            Dialect::Sqlite => {
+                let seq: Option<i64> = sqlx::query(sqlf!("SELECT MAX(seq) AS seq FROM {table}"))
+                    .fetch_one(&self.reader)
+                    .await?
+                    .try_get("seq")?;
+                Ok(IdentityChangeCursor {
+                    seq: seq.unwrap_or(0),
+                    ..IdentityChangeCursor::default()
+                })
+            }
+            Dialect::Postgres => {
+                let xmin = pg_snapshot_xmin(&self.reader).await?;
+                // Rows of transactions still running at xmin or later that
+                // are visible now committed before this head: skip them.
+                let rows = sqlx::query(sqlf!("SELECT seq, txid FROM {table} WHERE txid >= $1"))
+                    .bind(xmin)
+                    .fetch_all(&self.reader)
+                    .await?;
+                let mut seen = std::collections::HashMap::new();
+                for r in &rows {
+                    seen.insert(r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("txid")?);
+                }
+                Ok(IdentityChangeCursor {
+                    seq: 0,
+                    txid_floor: xmin,
+                    seen,
+                })
+            }
+        }
+    }
+
+    /// Rows of a feed table committed after `cursor`, each once however late
+    /// its transaction committed, and the cursor past them; the caller keeps
+    /// the new cursor only once it has handled the rows.
+    async fn feed_rows(
+        &self,
+        table: &'static str,
+        columns: &'static str,
+        cursor: &IdentityChangeCursor,
+    ) -> Result<(Vec<AnyRow>, IdentityChangeCursor)> {
+        let mut next = cursor.clone();
+        let rows = match self.dialect {
+            Dialect::Sqlite => {
+                let rows = sqlx::query(sqlf!(
+                    "SELECT {columns} FROM {table} WHERE seq > $1 ORDER BY seq LIMIT 1000"
+                ))
+                .bind(cursor.seq)
+                .fetch_all(&self.reader)
+                .await?;
+                if let Some(last) = rows.last() {
+                    next.seq = last.try_get("seq")?;
+                }
+                rows
+            }
+            Dialect::Postgres => {
+                // Read xmin first: every transaction below it had finished
+                // before the rows are read, so none of them can add a row later.
+                let xmin = pg_snapshot_xmin(&self.reader).await?;
+                let rows = sqlx::query(sqlf!(
+                    "SELECT {columns}, txid FROM {table} WHERE txid >= $1 \
+                     ORDER BY txid, seq"
+                ))
+                .bind(cursor.txid_floor)
+                .fetch_all(&self.reader)
+                .await?;
+                let mut fresh = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let seq: i64 = r.try_get("seq")?;
+                    let txid: i64 = r.try_get("txid")?;
+                    if next.seen.insert(seq, txid).is_none() {
+                        fresh.push(r);
+                    }
+                }
+                next.txid_floor = next.txid_floor.max(xmin);
+                let floor = next.txid_floor;
+                next.seen.retain(|_, txid| *txid >= floor);
+                fresh
+            }
+        };
+        Ok((rows, next))
+    }
+
     pub async fn open(url: &str) -> Result<SqlStore> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
@@ -1362,36 +1448,7 @@ impl Store for SqlStore {
     }
 
     async fn identity_change_head(&self) -> Result<IdentityChangeCursor> {
-        match self.dialect {
-            Dialect::Sqlite => {
-                let seq: Option<i64> = sqlx::query("SELECT MAX(seq) AS seq FROM identity_changes")
-                    .fetch_one(&self.reader)
-                    .await?
-                    .try_get("seq")?;
-                Ok(IdentityChangeCursor {
-                    seq: seq.unwrap_or(0),
-                    ..IdentityChangeCursor::default()
-                })
-            }
-            Dialect::Postgres => {
-                let xmin = pg_snapshot_xmin(&self.reader).await?;
-                // Rows of transactions still running at xmin or later that
-                // are visible now committed before this head: skip them.
-                let rows = sqlx::query("SELECT seq, txid FROM identity_changes WHERE txid >= $1")
-                    .bind(xmin)
-                    .fetch_all(&self.reader)
-                    .await?;
-                let mut seen = std::collections::HashMap::new();
-                for r in &rows {
-                    seen.insert(r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("txid")?);
-                }
-                Ok(IdentityChangeCursor {
-                    seq: 0,
-                    txid_floor: xmin,
-                    seen,
-                })
-            }
-        }
+        self.feed_head("identity_changes").await
     }
 
     async fn identity_changes(
@@ -1399,45 +1456,7 @@ impl Store for SqlStore {
         cursor: &mut IdentityChangeCursor,
     ) -> Result<Vec<RevokedIdentity>> {
         const COLUMNS: &str = "seq, tenant, kind, thing_name, serial, ca_id";
-        let mut next = cursor.clone();
-        let rows = match self.dialect {
-            Dialect::Sqlite => {
-                let rows = sqlx::query(sqlf!(
-                    "SELECT {COLUMNS} FROM identity_changes WHERE seq > $1 ORDER BY seq LIMIT 1000"
-                ))
-                .bind(cursor.seq)
-                .fetch_all(&self.reader)
-                .await?;
-                if let Some(last) = rows.last() {
-                    next.seq = last.try_get("seq")?;
-                }
-                rows
-            }
-            Dialect::Postgres => {
-                // Read xmin first: every transaction below it had finished
-                // before the rows are read, so none of them can add a row later.
-                let xmin = pg_snapshot_xmin(&self.reader).await?;
-                let rows = sqlx::query(sqlf!(
-                    "SELECT {COLUMNS}, txid FROM identity_changes WHERE txid >= $1 \
-                     ORDER BY txid, seq"
-                ))
-                .bind(cursor.txid_floor)
-                .fetch_all(&self.reader)
-                .await?;
-                let mut fresh = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let seq: i64 = r.try_get("seq")?;
-                    let txid: i64 = r.try_get("txid")?;
-                    if next.seen.insert(seq, txid).is_none() {
-                        fresh.push(r);
-                    }
-                }
-                next.txid_floor = next.txid_floor.max(xmin);
-                let floor = next.txid_floor;
-                next.seen.retain(|_, txid| *txid >= floor);
-                fresh
-            }
-        };
+        let (rows, next) = self.feed_rows("identity_changes", COLUMNS, cursor).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let tenant: String = r.try_get("tenant")?;
@@ -1532,34 +1551,7 @@ impl Store for SqlStore {
     }
 
     async fn outbox_head(&self) -> Result<IdentityChangeCursor> {
-        match self.dialect {
-            Dialect::Sqlite => {
-                let seq: Option<i64> = sqlx::query("SELECT MAX(seq) AS seq FROM message_outbox")
-                    .fetch_one(&self.reader)
-                    .await?
-                    .try_get("seq")?;
-                Ok(IdentityChangeCursor {
-                    seq: seq.unwrap_or(0),
-                    ..IdentityChangeCursor::default()
-                })
-            }
-            Dialect::Postgres => {
-                let xmin = pg_snapshot_xmin(&self.reader).await?;
-                let rows = sqlx::query("SELECT seq, txid FROM message_outbox WHERE txid >= $1")
-                    .bind(xmin)
-                    .fetch_all(&self.reader)
-                    .await?;
-                let mut seen = std::collections::HashMap::new();
-                for r in &rows {
-                    seen.insert(r.try_get::<i64, _>("seq")?, r.try_get::<i64, _>("txid")?);
-                }
-                Ok(IdentityChangeCursor {
-                    seq: 0,
-                    txid_floor: xmin,
-                    seen,
-                })
-            }
-        }
+        self.feed_head("message_outbox").await
     }
 
     async fn outbox_messages(
@@ -1567,43 +1559,7 @@ impl Store for SqlStore {
         cursor: &mut IdentityChangeCursor,
     ) -> Result<Vec<(OutboxMessage, String)>> {
         const COLUMNS: &str = "seq, tenant, topic, payload, origin";
-        let mut next = cursor.clone();
-        let rows = match self.dialect {
-            Dialect::Sqlite => {
-                let rows = sqlx::query(sqlf!(
-                    "SELECT {COLUMNS} FROM message_outbox WHERE seq > $1 ORDER BY seq LIMIT 1000"
-                ))
-                .bind(cursor.seq)
-                .fetch_all(&self.reader)
-                .await?;
-                if let Some(last) = rows.last() {
-                    next.seq = last.try_get("seq")?;
-                }
-                rows
-            }
-            Dialect::Postgres => {
-                // As for identity changes: xmin first, then the rows.
-                let xmin = pg_snapshot_xmin(&self.reader).await?;
-                let rows = sqlx::query(sqlf!(
-                    "SELECT {COLUMNS}, txid FROM message_outbox WHERE txid >= $1 ORDER BY txid, seq"
-                ))
-                .bind(cursor.txid_floor)
-                .fetch_all(&self.reader)
-                .await?;
-                let mut fresh = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let seq: i64 = r.try_get("seq")?;
-                    let txid: i64 = r.try_get("txid")?;
-                    if next.seen.insert(seq, txid).is_none() {
-                        fresh.push(r);
-                    }
-                }
-                next.txid_floor = next.txid_floor.max(xmin);
-                let floor = next.txid_floor;
-                next.seen.retain(|_, txid| *txid >= floor);
-                fresh
-            }
-        };
+        let (rows, next) = self.feed_rows("message_outbox", COLUMNS, cursor).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             out.push((
