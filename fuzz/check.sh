@@ -19,6 +19,20 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 
+# libfuzzer-sys compiles libFuzzer's C++ sources; stock Debian and Ubuntu
+# images may have a C linker without a C++ compiler.
+if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
+    echo "fuzz check: installing g++ (libFuzzer is C++)" >&2
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
+    else
+        echo "fuzz check: no C++ compiler and no root to install g++; install it and rerun" >&2
+        exit 2
+    fi
+fi
+
 # The list of fuzz/run.sh, so the scripts cannot disagree.
 ALL_TARGETS=$(sed -n 's/^ALL_TARGETS="\(.*\)"$/\1/p' fuzz/run.sh)
 if [ -z "$ALL_TARGETS" ]; then
