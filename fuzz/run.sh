@@ -15,7 +15,7 @@ set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
-ALL_TARGETS="csr_der est_body cert_der firmware_version names mqtt_packets template provisioning_requests jobs_requests shadow_update subscriptions policy"
+ALL_TARGETS="csr_der est_body cert_der ocsp_request scep_message firmware_version names mqtt_packets template provisioning_requests jobs_requests shadow_update subscriptions policy"
 TARGETS=${FUZZ_TARGETS:-$ALL_TARGETS}
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -6,7 +6,8 @@
 #   eval "$(scripts/services.sh)"     # what scripts/test does
 #   scripts/services.sh --drop-run RUN_ID   # drop one run's scratch databases
 #
-# - openssl and curl (EST), mosquitto_pub/mosquitto_sub (MQTT);
+# - openssl and curl (EST), mosquitto_pub/mosquitto_sub (MQTT), certmonger's
+#   scep-submit (SCEP);
 # - PostgreSQL: ONRAMP_TEST_DATABASE_URL when set (checked, never altered);
 #   otherwise the local server on 127.0.0.1:5432, installed and started when
 #   missing, with the database `test` and a role that may create the tests'
@@ -96,6 +97,12 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 { command -v mosquitto_pub && command -v mosquitto_sub; } >/dev/null || need+=(mosquitto-clients)
 { command -v psql && command -v pg_isready; } >/dev/null || need+=(postgresql-client)
+# certmonger's SCEP helper: a SCEP client Onramp did not write (tests/scep).
+scep_submit_found=false
+for dir in ${ONRAMP_CERTMONGER_DIRS:-/usr/lib/certmonger /usr/libexec/certmonger}; do
+  [ -x "$dir/scep-submit" ] && scep_submit_found=true
+done
+$scep_submit_found || need+=(certmonger)
 if ! command -v python3 >/dev/null; then
   need+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
@@ -193,6 +200,28 @@ SQL
 fi
 
 drop_scratch "$url" is_stale
+
+# promtool checks deploy/prometheus/onramp-alerts.yml. Debian ships it only
+# inside the whole Prometheus server package, so the package is downloaded
+# and unpacked under target/ rather than installed as a running service.
+promtool=""
+if command -v promtool >/dev/null; then
+  promtool="$(command -v promtool)"
+else
+  tools="${ONRAMP_TEST_TOOLS:-$repo/target/test-tools}"
+  if [ ! -x "$tools/usr/bin/promtool" ] && command -v apt-get >/dev/null && command -v dpkg >/dev/null; then
+    say "fetching promtool (Debian package prometheus, unpacked under target/test-tools)"
+    mkdir -p "$tools/deb"
+    if (cd "$tools/deb" && apt-get download prometheus >&2 2>/dev/null ||
+      { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 && apt-get download prometheus >&2; }); then
+      dpkg -x "$tools"/deb/prometheus_*.deb "$tools" >&2 || say "could not unpack prometheus"
+    else
+      say "prometheus package not available: the alert-rule check will be skipped"
+    fi
+  fi
+  [ -x "$tools/usr/bin/promtool" ] && promtool="$tools/usr/bin/promtool"
+fi
 say "ready: PostgreSQL $(sql "$url" 'SHOW server_version') at $(redact "$url"); Python clients in $venv"
 if $export_url; then printf 'export ONRAMP_TEST_DATABASE_URL=%q\n' "$url"; fi
 printf 'export ONRAMP_TEST_PYTHON=%q\n' "$py"
+if [ -n "$promtool" ] && [ -z "${ONRAMP_PROMTOOL:-}" ]; then printf 'export ONRAMP_PROMTOOL=%q\n' "$promtool"; fi

@@ -38,6 +38,8 @@ shim sudo 'log "sudo $*"; exec "$@"'
 shim runuser 'log "runuser $*"; [ "$1" = -u ] && [ "$2" = postgres ] && [ "$3" = -- ] || exit 2
 shift 3; SIM_OS_USER=postgres exec "$@"'
 shim apt-get 'log "apt-get $*"
+# Downloading a package into the current directory needs no root.
+[ "$1" = download ] && { : >"$2_1.0_amd64.deb"; exit 0; }
 [ "$(id -u)" = 0 ] || { echo "E: Could not open lock file - are you root?" >&2; exit 100; }
 [ "$1" = update ] && exit 0
 for p in "$@"; do
@@ -50,6 +52,7 @@ for p in "$@"; do
     postgresql-client) cp "$SHIMS/psql" "$SHIMS/pg_isready" "$SHIMS/pg_lsclusters" "$SIMBIN/";;
     mosquitto-clients) cp "$SHIMS/mosquitto_pub" "$SHIMS/mosquitto_sub" "$SIMBIN/";;
     python3) cp "$SHIMS/python3" "$SIMBIN/";;
+    certmonger) mkdir -p "$SIMBIN/../usr/lib/certmonger" && cp "$SHIMS/scep-submit" "$SIMBIN/../usr/lib/certmonger/";;
   esac
 done'
 shim pg_isready '[ "$(cat "$WORLD/pg" 2>/dev/null)" = up ]'
@@ -118,7 +121,11 @@ case "$1" in
     log "venv-pip $*"; touch "$here/installed"; exit 0;;
 esac
 exit 1'
-for t in openssl curl mosquitto_pub mosquitto_sub; do shim "$t" 'exit 0'; done
+# dpkg -x DEB DIR: unpacks a simulated prometheus package holding promtool.
+shim dpkg 'log "dpkg $*"
+[ "$1" = -x ] && [ -f "$2" ] || exit 2
+mkdir -p "$3/usr/bin" && printf "#!/bin/sh\nexit 0\n" >"$3/usr/bin/promtool" && chmod +x "$3/usr/bin/promtool"'
+for t in openssl curl mosquitto_pub mosquitto_sub promtool scep-submit; do shim "$t" 'exit 0'; done
 
 # A fresh machine: HOME, world and PATH in their own directory. Arguments
 # name the shims present before anything is installed.
@@ -126,8 +133,13 @@ new_machine() {
   m="$top/m$((++machines))"
   mkdir -p "$m/home" "$m/world/installed" "$m/bin"
   : >"$m/world/log"
-  for t in "$@"; do cp "$shims/$t" "$m/bin/"; done
-  cp "$shims/log" "$shims/id" "$shims/apt-get" "$shims/runuser" "$m/bin/"
+  for t in "$@"; do
+    case "$t" in
+      scep-submit) mkdir -p "$m/usr/lib/certmonger" && cp "$shims/$t" "$m/usr/lib/certmonger/";;
+      *) cp "$shims/$t" "$m/bin/";;
+    esac
+  done
+  cp "$shims/log" "$shims/id" "$shims/apt-get" "$shims/dpkg" "$shims/runuser" "$m/bin/"
   echo postgres >"$m/world/dbs"
   WORLD="$m/world"
 }
@@ -137,7 +149,7 @@ machines=0
 run() {
   set +e
   out="$(env -i HOME="$m/home" PATH="$m/bin:$sys" WORLD="$WORLD" SHIMS="$shims" SIMBIN="$m/bin" \
-    ONRAMP_TEST_VENV="$m/venv" ${SIM_UID:+SIM_UID=$SIM_UID} ${SIM_TRUST_USERS:+SIM_TRUST_USERS=$SIM_TRUST_USERS} \
+    ONRAMP_TEST_VENV="$m/venv" ONRAMP_TEST_TOOLS="$m/tools" ONRAMP_CERTMONGER_DIRS="$m/usr/lib/certmonger" ${SIM_UID:+SIM_UID=$SIM_UID} ${SIM_TRUST_USERS:+SIM_TRUST_USERS=$SIM_TRUST_USERS} \
     ${PRESET_URL:+ONRAMP_TEST_DATABASE_URL=$PRESET_URL} \
     bash "$services" "$@" 2>"$m/err")"
   rc=$?
@@ -171,7 +183,7 @@ new_machine python3 openssl curl
 run
 check "succeeds" ok
 check "installs the clients and python3-venv" \
-  has "$log" "apt-get install -y -qq mosquitto-clients postgresql-client python3-venv"
+  has "$log" "apt-get install -y -qq mosquitto-clients postgresql-client certmonger python3-venv"
 check "installs the PostgreSQL server" has "$log" "apt-get install -y -qq postgresql"
 check "starts the cluster" has "$log" "pg_ctlcluster --skip-systemctl-redirect 15 main start"
 check "creates the role as the postgres OS user" has "$log" "runuser -u postgres -- psql"
@@ -186,6 +198,9 @@ check "keeps the password in ~/.pgpass, mode 600" \
   grep -qx "127.0.0.1:5432:\*:onramp_test:$password" "$m/home/.pgpass"
 check "~/.pgpass is 0600" test "$(stat -c %a "$m/home/.pgpass")" = 600
 check "the password is not printed" lacks "$out$err" "$password"
+check "fetches promtool without root, unpacked in the tools directory" \
+  has "$log" "dpkg -x $m/tools/deb/prometheus_1.0_amd64.deb $m/tools"
+check "exports the unpacked promtool" has "$out" "export ONRAMP_PROMTOOL=$m/tools/usr/bin/promtool"
 
 scenario="stock Debian, second run"
 run
@@ -194,6 +209,7 @@ check "installs nothing, creates no role, reinstalls no pins" \
   test -z "$(grep -E 'apt-get|runuser|venv-pip|pg_ctlcluster' <<<"$log")"
 check "finds the role through ~/.pgpass" \
   has "$out" "export ONRAMP_TEST_DATABASE_URL=postgres://onramp_test@127.0.0.1:5432/test"
+check "reuses the unpacked promtool" has "$out" "export ONRAMP_PROMTOOL=$m/tools/usr/bin/promtool"
 
 scenario="stock Debian, lost password file"
 rm -f "$m/home/.pgpass"
@@ -216,7 +232,7 @@ check "reinstalls the pins when an import fails" has "$log" "venv-pip"
 
 # --- PostgreSQL installed but stopped ----------------------------------------
 scenario="cluster down"
-new_machine python3 openssl curl mosquitto_pub mosquitto_sub psql pg_isready pg_lsclusters pg_ctlcluster
+new_machine python3 openssl curl mosquitto_pub mosquitto_sub scep-submit psql pg_isready pg_lsclusters pg_ctlcluster promtool
 touch "$WORLD/installed/python3-venv"
 echo down >"$WORLD/pg"
 echo trust >"$WORLD/auth"
@@ -228,10 +244,11 @@ check "installs no package" lacks "$log" "apt-get"
 check "uses the trusted default URL" \
   has "$out" "export ONRAMP_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test"
 check "creates no role" lacks "$log" "runuser"
+check "uses the promtool on PATH" has "$out" "export ONRAMP_PROMTOOL=$m/bin/promtool"
 
 # --- this machine: up, trust authentication, but no database `test` ------
 scenario="trust, no test database"
-new_machine python3 openssl curl mosquitto_pub mosquitto_sub psql pg_isready pg_lsclusters
+new_machine python3 openssl curl mosquitto_pub mosquitto_sub scep-submit psql pg_isready pg_lsclusters
 touch "$WORLD/installed/python3-venv"
 echo up >"$WORLD/pg"
 echo trust >"$WORLD/auth"
@@ -265,7 +282,7 @@ check "--drop-run refuses a malformed run id" failed
 
 # --- a preset ONRAMP_TEST_DATABASE_URL is checked, never altered -------------
 scenario="preset URL, unreachable"
-new_machine python3 openssl curl mosquitto_pub mosquitto_sub psql pg_isready pg_lsclusters pg_ctlcluster
+new_machine python3 openssl curl mosquitto_pub mosquitto_sub scep-submit psql pg_isready pg_lsclusters pg_ctlcluster
 touch "$WORLD/installed/python3-venv"
 echo down >"$WORLD/pg"
 echo password >"$WORLD/auth"
@@ -296,11 +313,11 @@ SIM_UID=""
 check "fails" failed
 check "says root or sudo is needed, naming the packages" \
   has "$err" "needs root (or sudo) to run: env DEBIAN_FRONTEND=noninteractive apt-get update"
-check "names the packages" has "$err" "installing mosquitto-clients postgresql-client python3-venv"
+check "names the packages" has "$err" "installing mosquitto-clients postgresql-client certmonger python3-venv"
 
 # --- password auth where even the new role is refused (pg_hba rejects) -------
 scenario="role refused"
-new_machine python3 openssl curl mosquitto_pub mosquitto_sub psql pg_isready pg_lsclusters
+new_machine python3 openssl curl mosquitto_pub mosquitto_sub scep-submit psql pg_isready pg_lsclusters
 touch "$WORLD/installed/python3-venv"
 echo up >"$WORLD/pg"
 echo password >"$WORLD/auth"

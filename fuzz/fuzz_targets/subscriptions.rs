@@ -48,7 +48,7 @@ fn check_grammar(text: &str) -> Option<Subscription> {
 }
 
 fn check_route(table: &mut SubscriptionTable, model: &Model, topic: &str) {
-    let routes = table.route(topic);
+    let routes = table.route(topic, None);
     // Direct subscribers: once each, at the highest QoS of their matching filters.
     let mut want: BTreeMap<u64, QoS> = BTreeMap::new();
     // Shared groups with a matching filter: one member each.

@@ -393,12 +393,9 @@ class Checks:
         if self.v5:
             props = self.dev.connack_properties
             require(props is not None, "device: CONNACK carried no properties object")
-            max_qos = getattr(props, "MaximumQoS", None)
-            require(
-                max_qos == 1,
-                f"device: CONNACK Maximum QoS is {max_qos!r}, expected 1 "
-                "(an absent property means QoS 2 is supported)",
-            )
+            # Absent means QoS 2 is supported, as it is unless `aws_strict` is set.
+            max_qos = getattr(props, "MaximumQoS", 2)
+            require(max_qos == 2, f"device: CONNACK Maximum QoS is {max_qos!r}, expected 2 (absent)")
             shared = getattr(props, "SharedSubscriptionAvailable", 1)
             require(shared == 1, f"device: CONNACK Shared Subscription Available is {shared!r}")
 

@@ -80,13 +80,27 @@ def main() -> int:
             emit({"event": "refused", "reason": reason_value(rc)})
             connected.set()
 
+    # paho calls on_publish holding its own outgoing-message lock, which
+    # publish() takes too: so publish() and subscribe() are called without
+    # holding `lock`, and an acknowledgement that comes back before its mid
+    # is recorded waits in `early` until it is.
+    early_subs: dict[int, list] = {}
+    early_pubs: dict[int, int] = {}
+
     def on_subscribe(_c, _u, mid, rcs, _props):
+        granted = [reason_value(r) for r in rcs]
         with lock:
-            emit({"event": "suback", "filter": pending_subs.pop(mid, None), "granted": [reason_value(r) for r in rcs]})
+            if mid in pending_subs:
+                emit({"event": "suback", "filter": pending_subs.pop(mid), "granted": granted})
+            else:
+                early_subs[mid] = granted
 
     def on_publish(_c, _u, mid, rc, _props):
         with lock:
-            emit({"event": "puback", "topic": pending_pubs.pop(mid, None), "reason": reason_value(rc)})
+            if mid in pending_pubs:
+                emit({"event": "puback", "topic": pending_pubs.pop(mid), "reason": reason_value(rc)})
+            else:
+                early_pubs[mid] = reason_value(rc)
 
     def on_message(_c, _u, msg):
         emit({"event": "message", "topic": msg.topic, "payload": msg.payload.decode("utf-8", "replace")})
@@ -109,13 +123,20 @@ def main() -> int:
         if not line:
             continue
         cmd = json.loads(line)
-        with lock:
-            if "sub" in cmd:
-                _, mid = client.subscribe(cmd["sub"], qos=1)
-                pending_subs[mid] = cmd["sub"]
-            elif "pub" in cmd:
-                info = client.publish(cmd["pub"], cmd.get("payload", "").encode(), qos=1)
-                pending_pubs[info.mid] = cmd["pub"]
+        if "sub" in cmd:
+            _, mid = client.subscribe(cmd["sub"], qos=1)
+            with lock:
+                if mid in early_subs:
+                    emit({"event": "suback", "filter": cmd["sub"], "granted": early_subs.pop(mid)})
+                else:
+                    pending_subs[mid] = cmd["sub"]
+        elif "pub" in cmd:
+            info = client.publish(cmd["pub"], cmd.get("payload", "").encode(), qos=1)
+            with lock:
+                if info.mid in early_pubs:
+                    emit({"event": "puback", "topic": cmd["pub"], "reason": early_pubs.pop(info.mid)})
+                else:
+                    pending_pubs[info.mid] = cmd["pub"]
     client.disconnect()
     client.loop_stop()
     return 0

@@ -13,12 +13,15 @@ connection. Steps are given as one JSON list:
   {"op": "publish", "topic": "t", "qos": 1, "size": n}
                                             any publish (payload "x", or n bytes);
                                             reports the PUBACK's reason code
+  {"op": "publish", ..., "wait": false}     publishes and goes on at once
+  {"op": "await", "step": k}                the PUBACK of earlier step k, as for a publish
   {"op": "subscribe", "filter": "f"}        reports the SUBACK's reason codes
   {"op": "sleep", "seconds": s}
 
 Each step prints one JSON line: {"step": i, "topic": reply topic, "payload": {...}}
 for a request, {"step": i, "puback": code, "reason": text, "refused": bool} for a
-QoS 1 publish, {"step": i, "codes": [text], "values": [code]} for a subscribe.
+QoS 1 publish, {"step": i, "codes": [text], "values": [code]} for a subscribe;
+"at" is the wall-clock time (seconds) the step's answer came.
 Silence is never a refusal: a PUBACK or SUBACK that does not come within the
 timeout gives "puback": null / "codes": null and "timeout": "PUBACK" / "SUBACK"
 (and "refused" is absent), so a server that never answers cannot pass for one
@@ -132,8 +135,13 @@ def main() -> int:
         return 2
     print(json.dumps({"connect": "ok"}), flush=True)
 
+    # Acknowledgements that came while another was awaited: (kind, mid) -> value.
+    early: "dict[tuple[str, int], object]" = {}
+
     def wait_ack(kind: str, mid: int, timeout: float):
         """The acknowledgement of packet `mid`, or None on timeout."""
+        if (kind, mid) in early:
+            return early.pop((kind, mid))
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
@@ -146,7 +154,17 @@ def main() -> int:
                 continue
             if got == kind and got_mid == mid:
                 return value
+            early[(got, got_mid)] = value
         return None
+
+    def puback(mid: int, timeout: float) -> dict:
+        ack = wait_ack("puback", mid, timeout)
+        if ack is None:
+            return {"puback": None, "timeout": "PUBACK"}
+        reason, code = ack
+        return {"puback": code, "reason": reason, "refused": code >= 0x80}
+
+    mids: "dict[int, int]" = {}
 
     def subscribe(filters: list[str]):
         _, mid = client.subscribe([(f, 1) for f in filters])
@@ -199,17 +217,17 @@ def main() -> int:
             qos = step.get("qos", 1)
             payload = b"x" * step["size"] if "size" in step else step.get("payload", "x")
             info = client.publish(step["topic"], payload, qos=qos)
-            if qos == 0:
+            mids[i] = info.mid
+            if not step.get("wait", True):
+                out = {}
+            elif qos == 0:
                 # No acknowledgement exists; give the server time to react.
                 time.sleep(1)
                 out = {}
             else:
-                ack = wait_ack("puback", info.mid, 3)
-                if ack is None:
-                    out = {"puback": None, "timeout": "PUBACK"}
-                else:
-                    reason, code = ack
-                    out = {"puback": code, "reason": reason, "refused": code >= 0x80}
+                out = puback(info.mid, 3)
+        elif op == "await":
+            out = puback(mids[step["step"]], args.timeout)
         elif op == "subscribe":
             ack = subscribe([step["filter"]])
             if ack is None:
@@ -222,6 +240,7 @@ def main() -> int:
         else:
             raise SystemExit(f"unknown step {op}")
         out["step"] = i
+        out["at"] = time.time()
         out["disconnected"] = out.get("disconnected", False) or gone.is_set()
         if state["disconnect"] is not None:
             out["disconnect"] = state["disconnect"]

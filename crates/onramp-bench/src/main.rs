@@ -6,10 +6,12 @@
 mod est;
 mod https;
 mod mqtt;
+mod ocsp;
 mod onboard;
 mod report;
 mod revocation;
 mod rollout;
+mod rotate;
 mod server;
 mod shadow_bench;
 mod sys;
@@ -45,6 +47,10 @@ enum Command {
     /// MQTT fan-in: many publishers, one subscriber, QoS 0 and 1, Onramp and
     /// Mosquitto side by side.
     MqttFanin(mqtt::fanin::FaninArgs),
+    /// MQTT connection churn soak: clients connect (a new client id each
+    /// time), publish at QoS 1 and disconnect for a long time; the broker's
+    /// RSS after warm-up against its RSS at the end.
+    MqttChurn(mqtt::churn::ChurnArgs),
     /// Holds connections for `mqtt-idle` (started by it).
     #[command(hide = true)]
     MqttIdleWorker(mqtt::idle::WorkerArgs),
@@ -63,6 +69,11 @@ enum Command {
     /// server takes the executions' updates, then a job paced by
     /// `maximumPerMinute`, its releases counted per minute.
     Rollout(rollout::RolloutArgs),
+    /// Certificate rotation over MQTT: every connected device asks for a
+    /// new certificate at once and reconnects with it.
+    Rotate(rotate::RotateArgs),
+    /// The OCSP responder: many relying parties asking about one certificate.
+    Ocsp(ocsp::OcspArgs),
 }
 
 #[tokio::main]
@@ -73,10 +84,13 @@ async fn main() -> ExitCode {
         Command::MqttConnect(args) => mqtt::connect::run(args).await,
         Command::MqttIdle(args) => mqtt::idle::run(args).await,
         Command::MqttFanin(args) => mqtt::fanin::run(args).await,
+        Command::MqttChurn(args) => mqtt::churn::run(args).await,
         Command::Shadow(args) => shadow_bench::run(args).await,
         Command::Onboard(args) => onboard::run(args).await,
         Command::Revocation(args) => revocation::run(args).await,
         Command::Rollout(args) => rollout::run(args).await,
+        Command::Rotate(args) => rotate::run(args).await,
+        Command::Ocsp(args) => ocsp::run(args).await,
         Command::MqttIdleWorker(args) => {
             return match mqtt::idle::worker(args).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -184,7 +184,7 @@ pub struct OnboardArgs {
 /// CONNECT rate limits and the connection cap raised) except that client
 /// ids are still checked against thing names, and the provisioning rate
 /// limits raised.
-fn server_env() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn server_env() -> Vec<(&'static str, &'static str)> {
     ONRAMP_MQTT_ENV
         .iter()
         .copied()
@@ -212,7 +212,7 @@ struct Ctx {
 
 /// Where a device was when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     ClaimConnect,
     Subscribe,
     Create,
@@ -238,7 +238,7 @@ impl Step {
 
 /// Why an onboarding failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Failure {
+pub(crate) enum Failure {
     /// A reply on a `/rejected` topic.
     Rejected {
         step: Step,
@@ -265,7 +265,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Failure::Rejected { .. } => "rejected",
             Failure::Refused { .. } => "refused",
@@ -275,7 +275,7 @@ impl Failure {
         }
     }
 
-    fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             Failure::Rejected { step, status, code } => {
                 format!("{} rejected: {status} {code}", step.name())
@@ -287,7 +287,7 @@ impl Failure {
         }
     }
 
-    fn io(step: Step, e: anyhow::Error) -> Failure {
+    pub(crate) fn io(step: Step, e: anyhow::Error) -> Failure {
         // The phase that failed and why, without the whole chain.
         let error = match e.chain().nth(1) {
             Some(cause) => format!("{e}: {cause}"),
@@ -296,7 +296,7 @@ impl Failure {
         Failure::Io { step, error }
     }
 
-    fn invalid(step: Step, why: impl Into<String>) -> Failure {
+    pub(crate) fn invalid(step: Step, why: impl Into<String>) -> Failure {
         Failure::Invalid {
             step,
             why: why.into(),
@@ -317,6 +317,15 @@ struct Sample {
     /// TCP connect with the new certificate until CONNACK.
     device_connect: Duration,
     outcome: Result<(), Failure>,
+    /// The onboarded device: thing name, certificate chain and key.
+    identity: Option<DeviceIdentity>,
+}
+
+/// A device onboarded by [`provision_devices`].
+pub(crate) struct DeviceIdentity {
+    pub thing: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
 }
 
 impl Sample {
@@ -380,7 +389,8 @@ async fn measure(args: &OnboardArgs, server: &Server) -> Result<Report> {
         .prefix("onramp-bench-onboard-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let (claim_chain, claim_key) = create_template_and_claim(server, files.path()).await?;
+    let (claim_chain, claim_key) =
+        create_template_and_claim(server, files.path(), TEMPLATE_BODY).await?;
     progress(
         SCENARIO,
         &format!("template {TEMPLATE} and a claim certificate for it created"),
@@ -465,9 +475,10 @@ fn serial(run_id: &str, i: usize) -> String {
 async fn create_template_and_claim(
     server: &Server,
     dir: &Path,
+    template_body: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let body = dir.join("template.json");
-    std::fs::write(&body, TEMPLATE_BODY).with_context(|| format!("writing {}", body.display()))?;
+    std::fs::write(&body, template_body).with_context(|| format!("writing {}", body.display()))?;
     let body = body.as_os_str();
     server
         .admin([
@@ -505,7 +516,7 @@ async fn create_template_and_claim(
 }
 
 /// The certificates of a PEM text; an error if there are none.
-fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
     let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("unreadable certificate PEM: {e:?}"))?;
@@ -522,7 +533,7 @@ async fn check_claim(claim: &Dialer) -> Result<()> {
 }
 
 /// One P-256 key and CSR (PEM, CN = serial number) per device, on every core.
-fn make_csrs(serials: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+pub(crate) fn make_csrs(serials: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
     let n = serials.len();
     let threads = std::thread::available_parallelism()
         .map(usize::from)
@@ -605,6 +616,7 @@ async fn onboard(ctx: &Ctx, i: usize) -> Sample {
         register: Duration::ZERO,
         device_connect: Duration::ZERO,
         outcome: Ok(()),
+        identity: None,
     };
     let mut step = Step::ClaimConnect;
     let attempt = async {
@@ -685,6 +697,11 @@ async fn onboard(ctx: &Ctx, i: usize) -> Sample {
 
         // 6: the device as itself.
         step = Step::DeviceConnect;
+        sample.identity = Some(DeviceIdentity {
+            thing: thing.clone(),
+            chain: chain.clone(),
+            key: key.clone_key(),
+        });
         let dialer = Dialer::with_roots(ctx.addr, ctx.roots.clone(), chain, key, ctx.kx)
             .map_err(|e| Failure::invalid(Step::DeviceConnect, format!("{e:#}")))?;
         let connecting = Instant::now();
@@ -704,7 +721,7 @@ async fn onboard(ctx: &Ctx, i: usize) -> Sample {
 }
 
 /// TCP, TLS, CONNECT (MQTT 3.1.1, clean session) and a successful CONNACK.
-async fn connect(dialer: &Dialer, client_id: &str, step: Step) -> Result<Conn, Failure> {
+pub(crate) async fn connect(dialer: &Dialer, client_id: &str, step: Step) -> Result<Conn, Failure> {
     let (stream, _, _) = dialer
         .tls(None, None)
         .await
@@ -733,7 +750,7 @@ async fn connect(dialer: &Dialer, client_id: &str, step: Step) -> Result<Conn, F
 
 /// Publishes a request and waits for the reply on `accepted` or `rejected`,
 /// acknowledging QoS 1 deliveries on the way.
-async fn request_reply(
+pub(crate) async fn request_reply(
     conn: &mut Conn,
     request: Packet,
     accepted: &str,
@@ -783,7 +800,11 @@ async fn request_reply(
 }
 
 /// A non-empty string field of an accepted reply.
-fn field<'a>(reply: &'a serde_json::Value, name: &str, step: Step) -> Result<&'a str, Failure> {
+pub(crate) fn field<'a>(
+    reply: &'a serde_json::Value,
+    name: &str,
+    step: Step,
+) -> Result<&'a str, Failure> {
     match reply[name].as_str() {
         Some(v) if !v.trim().is_empty() => Ok(v),
         _ => Err(Failure::invalid(step, format!("accepted without {name}"))),
@@ -902,6 +923,66 @@ fn summarise(
         json,
         failed,
     }
+}
+
+/// Onboards `n` devices by claim (CreateKeysAndCertificate) before a
+/// scenario's clock starts, with `template_body` as the template; returns
+/// the trust anchors and every onboarded device.
+pub(crate) async fn provision_devices(
+    server: &Server,
+    n: usize,
+    concurrency: usize,
+    kx: Kx,
+    template_body: &str,
+) -> Result<(Arc<RootCertStore>, Vec<DeviceIdentity>)> {
+    let addr = server
+        .mqtt_addr
+        .context("the server printed no MQTT address")?;
+    let files = tempfile::Builder::new()
+        .prefix("onramp-bench-provision-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let (claim_chain, claim_key) =
+        create_template_and_claim(server, files.path(), template_body).await?;
+    let root_pem = server.admin(["ca", "export"]).await?;
+    let roots = Arc::new(client::root_store(&root_pem)?);
+    let claim = Dialer::with_roots(addr, roots.clone(), claim_chain, claim_key, kx)?;
+    let provision = format!("$aws/provisioning-templates/{TEMPLATE}/provision/json");
+    let run_id = format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+    );
+    let ctx = Arc::new(Ctx {
+        flow: Flow::Keys,
+        addr,
+        kx,
+        roots: roots.clone(),
+        claim,
+        run_id,
+        timeout: Duration::from_secs(120),
+        create: Publisher::new(CREATE_KEYS_TOPIC, QoS::AtLeastOnce),
+        register: Publisher::new(&provision, QoS::AtLeastOnce),
+        filters: [
+            format!("{CREATE_KEYS_TOPIC}/accepted"),
+            format!("{CREATE_KEYS_TOPIC}/rejected"),
+            format!("{provision}/accepted"),
+            format!("{provision}/rejected"),
+        ],
+        csrs: Vec::new(),
+    });
+    let samples = onboard_all(&ctx, n, concurrency).await?;
+    let mut devices = Vec::with_capacity(n);
+    for s in samples {
+        match (s.outcome, s.identity) {
+            (Ok(()), Some(identity)) => devices.push(identity),
+            (Err(f), _) => bail!("provisioning a device before the run: {}", f.detail()),
+            (Ok(()), None) => bail!("provisioning a device before the run gave no identity"),
+        }
+    }
+    Ok((roots, devices))
 }
 
 #[cfg(test)]

@@ -121,6 +121,16 @@ pub struct RolloutArgs {
     /// Paced phase: length, in minutes.
     #[arg(long, default_value_t = 3)]
     minutes: u64,
+    /// Paced phase as an exponential rollout: `exponentialRate` with this
+    /// `baseRatePerMinute` (0: a constant `maximumPerMinute`).
+    #[arg(long, default_value_t = 0)]
+    exponential_base: u32,
+    /// Exponential rollout: `incrementFactor`.
+    #[arg(long, default_value_t = 2.0)]
+    increment_factor: f64,
+    /// Exponential rollout: `rateIncreaseCriteria.numberOfNotifiedThings`.
+    #[arg(long, default_value_t = 400)]
+    notified_step: u32,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -999,6 +1009,10 @@ struct PacedResult {
     post: Duration,
     /// Releases per 60 s from sending the POST.
     bins: Vec<u64>,
+    /// Releases per 60 s by `queuedAt`, from the first release's second,
+    /// beside what the configuration allows in the same spans.
+    queued_bins: Vec<u64>,
+    configured_bins: Vec<u64>,
     /// The most `notify-next` arrivals within any 60 s.
     busiest_window: u64,
     /// The most executions whose `queuedAt` falls within any 60 s.
@@ -1034,13 +1048,23 @@ async fn paced_phase(
     let tasks = spawn_devices(devices, &job);
     drop(job);
     sleep(START_DELAY).await;
+    let mut rollout = json!({"maximumPerMinute": args.rate});
+    if args.exponential_base > 0 {
+        rollout["exponentialRate"] = json!({
+            "baseRatePerMinute": args.exponential_base,
+            "incrementFactor": args.increment_factor,
+            "rateIncreaseCriteria": {"numberOfNotifiedThings": args.notified_step},
+        });
+    }
+    let targets = things.len() as u64;
     let body = json!({
         "jobId": job_id,
         "document": {"operation": "bench", "phase": "paced"},
         "targets": things,
-        "jobExecutionsRolloutConfig": {"maximumPerMinute": args.rate},
+        "jobExecutionsRolloutConfig": rollout,
     });
     let cpu0 = CpuMark::now(server)?;
+    let sent_epoch = unix_now();
     let (sent, answered) = match create_job(client, bearer, &body).await {
         Ok(times) => times,
         Err(e) => {
@@ -1091,6 +1115,23 @@ async fn paced_phase(
         .collect();
     queued.sort_unstable();
     let busiest_queued = busiest(&queued, BIN);
+    // Whole seconds from the first release to the end of the phase.
+    let first = queued.first().map_or(0, Duration::as_secs);
+    let phase_end = (sent_epoch as u64).saturating_add(BIN.as_secs() * args.minutes);
+    let span = phase_end.saturating_sub(first);
+    let schedule = configured_releases(args, targets, span);
+    let mut queued_bins = Vec::new();
+    let mut configured_bins = Vec::new();
+    for start in (0..span).step_by(BIN.as_secs() as usize) {
+        let stop = (start + BIN.as_secs()).min(span);
+        queued_bins.push(
+            queued
+                .iter()
+                .filter(|q| (first + start..first + stop).contains(&q.as_secs()))
+                .count() as u64,
+        );
+        configured_bins.push(schedule[start as usize..stop as usize].iter().sum());
+    }
     let latencies: Vec<Duration> = phased
         .results
         .iter()
@@ -1109,6 +1150,8 @@ async fn paced_phase(
             cpu: cpu1.since(cpu0),
             post: answered - sent,
             bins,
+            queued_bins,
+            configured_bins,
             busiest_window,
             busiest_queued,
             released: arrivals.len(),
@@ -1119,6 +1162,44 @@ async fn paced_phase(
             counts,
         },
     ))
+}
+
+/// Executions per minute once `increases` rate increases have applied:
+/// each multiplies by the factor, rounds down and adds at least one, up to
+/// `maximumPerMinute` (AWS IoT's exponential rollout).
+fn configured_rate(args: &RolloutArgs, increases: u64) -> u64 {
+    let max = u64::from(args.rate);
+    if args.exponential_base == 0 {
+        return max;
+    }
+    let mut rate = u64::from(args.exponential_base).clamp(1, max);
+    for _ in 0..increases {
+        if rate >= max {
+            break;
+        }
+        let grown = (rate as f64 * args.increment_factor).floor() as u64;
+        rate = grown.max(rate + 1).min(max);
+    }
+    rate
+}
+
+/// What the configuration releases in each of `seconds` seconds from the
+/// first release, with a release opportunity every second and `targets`
+/// things waiting: at each second, the rate minus what went out in the 60
+/// seconds that end there.
+fn configured_releases(args: &RolloutArgs, targets: u64, seconds: u64) -> Vec<u64> {
+    let window = BIN.as_secs() as usize;
+    let step = u64::from(args.notified_step.max(1));
+    let mut releases = vec![0u64; seconds as usize];
+    let mut notified = 0u64;
+    for s in 0..releases.len() {
+        let rate = configured_rate(args, notified / step);
+        let recent: u64 = releases[(s + 1).saturating_sub(window)..s].iter().sum();
+        let now = rate.saturating_sub(recent).min(targets - notified);
+        releases[s] = now;
+        notified += now;
+    }
+    releases
 }
 
 /// The most of the sorted `times` within any span of `width` (half-open).
@@ -1300,13 +1381,37 @@ fn summarise(
         rows.push((
             "paced: configuration".into(),
             format!(
-                "maximumPerMinute {}, {} min from sending the POST (answered in {:.2} s)",
+                "maximumPerMinute {}{}, {} min from sending the POST (answered in {:.2} s)",
                 args.rate,
+                if args.exponential_base > 0 {
+                    format!(
+                        ", exponentialRate base {} factor {} every {} notified",
+                        args.exponential_base, args.increment_factor, args.notified_step
+                    )
+                } else {
+                    String::new()
+                },
                 args.minutes,
                 p.post.as_secs_f64()
             ),
         ));
         rows.push(("paced: released per 60 s".into(), bins));
+        let against = p
+            .queued_bins
+            .iter()
+            .zip(&p.configured_bins)
+            .map(|(&m, &c)| {
+                format!(
+                    "{m} of {c} ({:+.1}%)",
+                    (m as f64 - c as f64) * 100.0 / c.max(1) as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push((
+            "paced: per 60 s by queuedAt from the first release, of configured".into(),
+            against,
+        ));
         rows.push((
             "paced: busiest sliding 60 s".into(),
             format!(
@@ -1352,6 +1457,11 @@ fn summarise(
             "minutes": args.minutes,
             "post_s": p.post.as_secs_f64(),
             "released_per_60s": p.bins,
+            "exponential_base_rate_per_minute": args.exponential_base,
+            "increment_factor": args.increment_factor,
+            "number_of_notified_things": args.notified_step,
+            "queued_at_per_60s_from_first_release": p.queued_bins,
+            "configured_per_60s_from_first_release": p.configured_bins,
             "busiest_60s_arrivals": p.busiest_window,
             "busiest_60s_queued_at": p.busiest_queued,
             "released": p.released,
@@ -1393,6 +1503,49 @@ mod tests {
         assert_eq!(busiest(&[], s(60)), 0);
         assert_eq!(busiest(&[s(0), s(59), s(60), s(61)], s(60)), 3);
         assert_eq!(busiest(&[s(0), s(0), s(120)], s(60)), 2);
+    }
+
+    fn args(rate: u32, base: u32, factor: f64, step: u32) -> RolloutArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: RolloutArgs,
+        }
+        let mut a = Cli::parse_from(["bench"]).a;
+        (
+            a.rate,
+            a.exponential_base,
+            a.increment_factor,
+            a.notified_step,
+        ) = (rate, base, factor, step);
+        a
+    }
+
+    #[test]
+    fn a_constant_rate_releases_the_maximum_each_minute() {
+        let r = configured_releases(&args(1000, 0, 2.0, 400), 10_000, 180);
+        assert_eq!(r[0], 1000);
+        assert_eq!(r[60], 1000);
+        assert_eq!(r[120], 1000);
+        assert_eq!(r.iter().sum::<u64>(), 3000);
+    }
+
+    #[test]
+    fn an_exponential_rate_grows_with_the_notified_things() {
+        // 200 at once; 200 more a minute later make 400 notified, one
+        // increase (rate 400): another 200 fit the window at once.
+        let r = configured_releases(&args(1000, 200, 2.0, 400), 10_000, 130);
+        assert_eq!((r[0], r[59], r[60], r[61]), (200, 0, 200, 200));
+        // Never more than the rate within any 60 s, never past the targets.
+        for end in 0..r.len() {
+            let window: u64 = r[(end + 1).saturating_sub(60)..=end].iter().sum();
+            assert!(window <= 1000, "{window} in the 60 s ending at {end}");
+        }
+        let few = configured_releases(&args(1000, 200, 2.0, 400), 300, 130);
+        assert_eq!(few.iter().sum::<u64>(), 300);
+        assert_eq!(configured_rate(&args(1000, 200, 2.0, 400), 10), 1000);
+        assert_eq!(configured_rate(&args(1000, 1, 1.1, 1), 1), 2);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 pub mod artifact;
 pub mod audit;
+pub mod audit_check;
 pub mod enrolment;
+pub mod event;
 pub mod fleet;
 pub mod job;
 pub mod json;
@@ -17,6 +19,7 @@ pub mod provisioning;
 pub mod registry;
 pub mod request;
 pub mod role;
+pub mod rotation;
 pub mod shadow;
 pub mod template;
 pub mod topic;

@@ -40,6 +40,22 @@ pub const DEFAULT_DEVICE_POLICY: &str = r#"{
         "arn:aws:iot:*:*:topicfilter/things/${iot:Connection.Thing.ThingName}/*",
         "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/*"
       ]
+    },
+    {
+      "Effect": "Allow",
+      "Action": ["iot:Publish", "iot:Receive"],
+      "Resource": [
+        "arn:aws:iot:*:*:topic/$aws/certificates/create/json*",
+        "arn:aws:iot:*:*:topic/$aws/certificates/create-from-csr/json*"
+      ]
+    },
+    {
+      "Effect": "Allow",
+      "Action": "iot:Subscribe",
+      "Resource": [
+        "arn:aws:iot:*:*:topicfilter/$aws/certificates/create/json*",
+        "arn:aws:iot:*:*:topicfilter/$aws/certificates/create-from-csr/json*"
+      ]
     }
   ]
 }"#;
@@ -196,8 +212,12 @@ pub enum PolicyError {
     Json(String),
     #[error("the policy document must be a JSON object")]
     NotAnObject,
-    #[error("`{0}` is not a policy document key; allowed are `Version` and `Statement`")]
+    #[error(
+        "`{0}` is not a policy document key; allowed are `Version`, `Statement` and `OnrampAwsStrict`"
+    )]
     UnknownKey(String),
+    #[error("`OnrampAwsStrict` must be true or false")]
+    BadAwsStrict,
     #[error("`Version` is required and must be \"2012-10-17\"")]
     MissingVersion,
     #[error("`Version` must be \"2012-10-17\", not {0}")]
@@ -262,6 +282,9 @@ pub enum StatementProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyDocument {
     statements: Vec<Statement>,
+    /// `"OnrampAwsStrict": true`, an Onramp extension: AWS strict mode
+    /// (QoS 2 refused as AWS IoT does) for the things the policy applies to.
+    aws_strict: bool,
 }
 
 impl PolicyDocument {
@@ -269,7 +292,13 @@ impl PolicyDocument {
     pub fn deny_all() -> PolicyDocument {
         PolicyDocument {
             statements: Vec::new(),
+            aws_strict: false,
         }
+    }
+
+    /// Whether the document asks for AWS strict mode.
+    pub fn aws_strict(&self) -> bool {
+        self.aws_strict
     }
 }
 
@@ -358,9 +387,17 @@ impl PolicyDocument {
         let Value::Object(top) = value else {
             return Err(PolicyError::NotAnObject);
         };
-        if let Some(key) = top.keys().find(|k| *k != "Version" && *k != "Statement") {
+        if let Some(key) = top
+            .keys()
+            .find(|k| !["Version", "Statement", "OnrampAwsStrict"].contains(&k.as_str()))
+        {
             return Err(PolicyError::UnknownKey(key.clone()));
         }
+        let aws_strict = match top.get("OnrampAwsStrict") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(PolicyError::BadAwsStrict),
+        };
         match top.get("Version") {
             None => return Err(PolicyError::MissingVersion),
             Some(Value::String(v)) if v == POLICY_VERSION => {}
@@ -394,7 +431,10 @@ impl PolicyDocument {
                 _ => Err(PolicyError::StatementNotAnObject { index }),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(PolicyDocument { statements })
+        Ok(PolicyDocument {
+            statements,
+            aws_strict,
+        })
     }
 }
 
@@ -807,7 +847,9 @@ pub fn evaluate(
     if kind != action.resource_kind() {
         return Decision::ImplicitDeny;
     }
-    let qualified = format!("{kind}/{name}");
+    // `topic/<name>`, built only if an ARN pattern is met (they are rare
+    // next to plain ones), not on every check.
+    let mut qualified: Option<String> = None;
     let mut allowed = false;
     for statement in policies.iter().flat_map(|p| &p.statements) {
         if statement.actions & action.bit() == 0 {
@@ -817,10 +859,13 @@ pub fn evaluate(
         if allowed && statement.effect == Effect::Allow {
             continue;
         }
-        let hit = statement
-            .resources
-            .iter()
-            .any(|r| r.matches(name, &qualified, ctx));
+        let hit = statement.resources.iter().any(|r| match r {
+            ResourcePattern::Plain(_) => r.matches(name, name, ctx),
+            ResourcePattern::Arn(_) => {
+                let q = qualified.get_or_insert_with(|| format!("{kind}/{name}"));
+                r.matches(name, q, ctx)
+            }
+        });
         if hit {
             match statement.effect {
                 Effect::Deny => return Decision::ExplicitDeny,
@@ -842,6 +887,29 @@ mod tests {
 
     fn globs(p: &str) -> Vec<Glob<'_>> {
         plain_globs(p)
+    }
+
+    #[test]
+    fn a_policy_may_ask_for_aws_strict_mode() {
+        let statement =
+            r#""Statement": {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}"#;
+        let doc = |extra: &str| format!(r#"{{"Version": "2012-10-17", {extra} {statement}}}"#);
+        assert!(!PolicyDocument::parse(&doc("")).unwrap().aws_strict());
+        assert!(
+            PolicyDocument::parse(&doc(r#""OnrampAwsStrict": true,"#))
+                .unwrap()
+                .aws_strict()
+        );
+        assert!(
+            !PolicyDocument::parse(&doc(r#""OnrampAwsStrict": false,"#))
+                .unwrap()
+                .aws_strict()
+        );
+        assert_eq!(
+            PolicyDocument::parse(&doc(r#""OnrampAwsStrict": "yes","#)),
+            Err(PolicyError::BadAwsStrict)
+        );
+        assert!(!default_device_policy().aws_strict());
     }
 
     #[test]
@@ -979,7 +1047,7 @@ mod tests {
     #[test]
     fn the_default_policy_parses_within_the_limits() {
         let doc = default_device_policy();
-        assert_eq!(doc.statements.len(), 3);
+        assert_eq!(doc.statements.len(), 5);
     }
 
     proptest! {

@@ -1,13 +1,18 @@
 //! One MQTT connection: CONNECT and authentication, then packets in and
 //! deliveries out until either side ends it.
 
-use crate::hub::{ReceiveCheck, ToConnection};
+use crate::counters::COUNTERS;
+use crate::hub::{Backlog, ReceiveCheck, ToConnection};
 use crate::listener::Gateway;
 use crate::wire::{
-    self, CloseReason, ConnAckInfo, ConnectRefusal, Inbound, SubscribeRefusal, Version,
+    self, CloseReason, ConnAckInfo, ConnectRefusal, FilterOptions, Inbound, SubscribeRefusal,
+    Version,
 };
 use futures_util::{SinkExt, StreamExt};
-use onramp_broker::{Message, QoS, SessionId};
+use onramp_broker::{
+    AliasUse, ClientLimits, InboundAliases, Incoming, Message, OutboundAliases, Outgoing, PubRec,
+    QoS, SessionId, SubOptions, Transmit, send_retained,
+};
 use onramp_domain::DeviceRequest;
 use onramp_domain::policy::{Action, Resource};
 use onramp_domain::topic::{parse_subscription, validate_topic_name};
@@ -20,15 +25,51 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::Framed;
 
-type Conn = Framed<TlsStream<TcpStream>, MqttCodec>;
+use crate::framing::MqttFramed;
+
+/// Buffers are held only while they hold bytes (see `framing`).
+type Conn = MqttFramed<TlsStream<TcpStream>, MqttCodec>;
 type Sink = futures_util::stream::SplitSink<Conn, MqttPacket>;
 
 /// Deliveries buffered towards one connection before it counts as too slow.
 const OUTBOUND_CAPACITY: usize = 1024;
 /// Deliveries written per flush.
 const WRITE_BATCH: usize = 64;
+/// How long a connection the server closed is still read (and discarded).
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Requests on reserved topics read and not yet answered, per connection;
+/// beyond this the connection's socket is not read until one is answered.
+const REQUESTS_AHEAD: usize = 64;
+
+/// A request on a reserved topic, for the connection's request task.
+struct Request {
+    request: DeviceRequest,
+    payload: bytes::Bytes,
+    qos: QoS,
+    packet_id: Option<u16>,
+}
+
+/// A request answered: the replies addressed to the requester, and the
+/// acknowledgement the PUBLISH is owed.
+struct Answer {
+    replies: Vec<Message>,
+    qos: QoS,
+    packet_id: Option<u16>,
+}
+
+/// The connection's request task: requests on reserved topics are answered
+/// here, one at a time in the order they arrived (so replies keep their
+/// order), while the connection goes on reading and routing other
+/// messages. Its answers go back to the connection to be written with the
+/// acknowledgement; replies to subscribers are published from here.
+struct Requests {
+    tx: mpsc::Sender<Request>,
+    answers: mpsc::UnboundedReceiver<Answer>,
+    /// Set when the server closed the connection (a revocation, a takeover,
+    /// a protocol error): requests read but not yet started are not carried out.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
 
 fn ms_now() -> i64 {
     std::time::SystemTime::now()
@@ -37,19 +78,40 @@ fn ms_now() -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) async fn run(gw: Arc<Gateway>, stream: TlsStream<TcpStream>, peer: SocketAddr) {
+/// Serves one connection. Setting it up (CONNECT, authentication, attaching
+/// its session) takes far more state than serving it afterwards: that part
+/// runs boxed and is freed before the connection settles into its long
+/// life, so the task that lives as long as the connection stays small.
+pub(crate) fn run(
+    gw: Arc<Gateway>,
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let set_up = Box::pin(set_up(gw, stream, peer));
+    async move {
+        if let Some(live) = set_up.await {
+            live.serve().await;
+        }
+    }
+}
+
+async fn set_up(
+    gw: Arc<Gateway>,
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+) -> Option<Box<Live>> {
     let chain: Vec<Vec<u8>> = stream
         .get_ref()
         .1
         .peer_certificates()
         .map(|c| c.iter().map(|d| d.to_vec()).collect())
         .unwrap_or_default();
-    let mut framed = Framed::new(stream, MqttCodec::Version(VersionCodec));
+    let mut framed = MqttFramed::new(stream, MqttCodec::Version(VersionCodec));
     let version = match tokio::time::timeout(gw.settings.connect_timeout, framed.next()).await {
         Ok(Some(Ok((MqttPacket::Version(v), _)))) => v,
         _ => {
             metrics::counter!("onramp_mqtt_connects_total", "outcome" => "not_mqtt").increment(1);
-            return;
+            return None;
         }
     };
     let max = gw.settings.max_packet_bytes;
@@ -65,12 +127,25 @@ pub(crate) async fn run(gw: Arc<Gateway>, stream: TlsStream<TcpStream>, peer: So
     };
     let connect = match tokio::time::timeout(gw.settings.connect_timeout, framed.next()).await {
         Ok(Some(Ok((packet, _)))) => match wire::inbound(packet) {
-            Inbound::Connect(c) => c,
-            _ => return,
+            Inbound::Connect(c) => *c,
+            _ => return None,
         },
-        _ => return,
+        _ => return None,
     };
     let source = peer.ip().to_string();
+    if connect.auth_method.is_some() {
+        // Enhanced authentication (MQTT 5 AUTH) is not offered: the client
+        // certificate is the credential.
+        metrics::counter!("onramp_mqtt_connects_total", "outcome" => refusal_name(ConnectRefusal::BadAuthMethod))
+            .increment(1);
+        let _ = framed
+            .send(wire::connack_refused(
+                version,
+                ConnectRefusal::BadAuthMethod,
+            ))
+            .await;
+        return None;
+    }
     let admitted = match admit(&gw, &chain, &connect, &source).await {
         Ok(a) => a,
         Err(why) => {
@@ -81,10 +156,10 @@ pub(crate) async fn run(gw: Arc<Gateway>, stream: TlsStream<TcpStream>, peer: So
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             let _ = framed.send(wire::connack_refused(version, why)).await;
-            return;
+            return None;
         }
     };
-    Session::start(gw, framed, version, connect, admitted, peer).await;
+    Session::start(gw, framed, version, connect, admitted, peer).await
 }
 
 fn refusal_name(why: ConnectRefusal) -> &'static str {
@@ -93,6 +168,7 @@ fn refusal_name(why: ConnectRefusal) -> &'static str {
         ConnectRefusal::BadClientId => "bad_client_id",
         ConnectRefusal::ServerUnavailable => "unavailable",
         ConnectRefusal::RateExceeded => "rate_limited",
+        ConnectRefusal::BadAuthMethod => "bad_auth_method",
     }
 }
 
@@ -117,15 +193,24 @@ async fn admit(
     // Noted before the registry is read: a cut that lands between this read
     // and the session's attachment is caught after attaching.
     let cut_epoch = gw.cut_epoch();
-    let identity = gw.onramp.authenticate_device(chain).await.map_err(|e| {
-        tracing::info!(%source, reason = %e, "MQTT connection refused");
-        match e {
-            ServiceError::Internal(_) | ServiceError::Unavailable { .. } => {
-                ConnectRefusal::ServerUnavailable
+    let identity = match gw.onramp.authenticate_device_or_renewal(chain).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::info!(%source, reason = %e, "MQTT connection refused");
+            if matches!(e, ServiceError::Forbidden(_)) {
+                // A revoked or superseded certificate still trying: noted for the audit checks.
+                gw.onramp
+                    .observe_refused_connection(chain, &connect.client_id, source)
+                    .await;
             }
-            _ => ConnectRefusal::NotAuthorized,
+            return Err(match e {
+                ServiceError::Internal(_) | ServiceError::Unavailable { .. } => {
+                    ConnectRefusal::ServerUnavailable
+                }
+                _ => ConnectRefusal::NotAuthorized,
+            });
         }
-    })?;
+    };
     let (client_id, assigned) = if connect.client_id.is_empty() {
         // An empty client id gets the thing name (MQTT 5 returns it in CONNACK);
         // a claim connection, which has no thing yet, a fresh one.
@@ -219,10 +304,25 @@ struct Session {
     will: Option<wire::Will>,
     persistent: bool,
     session_expiry: Option<Duration>,
+    /// The CONNECT's Session Expiry Interval was 0 (MQTT 5): DISCONNECT may not raise it.
+    expiry_was_zero: bool,
     presence_version: u64,
+    /// Topic aliases Onramp uses towards this client, and those it set.
+    out_aliases: OutboundAliases,
+    in_aliases: InboundAliases,
+    /// QoS 2 messages from the client that may await PUBREL at once.
+    receive_max: usize,
     /// Set on a claim-certificate connection: it may only provision.
     claim: Option<ClaimContext>,
     source: String,
+    /// AWS strict mode applies (QoS 2 refused).
+    strict: bool,
+    /// Deliveries of the last PUBLISH to connections that were behind, and
+    /// the acknowledgement it is owed once they are handed over (and the
+    /// persistent-session writes it waits for).
+    backlog: Option<(Backlog, QoS, Option<u16>, Option<u64>)>,
+    /// Started at the first request on a reserved topic.
+    requests: Option<Requests>,
 }
 
 enum End {
@@ -242,8 +342,8 @@ impl Session {
         connect: wire::ConnectRequest,
         a: Admitted,
         peer: SocketAddr,
-    ) {
-        let (tx, mut rx) = mpsc::channel::<ToConnection>(OUTBOUND_CAPACITY);
+    ) -> Option<Box<Live>> {
+        let (tx, rx) = mpsc::channel::<ToConnection>(OUTBOUND_CAPACITY);
         let connection = gw.hub.next_connection_id();
         let receive: ReceiveCheck = {
             let auth = a.authorizer.clone();
@@ -260,6 +360,24 @@ impl Session {
                 .filter(|s| *s > 0)
                 .map(|s| Duration::from_secs(u64::from(s)).min(gw.settings.session_expiry_max)),
         };
+        let v5 = version == Version::V5;
+        let client = ClientLimits {
+            receive_max: connect.receive_max.unwrap_or(u16::MAX),
+            max_packet_size: connect.max_packet_size.filter(|_| v5),
+            v5,
+            topic_aliases: v5 && connect.topic_alias_max > 0,
+        };
+        if a.identity.claim.is_none() {
+            // Who used which certificate, client id and address: for the audit checks.
+            gw.onramp.observe_connection(
+                &a.identity.tenant,
+                &a.identity.certificate_serial,
+                &a.identity.thing_name,
+                &a.client_id,
+                &peer.ip().to_string(),
+                false,
+            );
+        }
         let attached = gw.hub.attach(
             &a.identity.tenant,
             &a.client_id,
@@ -269,7 +387,7 @@ impl Session {
             connection,
             tx,
             receive,
-            connect.receive_max,
+            client,
             a.identity.claim.is_some(),
         );
         let Some(attached) = attached else {
@@ -280,19 +398,63 @@ impl Session {
             let _ = framed
                 .send(wire::connack_refused(version, ConnectRefusal::BadClientId))
                 .await;
-            return;
+            return None;
         };
-        let (mut sink, mut stream) = framed.split();
+        let (mut sink, stream) = framed.split();
+        // A persistent session is stored, and what it holds is written
+        // before the CONNACK; a clean session is never stored.
+        if persistent || !connect.clean_start {
+            let will = connect.will.as_ref().filter(|_| persistent).map(|w| {
+                let message = Message::new(
+                    &w.topic,
+                    w.payload.clone(),
+                    QoS::from_u8(w.qos).unwrap_or(QoS::AtLeastOnce),
+                    w.retain,
+                )
+                .with_properties(w.properties.clone());
+                (message, w.delay_secs)
+            });
+            let stored = gw.hub.set_persistence(
+                &a.identity.tenant,
+                attached.session,
+                connection,
+                session_expiry.filter(|_| persistent),
+                will,
+            );
+            if let Some(n) = stored {
+                gw.hub.durable(n).await;
+            }
+        }
+        // AWS strict mode, for the whole listener or for the things a
+        // policy asking for it covers.
+        let strict = gw.settings.aws_strict || a.authorizer.aws_strict();
+        let receive_max =
+            u16::try_from(gw.settings.session_limits.max_inflight.max(1)).unwrap_or(u16::MAX);
+        // An MQTT 5 keep-alive above the server's maximum is lowered and the
+        // client told so (Server Keep Alive); an MQTT 3.1.1 client cannot be
+        // told, so its own is kept. 0, no keep-alive, stays.
+        let keep_alive = match connect.keep_alive {
+            k if k == 0 || !v5 => k,
+            k => k.min(gw.settings.max_keep_alive_secs.max(1)),
+        };
         let info = ConnAckInfo {
             session_present: attached.session_present,
             assigned_client_id: a.assigned.then(|| a.client_id.clone()),
-            receive_max: u16::try_from(gw.settings.session_limits.max_inflight).unwrap_or(u16::MAX),
+            receive_max,
             max_packet_size: gw.settings.max_packet_bytes,
             session_expiry_secs: match (version, session_expiry) {
                 (Version::V5, Some(d)) => u32::try_from(d.as_secs()).ok(),
                 _ => None,
             },
-            server_keep_alive: None,
+            server_keep_alive: v5.then_some(keep_alive),
+            max_qos: if strict {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            },
+            topic_alias_max: gw.settings.topic_alias_max,
+            response_info: (v5 && connect.request_response_info)
+                .then(|| format!("things/{}/response", a.identity.thing_name)),
         };
         let mut s = Session {
             version,
@@ -306,9 +468,16 @@ impl Session {
             will: connect.will.clone(),
             persistent,
             session_expiry,
+            expiry_was_zero: connect.session_expiry_secs == Some(0),
             presence_version: attached.presence_version,
+            out_aliases: OutboundAliases::new(if v5 { connect.topic_alias_max } else { 0 }),
+            in_aliases: InboundAliases::new(if v5 { gw.settings.topic_alias_max } else { 0 }),
+            receive_max: usize::from(receive_max),
             claim: a.identity.claim.clone(),
             source: peer.ip().to_string(),
+            strict,
+            backlog: None,
+            requests: None,
             gw,
         };
         if s.gw.cut_since(
@@ -328,11 +497,11 @@ impl Session {
                 ))
                 .await;
             s.finish(End::Closed(CloseReason::NotAuthorized)).await;
-            return;
+            return None;
         }
         if sink.send(wire::connack_ok(version, &info)).await.is_err() {
             s.finish(End::Lost).await;
-            return;
+            return None;
         }
         metrics::counter!("onramp_mqtt_connects_total", "outcome" => "accepted").increment(1);
         tracing::debug!(client = %s.client_id, %peer, ?version, "MQTT client connected");
@@ -343,30 +512,82 @@ impl Session {
                 .device_presence(&s.tenant, &s.thing_name, true)
                 .await;
         }
-        for out in attached.resend {
-            if sink.feed(wire::publish(version, &out)).await.is_err() {
+        for will in attached.wills {
+            s.publish_will(will).await;
+        }
+        for t in attached.resend {
+            let packet = match t {
+                Transmit::Publish(out) => {
+                    count_out(&out);
+                    s.publish_packet(&out)
+                }
+                Transmit::Release(id) => wire::pubrel(version, id, true),
+            };
+            if sink.feed(packet).await.is_err() {
                 s.finish(End::Lost).await;
-                return;
+                return None;
             }
         }
         if sink.flush().await.is_err() {
             s.finish(End::Lost).await;
-            return;
+            return None;
         }
-        let idle = match connect.keep_alive {
+        let idle = match keep_alive {
             0 => None,
             k => Some(Duration::from_millis(u64::from(k) * 1500)),
         };
-        let end = s.pump(&mut sink, &mut stream, &mut rx, idle).await;
+        Some(Box::new(Live {
+            s,
+            sink,
+            stream,
+            rx,
+            idle,
+        }))
+    }
+}
+
+/// A connection after CONNACK: what it needs for the rest of its life.
+struct Live {
+    s: Session,
+    sink: Sink,
+    stream: futures_util::stream::SplitStream<Conn>,
+    rx: mpsc::Receiver<ToConnection>,
+    idle: Option<Duration>,
+}
+
+impl Live {
+    async fn serve(mut self: Box<Self>) {
+        let version = self.s.version;
+        let end = self
+            .s
+            .pump(&mut self.sink, &mut self.stream, &mut self.rx, self.idle)
+            .await;
+        let closed_by_server = matches!(end, End::Closed(_));
+        if closed_by_server && let Some(r) = &self.s.requests {
+            r.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let End::Closed(why) = &end
             && let Some(p) = wire::disconnect(version, *why)
         {
-            let _ = sink.send(p).await;
+            let _ = self.sink.send(p).await;
         }
-        let _ = sink.close().await;
-        s.finish(end).await;
+        let _ = self.sink.close().await;
+        // Boxed: ending a session takes more state than waiting for packets.
+        Box::pin(self.s.finish(end)).await;
+        if closed_by_server {
+            // The client may still be writing what it sent before it read
+            // the DISCONNECT: reading on for a moment (and discarding it)
+            // lets it read the DISCONNECT rather than see its writes fail
+            // on a reset connection.
+            let _ = Box::pin(tokio::time::timeout(CLOSE_LINGER, async {
+                while let Some(Ok(_)) = self.stream.next().await {}
+            }))
+            .await;
+        }
     }
+}
 
+impl Session {
     async fn pump(
         &mut self,
         sink: &mut Sink,
@@ -374,42 +595,163 @@ impl Session {
         rx: &mut mpsc::Receiver<ToConnection>,
         idle: Option<Duration>,
     ) -> End {
+        // One keep-alive deadline for the connection's life: a read only
+        // notes its time, and the timer is moved when it fires early.
+        let mut last_read = tokio::time::Instant::now();
+        let keep_alive = tokio::time::sleep(idle.unwrap_or(Duration::from_secs(86_400)));
+        tokio::pin!(keep_alive);
+        // The work done on an event (handling a packet, writing deliveries
+        // or an answer, holding this publisher) runs boxed: inline, the
+        // largest of them would size the connection's task for its whole
+        // life, though an idle connection only ever waits in the select.
         loop {
-            let read = async {
-                match idle {
-                    Some(d) => tokio::time::timeout(d, stream.next()).await.map_err(|_| ()),
-                    None => Ok(stream.next().await),
+            let answered = async {
+                match &mut self.requests {
+                    Some(r) => r.answers.recv().await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 biased;
                 msg = rx.recv() => match msg {
                     Some(ToConnection::Deliver(out)) => {
-                        if self.write_deliveries(sink, rx, out).await.is_err() {
+                        if Box::pin(self.write_deliveries(sink, rx, *out)).await.is_err() {
                             return End::Lost;
                         }
                     }
                     Some(ToConnection::Close(why)) => return End::Closed(why),
                     None => return End::Closed(CloseReason::Administrative),
                 },
-                packet = read => match packet {
-                    Err(()) => return End::Closed(CloseReason::KeepAliveTimeout),
-                    Ok(None) => return End::Lost,
-                    // A socket error (a reset, a close without close_notify) is a lost connection.
-                    Ok(Some(Err(rmqtt_codec::error::DecodeError::Io(_)))) => return End::Lost,
-                    Ok(Some(Err(e))) => {
-                        tracing::debug!(client = %self.client_id, error = %e, "undecodable MQTT packet");
-                        let too_large = matches!(e, rmqtt_codec::error::DecodeError::MaxSizeExceeded { .. });
-                        return End::Closed(if too_large { CloseReason::PacketTooLarge } else { CloseReason::MalformedPacket });
+                Some(answer) = answered => {
+                    if let Some(end) = Box::pin(self.write_answer(sink, answer)).await {
+                        return end;
                     }
-                    Ok(Some(Ok((packet, _)))) => {
-                        if let Some(end) = self.handle(sink, wire::inbound(packet)).await {
-                            return end;
+                }
+                packet = stream.next() => {
+                    last_read = tokio::time::Instant::now();
+                    match packet {
+                        None => return End::Lost,
+                        // A socket error (a reset, a close without close_notify) is a lost connection.
+                        Some(Err(rmqtt_codec::error::DecodeError::Io(_))) => return End::Lost,
+                        Some(Err(e)) => {
+                            tracing::debug!(client = %self.client_id, error = %e, "undecodable MQTT packet");
+                            let too_large = matches!(e, rmqtt_codec::error::DecodeError::MaxSizeExceeded { .. });
+                            return End::Closed(if too_large { CloseReason::PacketTooLarge } else { CloseReason::MalformedPacket });
+                        }
+                        Some(Ok((packet, _))) => {
+                            if let Some(end) = Box::pin(self.handle(sink, wire::inbound(packet))).await {
+                                return end;
+                            }
+                            if let Some(backlog) = self.backlog.take() {
+                                if let Some(end) = Box::pin(self.settle(sink, rx, backlog)).await {
+                                    return end;
+                                }
+                                // Held by the receivers, not silent.
+                                last_read = tokio::time::Instant::now();
+                            }
                         }
                     }
+                }
+                () = &mut keep_alive, if idle.is_some() => {
+                    let due = last_read + idle.unwrap_or_default();
+                    if due <= tokio::time::Instant::now() {
+                        return End::Closed(CloseReason::KeepAliveTimeout);
+                    }
+                    keep_alive.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    /// Holds this publisher (its socket is not read, its acknowledgement not
+    /// sent) until the connections its last message goes to have taken it,
+    /// or the hold limit has passed; meanwhile its own deliveries flow.
+    async fn settle(
+        &mut self,
+        sink: &mut Sink,
+        rx: &mut mpsc::Receiver<ToConnection>,
+        (backlog, qos, packet_id, written): (Backlog, QoS, Option<u16>, Option<u64>),
+    ) -> Option<End> {
+        let hub = self.gw.hub.clone();
+        let tenant = self.tenant.clone();
+        let settled = hub.settle(&tenant, backlog);
+        tokio::pin!(settled);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut settled => break,
+                msg = rx.recv() => match msg {
+                    Some(ToConnection::Deliver(out)) => {
+                        if self.write_deliveries(sink, rx, *out).await.is_err() {
+                            return Some(End::Lost);
+                        }
+                    }
+                    Some(ToConnection::Close(why)) => return Some(End::Closed(why)),
+                    None => return Some(End::Closed(CloseReason::Administrative)),
                 },
             }
         }
+        if qos != QoS::AtMostOnce {
+            // Deliveries handed over late may have reached persistent
+            // sessions: their writes commit before the acknowledgement.
+            let late = Some(hub.last_write()).filter(|n| *n > 0);
+            if let Some(n) = written.max(late) {
+                hub.durable(n).await;
+            }
+        }
+        self.ack(sink, qos, packet_id, false).await
+    }
+
+    /// Writes a request's replies to the requester, then its acknowledgement.
+    async fn write_answer(&mut self, sink: &mut Sink, answer: Answer) -> Option<End> {
+        for message in answer.replies {
+            let out = Outgoing {
+                message,
+                packet_id: None,
+                dup: false,
+                subscription_ids: Vec::new(),
+                expiry_secs: None,
+            };
+            count_out(&out);
+            let packet = self.publish_packet(&out);
+            if sink.feed(packet).await.is_err() {
+                return Some(End::Lost);
+            }
+        }
+        if let Some(end) = self.ack(sink, answer.qos, answer.packet_id, false).await {
+            return Some(end);
+        }
+        sink.flush().await.err().map(|_| End::Lost)
+    }
+
+    /// Hands a request to the connection's request task, starting it first.
+    async fn request(&mut self, request: Request) -> Option<End> {
+        let requests = self.requests.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(REQUESTS_AHEAD);
+            let (answer_tx, answers) = mpsc::unbounded_channel();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            tokio::spawn(answer_requests(
+                self.gw.clone(),
+                RequestContext {
+                    tenant: self.tenant.clone(),
+                    client_id: self.client_id.clone(),
+                    source: self.source.clone(),
+                    claim: self.claim.clone(),
+                    certificate_id: self.certificate_id.clone(),
+                    authorizer: self.authorizer.clone(),
+                },
+                rx,
+                answer_tx,
+                stop.clone(),
+            ));
+            Requests { tx, answers, stop }
+        });
+        requests
+            .tx
+            .send(request)
+            .await
+            .err()
+            .map(|_| End::Closed(CloseReason::Administrative))
     }
 
     async fn write_deliveries(
@@ -419,16 +761,14 @@ impl Session {
         first: onramp_broker::Outgoing,
     ) -> Result<(), ()> {
         count_out(&first);
-        sink.feed(wire::publish(self.version, &first))
-            .await
-            .map_err(|_| ())?;
+        let packet = self.publish_packet(&first);
+        sink.feed(packet).await.map_err(|_| ())?;
         for _ in 0..WRITE_BATCH {
             match rx.try_recv() {
                 Ok(ToConnection::Deliver(out)) => {
                     count_out(&out);
-                    sink.feed(wire::publish(self.version, &out))
-                        .await
-                        .map_err(|_| ())?;
+                    let packet = self.publish_packet(&out);
+                    sink.feed(packet).await.map_err(|_| ())?;
                 }
                 Ok(ToConnection::Close(why)) => {
                     sink.flush().await.map_err(|_| ())?;
@@ -450,110 +790,70 @@ impl Session {
     async fn handle(&mut self, sink: &mut Sink, packet: Inbound) -> Option<End> {
         let v = self.version;
         match packet {
-            Inbound::Publish {
-                topic,
-                payload,
-                qos,
-                retain,
-                packet_id,
-                uses_alias,
-            } => {
-                if uses_alias {
-                    return Some(End::Closed(CloseReason::TopicAliasInvalid));
-                }
-                if qos > 1 {
-                    // QoS 2 is not supported (CONNACK says so in v5).
-                    return Some(End::Closed(CloseReason::QosNotSupported));
-                }
-                if validate_topic_name(&topic).is_err()
-                    || topic.len() > self.gw.settings.max_topic_bytes
-                {
-                    return Some(End::Closed(CloseReason::TopicNameInvalid));
-                }
-                if payload.len() > self.gw.settings.max_payload_bytes {
-                    return Some(End::Closed(CloseReason::PacketTooLarge));
-                }
-                if retain && topic.starts_with("$aws/") {
-                    return Some(End::Closed(CloseReason::RetainNotSupported));
-                }
-                let allowed = !is_reserved_for_server(&topic)
-                    && self
-                        .authorizer
-                        .allows(Action::Publish, Resource::Topic(&topic))
-                    && (!retain
-                        || self
-                            .authorizer
-                            .allows(Action::RetainPublish, Resource::Topic(&topic)));
-                if !allowed {
-                    tracing::info!(client = %self.client_id, %topic, "publish denied by policy");
-                    return match (v, packet_id) {
-                        // MQTT 3.1.1 has no negative acknowledgement: close, as AWS IoT does.
-                        (Version::V3, _) => Some(End::Closed(CloseReason::NotAuthorized)),
-                        (Version::V5, Some(id)) => sink
-                            .send(wire::puback(v, id, true))
-                            .await
-                            .err()
-                            .map(|_| End::Lost),
-                        (Version::V5, None) => None,
-                    };
-                }
-                let qos = if qos == 1 {
-                    QoS::AtLeastOnce
-                } else {
-                    QoS::AtMostOnce
-                };
-                metrics::counter!("onramp_mqtt_messages_in_total", "qos" => if qos == QoS::AtLeastOnce { "1" } else { "0" }).increment(1);
-                // Requests on reserved topics (provisioning, shadows, jobs) go
-                // to the service; its replies come back addressed either to
-                // this connection or to subscribers. The PUBACK follows the
-                // answer, so a QoS 1 request acknowledged is one whose write
-                // is durable.
-                if let Some(request) = DeviceRequest::parse(&topic) {
-                    if let Some(end) = self.answer(sink, &request, &payload).await {
-                        return Some(end);
-                    }
-                    return match packet_id {
-                        Some(id) if qos == QoS::AtLeastOnce => sink
-                            .send(wire::puback(v, id, false))
-                            .await
-                            .err()
-                            .map(|_| End::Lost),
-                        _ => None,
-                    };
-                }
-                let message = Message::new(&topic, payload, qos, retain);
-                if retain && !self.retain(&message).await {
-                    return Some(End::Closed(CloseReason::QuotaExceeded));
-                }
-                self.gw.hub.publish(&self.tenant, &message);
-                if let Some(id) = packet_id
-                    && qos == QoS::AtLeastOnce
-                    && sink.send(wire::puback(v, id, false)).await.is_err()
-                {
-                    return Some(End::Lost);
-                }
-                None
-            }
+            Inbound::Publish(p) => self.on_publish(sink, *p).await,
             Inbound::PubAck(id) => {
                 let more = self.gw.hub.puback(&self.tenant, self.session, id);
-                for out in more {
-                    count_out(&out);
-                    if sink.feed(wire::publish(v, &out)).await.is_err() {
-                        return Some(End::Lost);
-                    }
-                }
-                sink.flush().await.err().map(|_| End::Lost)
+                self.write_more(sink, more).await
             }
-            Inbound::Subscribe { packet_id, filters } => {
+            Inbound::PubRec {
+                packet_id,
+                accepted,
+            } => match self
+                .gw
+                .hub
+                .pubrec(&self.tenant, self.session, packet_id, accepted)
+            {
+                PubRec::Release => {
+                    // Once PUBREL is out the client may forget the packet
+                    // id: the session must not send the PUBLISH again.
+                    self.stored().await;
+                    sink.send(wire::pubrel(v, packet_id, true))
+                        .await
+                        .err()
+                        .map(|_| End::Lost)
+                }
+                PubRec::Unknown => sink
+                    .send(wire::pubrel(v, packet_id, false))
+                    .await
+                    .err()
+                    .map(|_| End::Lost),
+                PubRec::Done(more) => self.write_more(sink, more).await,
+            },
+            Inbound::PubRel(id) => {
+                let found = self.gw.hub.pubrel(&self.tenant, self.session, id);
+                // After PUBCOMP the client may use the id for a new message.
+                if found {
+                    self.stored().await;
+                }
+                sink.send(wire::pubcomp(v, id, found))
+                    .await
+                    .err()
+                    .map(|_| End::Lost)
+            }
+            Inbound::PubComp(id) => {
+                let more = self.gw.hub.pubcomp(&self.tenant, self.session, id);
+                self.write_more(sink, more).await
+            }
+            Inbound::Subscribe {
+                packet_id,
+                id,
+                filters,
+            } => {
                 let mut results = Vec::with_capacity(filters.len());
                 let mut granted = Vec::new();
-                for (text, qos) in filters {
-                    let r = self.subscribe_one(&text, qos);
-                    if let Ok(q) = r {
-                        granted.push((text, q));
+                for (text, opts) in filters {
+                    let shared = parse_subscription(&text).is_ok_and(|s| s.share_group.is_some());
+                    if shared && opts.no_local {
+                        // MQTT 5 section 3.8.3.1: No Local on a shared subscription.
+                        return Some(End::Closed(CloseReason::ProtocolError));
                     }
-                    results.push(r);
+                    let r = self.subscribe_one(&text, opts, id);
+                    if let Ok((q, existed)) = r {
+                        granted.push((text, q, existed, opts));
+                    }
+                    results.push(r.map(|(q, _)| q));
                 }
+                self.stored().await;
                 if sink
                     .send(wire::suback(v, packet_id, &results))
                     .await
@@ -561,23 +861,33 @@ impl Session {
                 {
                     return Some(End::Lost);
                 }
-                for (text, q) in granted {
+                for (text, q, existed, opts) in granted {
                     if let Ok(sub) = parse_subscription(&text)
-                        && sub.share_group.is_none()
+                        && send_retained(opts.retain_handling, existed, sub.share_group.is_some())
                     {
-                        self.gw
-                            .hub
-                            .deliver_retained(&self.tenant, self.session, &sub.filter, q);
+                        let options = SubOptions {
+                            qos: q,
+                            no_local: opts.no_local,
+                            retain_as_published: opts.retain_as_published,
+                            id,
+                        };
+                        self.gw.hub.deliver_retained(
+                            &self.tenant,
+                            self.session,
+                            &sub.filter,
+                            options,
+                        );
                     }
                 }
                 None
             }
             Inbound::Unsubscribe { packet_id, filters } => {
-                let n = filters.len();
-                for f in filters {
-                    self.gw.hub.unsubscribe(&self.tenant, self.session, &f);
-                }
-                sink.send(wire::unsuback(v, packet_id, n))
+                let found: Vec<bool> = filters
+                    .iter()
+                    .map(|f| self.gw.hub.unsubscribe(&self.tenant, self.session, f))
+                    .collect();
+                self.stored().await;
+                sink.send(wire::unsuback(v, packet_id, &found))
                     .await
                     .err()
                     .map(|_| End::Lost)
@@ -588,6 +898,11 @@ impl Session {
                 session_expiry_secs,
             } => {
                 if let Some(secs) = session_expiry_secs {
+                    if secs > 0 && self.expiry_was_zero {
+                        // MQTT 5 section 3.14.2.2.2: a session that was to end
+                        // with the connection cannot be made to outlive it now.
+                        return Some(End::Closed(CloseReason::ProtocolError));
+                    }
                     self.session_expiry = (secs > 0).then(|| {
                         Duration::from_secs(u64::from(secs))
                             .min(self.gw.settings.session_expiry_max)
@@ -598,62 +913,19 @@ impl Session {
             Inbound::Connect(_) => Some(End::Closed(CloseReason::ProtocolError)),
             Inbound::Unsupported(what) => {
                 tracing::debug!(client = %self.client_id, what, "unsupported MQTT packet");
-                Some(End::Closed(if what == "QoS 2 flow" {
-                    CloseReason::QosNotSupported
-                } else {
-                    CloseReason::ProtocolError
-                }))
+                Some(End::Closed(CloseReason::ProtocolError))
             }
         }
     }
 
-    async fn answer(
+    /// Subscribes one filter; returns the QoS granted and whether the
+    /// session already had this subscription.
+    fn subscribe_one(
         &mut self,
-        sink: &mut Sink,
-        request: &DeviceRequest,
-        payload: &[u8],
-    ) -> Option<End> {
-        let origin = onramp_service::RequestOrigin {
-            tenant: &self.tenant,
-            client_id: &self.client_id,
-            source: &self.source,
-            claim: self.claim.as_ref(),
-        };
-        let replies = self
-            .gw
-            .onramp
-            .device_request(&origin, request, payload)
-            .await;
-        for reply in replies {
-            match reply.audience {
-                Audience::Subscribers => {
-                    let message =
-                        Message::new(&reply.topic, reply.payload, QoS::AtLeastOnce, false);
-                    self.gw.hub.publish(&self.tenant, &message);
-                }
-                Audience::Requester => {
-                    if !self
-                        .authorizer
-                        .allows(Action::Receive, Resource::Topic(&reply.topic))
-                    {
-                        continue;
-                    }
-                    let out = onramp_broker::Outgoing {
-                        message: Message::new(&reply.topic, reply.payload, QoS::AtMostOnce, false),
-                        packet_id: None,
-                        dup: false,
-                    };
-                    count_out(&out);
-                    if sink.send(wire::publish(self.version, &out)).await.is_err() {
-                        return Some(End::Lost);
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    fn subscribe_one(&mut self, text: &str, qos: u8) -> Result<QoS, SubscribeRefusal> {
+        text: &str,
+        opts: FilterOptions,
+        id: Option<u32>,
+    ) -> Result<(QoS, bool), SubscribeRefusal> {
         let sub = parse_subscription(text).map_err(|_| SubscribeRefusal::InvalidFilter)?;
         if !self
             .authorizer
@@ -662,26 +934,199 @@ impl Session {
             tracing::info!(client = %self.client_id, filter = %text, "subscribe denied by policy");
             return Err(SubscribeRefusal::NotAuthorized);
         }
-        // QoS 2 is granted as QoS 1.
-        let q = if qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
+        let mut q = QoS::from_u8(opts.qos).unwrap_or(QoS::AtLeastOnce);
+        if self.strict && q == QoS::ExactlyOnce {
+            // AWS strict: QoS 2 is granted as QoS 1, as AWS IoT does.
+            q = QoS::AtLeastOnce;
+        }
+        let options = SubOptions {
+            qos: q,
+            no_local: opts.no_local,
+            retain_as_published: opts.retain_as_published,
+            id,
         };
         // The hub counts the session's subscriptions, so a resumed session
         // and a repeated filter are counted right.
-        if !self.gw.hub.subscribe(
-            &self.tenant,
-            self.session,
-            text,
-            &sub.filter,
-            sub.share_group.as_deref(),
-            q,
-            self.gw.settings.max_subscriptions,
-        ) {
-            return Err(SubscribeRefusal::QuotaExceeded);
+        let existed = self
+            .gw
+            .hub
+            .subscribe(
+                &self.tenant,
+                self.session,
+                text,
+                &sub.filter,
+                sub.share_group.as_deref(),
+                options,
+                self.gw.settings.max_subscriptions,
+            )
+            .ok_or(SubscribeRefusal::QuotaExceeded)?;
+        Ok((q, existed))
+    }
+
+    /// The PUBLISH packet for a delivery, with a topic alias when the client
+    /// takes them.
+    fn publish_packet(&mut self, out: &Outgoing) -> rmqtt_codec::MqttPacket {
+        let alias = if self.out_aliases.enabled() {
+            self.out_aliases.assign(&out.message.topic)
+        } else {
+            AliasUse::None
+        };
+        wire::publish(self.version, out, alias)
+    }
+
+    async fn write_more(&mut self, sink: &mut Sink, more: Vec<Outgoing>) -> Option<End> {
+        for out in more {
+            count_out(&out);
+            let packet = self.publish_packet(&out);
+            if sink.feed(packet).await.is_err() {
+                return Some(End::Lost);
+            }
         }
-        Ok(q)
+        sink.flush().await.err().map(|_| End::Lost)
+    }
+
+    /// Acknowledges a client's QoS 1 or 2 PUBLISH (`refused`: MQTT 5 only).
+    async fn ack(
+        &self,
+        sink: &mut Sink,
+        qos: QoS,
+        packet_id: Option<u16>,
+        refused: bool,
+    ) -> Option<End> {
+        let packet = match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => wire::puback(self.version, id, refused),
+            (QoS::ExactlyOnce, Some(id)) => wire::pubrec(self.version, id, refused),
+            _ => return None,
+        };
+        sink.send(packet).await.err().map(|_| End::Lost)
+    }
+
+    async fn on_publish(&mut self, sink: &mut Sink, p: wire::PublishIn) -> Option<End> {
+        let v = self.version;
+        if p.has_subscription_ids {
+            return Some(End::Closed(CloseReason::ProtocolError));
+        }
+        let topic = match self.in_aliases.resolve(&p.topic, p.topic_alias) {
+            Ok(t) => t,
+            Err(_) => return Some(End::Closed(CloseReason::TopicAliasInvalid)),
+        };
+        let Some(qos) = QoS::from_u8(p.qos) else {
+            return Some(End::Closed(CloseReason::MalformedPacket));
+        };
+        if qos == QoS::ExactlyOnce && self.strict {
+            // AWS strict: QoS 2 is refused as AWS IoT does (CONNACK says maximum QoS 1).
+            return Some(End::Closed(CloseReason::QosNotSupported));
+        }
+        if validate_topic_name(&topic).is_err() || topic.len() > self.gw.settings.max_topic_bytes {
+            return Some(End::Closed(CloseReason::TopicNameInvalid));
+        }
+        if p.payload.len() > self.gw.settings.max_payload_bytes {
+            return Some(End::Closed(CloseReason::PacketTooLarge));
+        }
+        if p.retain && topic.starts_with("$aws/") {
+            return Some(End::Closed(CloseReason::RetainNotSupported));
+        }
+        let allowed = !is_reserved_for_server(&topic)
+            && self
+                .authorizer
+                .allows(Action::Publish, Resource::Topic(&topic))
+            && (!p.retain
+                || self
+                    .authorizer
+                    .allows(Action::RetainPublish, Resource::Topic(&topic)));
+        if !allowed {
+            tracing::info!(client = %self.client_id, %topic, "publish denied by policy");
+            return match v {
+                // MQTT 3.1.1 has no negative acknowledgement: close, as AWS IoT does.
+                Version::V3 => Some(End::Closed(CloseReason::NotAuthorized)),
+                Version::V5 => self.ack(sink, qos, p.packet_id, true).await,
+            };
+        }
+        // The writes of persistent sessions this PUBLISH causes commit
+        // before it is acknowledged.
+        let mut written = None;
+        if qos == QoS::ExactlyOnce {
+            let Some(id) = p.packet_id else {
+                return Some(End::Closed(CloseReason::MalformedPacket));
+            };
+            match self
+                .gw
+                .hub
+                .incoming_qos2(&self.tenant, self.session, id, self.receive_max)
+            {
+                Incoming::New => {
+                    if self.persistent {
+                        written = Some(self.gw.hub.last_write());
+                    }
+                }
+                // Received before (a DUP resend): acknowledged again, not routed again.
+                Incoming::Duplicate => return self.ack(sink, qos, p.packet_id, false).await,
+                Incoming::OverQuota => {
+                    return Some(End::Closed(CloseReason::ReceiveMaximumExceeded));
+                }
+            }
+        }
+        COUNTERS.messages_in(qos).increment(1);
+        // Requests on reserved topics (provisioning, shadows, jobs) go
+        // to the service, through the connection's request task; its
+        // replies come back addressed either to this connection or to
+        // subscribers. The acknowledgement follows the answer, so a
+        // request acknowledged is one whose write is durable.
+        if let Some(request) = DeviceRequest::parse(&topic) {
+            // The inbound QoS 2 id of a persistent session is stored before
+            // the request task can acknowledge it.
+            if let Some(n) = written {
+                self.gw.hub.durable(n).await;
+            }
+            return self
+                .request(Request {
+                    request,
+                    payload: p.payload,
+                    qos,
+                    packet_id: p.packet_id,
+                })
+                .await;
+        }
+        let message = Message::new(&topic, p.payload, qos, p.retain)
+            .with_properties(p.properties)
+            .with_expiry(self.gw.hub.now(), p.expiry_secs);
+        if p.retain && !Box::pin(self.retain(&message)).await {
+            return Some(End::Closed(CloseReason::QuotaExceeded));
+        }
+        let (_, backlog, routed) = self
+            .gw
+            .hub
+            .publish_held(&self.tenant, &message, self.session);
+        let written = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            written.max(routed)
+        };
+        if !backlog.is_empty() {
+            // Acknowledged, and the next packet read, once settled.
+            self.backlog = Some((backlog, qos, p.packet_id, written));
+            return None;
+        }
+        if let Some(n) = written {
+            self.gw.hub.durable(n).await;
+        }
+        self.ack(sink, qos, p.packet_id, false).await
+    }
+
+    /// For a persistent session: waits until its changes so far are written.
+    async fn stored(&self) {
+        if self.persistent {
+            self.gw.hub.durable(self.gw.hub.last_write()).await;
+        }
+    }
+
+    /// Publishes a will (or any message of this client outside a PUBLISH),
+    /// keeping it as retained first when it asks to be.
+    async fn publish_will(&self, message: Message) {
+        if message.retain {
+            self.retain(&message).await;
+        }
+        self.gw.hub.publish(&self.tenant, &message, None);
     }
 
     /// Keeps the retained message in memory and durably; the PUBACK waits for it.
@@ -740,7 +1185,7 @@ impl Session {
             self.client_id
         );
         let message = Message::new(&topic, event.to_string(), QoS::AtLeastOnce, false);
-        self.gw.hub.publish(&self.tenant, &message);
+        self.gw.hub.publish(&self.tenant, &message, None);
     }
 
     async fn finish(self, end: End) {
@@ -750,27 +1195,44 @@ impl Session {
             // A taken-over, revoked or malformed client does not get its will.
             End::Closed(_) => false,
         };
-        if publish_will && let Some(w) = &self.will {
-            let qos = if w.qos == 0 {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            let message = Message::new(&w.topic, w.payload.clone(), qos, w.retain);
-            if w.retain {
-                self.retain(&message).await;
-            }
-            self.gw.hub.publish(&self.tenant, &message);
-        }
         let keep = if self.persistent {
             self.session_expiry
         } else {
             None
         };
-        let detached = self
-            .gw
-            .hub
-            .detach(&self.tenant, self.session, self.connection, keep);
+        let will = match (&self.will, publish_will) {
+            (Some(w), true) => {
+                let qos = QoS::from_u8(w.qos).unwrap_or(QoS::AtLeastOnce);
+                // The will's expiry counts from when it is published: after
+                // its delay, or the session's end if that comes first.
+                let delay = Duration::from_secs(u64::from(w.delay_secs))
+                    .min(keep.unwrap_or(Duration::ZERO));
+                let published_at = self
+                    .gw
+                    .hub
+                    .now()
+                    .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                let message = Message::new(&w.topic, w.payload.clone(), qos, w.retain)
+                    .with_properties(w.properties.clone())
+                    .with_expiry(published_at, w.expiry_secs);
+                Some((message, w.delay_secs))
+            }
+            _ => None,
+        };
+        let detached =
+            match self
+                .gw
+                .hub
+                .detach(&self.tenant, self.session, self.connection, keep, will)
+            {
+                Some(due) => {
+                    if let Some(w) = due {
+                        self.publish_will(w).await;
+                    }
+                    true
+                }
+                None => false,
+            };
         let device = self.claim.is_none();
         if device && (detached || matches!(end, End::Closed(CloseReason::SessionTakenOver))) {
             self.presence(false, None, Some(&end));
@@ -785,11 +1247,72 @@ impl Session {
     }
 }
 
-fn count_out(out: &onramp_broker::Outgoing) {
-    let qos = if out.message.qos == QoS::AtLeastOnce {
-        "1"
-    } else {
-        "0"
-    };
-    metrics::counter!("onramp_mqtt_messages_out_total", "qos" => qos).increment(1);
+fn count_out(out: &Outgoing) {
+    COUNTERS.messages_out(out.message.qos).increment(1);
+}
+
+/// What the request task needs of its connection.
+struct RequestContext {
+    tenant: String,
+    client_id: String,
+    source: String,
+    claim: Option<ClaimContext>,
+    /// The certificate the device connected with (rotation replaces it).
+    certificate_id: String,
+    authorizer: Authorizer,
+}
+
+/// Answers one connection's requests in order. It outlives the connection
+/// by the requests already read: those are still carried out (as a request
+/// written before a disconnect is), their replies to the requester dropped.
+async fn answer_requests(
+    gw: Arc<Gateway>,
+    c: RequestContext,
+    mut requests: mpsc::Receiver<Request>,
+    answers: mpsc::UnboundedSender<Answer>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while let Some(r) = requests.recv().await {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let origin = onramp_service::RequestOrigin {
+            tenant: &c.tenant,
+            client_id: &c.client_id,
+            source: &c.source,
+            claim: c.claim.as_ref(),
+            certificate_id: Some(&c.certificate_id),
+        };
+        let replies = gw
+            .onramp
+            .device_request(&origin, &r.request, &r.payload)
+            .await;
+        let mut direct = Vec::new();
+        for reply in replies {
+            match reply.audience {
+                Audience::Subscribers => {
+                    let message =
+                        Message::new(&reply.topic, reply.payload, QoS::AtLeastOnce, false);
+                    gw.hub.publish(&c.tenant, &message, None);
+                }
+                Audience::Requester => {
+                    if c.authorizer
+                        .allows(Action::Receive, Resource::Topic(&reply.topic))
+                    {
+                        direct.push(Message::new(
+                            &reply.topic,
+                            reply.payload,
+                            QoS::AtMostOnce,
+                            false,
+                        ));
+                    }
+                }
+            }
+        }
+        let _ = answers.send(Answer {
+            replies: direct,
+            qos: r.qos,
+            packet_id: r.packet_id,
+        });
+    }
 }

@@ -7,11 +7,14 @@
 //! and the answers written back.
 
 mod connection;
+mod counters;
 mod cuts;
+mod framing;
 mod hub;
 mod listener;
+mod persist;
 mod wire;
 
-pub use hub::Hub;
+pub use hub::{DEFAULT_HOLD, Hub};
 pub use listener::{Gateway, GatewaySettings, serve, tls_config};
 pub use wire::decode_all;

@@ -46,6 +46,18 @@ pub struct GatewaySettings {
     pub claim_rate_per_certificate: RateLimit,
     /// CONNECT attempts with any claim certificate from one source address.
     pub claim_rate_per_source: RateLimit,
+    /// Refuse QoS 2 as AWS IoT does (CONNACK maximum QoS 1, a QoS 2
+    /// PUBLISH closes the connection, QoS 2 subscriptions granted QoS 1).
+    pub aws_strict: bool,
+    /// Largest keep-alive accepted; a larger one is lowered (MQTT 5:
+    /// Server Keep Alive in CONNACK).
+    pub max_keep_alive_secs: u16,
+    /// Topic aliases a client may set towards Onramp (MQTT 5).
+    pub topic_alias_max: u16,
+    /// How long a publisher is held (its socket not read, its PUBACK or
+    /// PUBREC not sent) while a receiving connection is behind, before the
+    /// drop policy applies; zero drops at once.
+    pub publisher_hold: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -83,6 +95,10 @@ impl Default for GatewaySettings {
                 per_second: 50,
                 burst: 200,
             },
+            aws_strict: false,
+            max_keep_alive_secs: 1200,
+            topic_alias_max: 16,
+            publisher_hold: crate::hub::DEFAULT_HOLD,
         }
     }
 }
@@ -109,8 +125,15 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(onramp: Onramp, settings: GatewaySettings) -> Gateway {
-        let hub = Arc::new(Hub::new(settings.session_limits));
+        let hub = Arc::new(Hub::with_hold(
+            settings.session_limits,
+            settings.publisher_hold,
+        ));
         onramp.set_message_sink(Arc::new(HubSink(hub.clone())));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Persistent sessions' changes are written from here on.
+            hub.start_journal(onramp.clone());
+        }
         Gateway {
             hub,
             source_limiter: RateLimiter::new(settings.rate_per_source),
@@ -245,17 +268,52 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         let n = records.len();
         for r in records {
-            let qos = if r.qos == 0 {
-                onramp_broker::QoS::AtMostOnce
-            } else {
-                onramp_broker::QoS::AtLeastOnce
-            };
+            let qos = onramp_broker::QoS::from_u8(r.qos).unwrap_or(onramp_broker::QoS::AtLeastOnce);
             self.hub.set_retained(
                 &r.tenant,
                 &onramp_broker::Message::new(&r.topic, r.payload, qos, true),
             );
         }
         Ok(n)
+    }
+
+    /// Loads the stored persistent sessions into the brokers (before the
+    /// listener accepts connections), then publishes the wills of those
+    /// that expired while the server was down. Returns how many were
+    /// brought back.
+    pub async fn restore_sessions(&self) -> Result<usize, String> {
+        let sessions = self
+            .onramp
+            .load_sessions()
+            .await
+            .map_err(|e| e.to_string())?;
+        let total = sessions.len();
+        let wills = self.hub.restore(sessions);
+        let ended = wills.len();
+        for (tenant, will) in wills {
+            if will.retain {
+                self.hub.set_retained(&tenant, &will);
+                if let Err(e) = self
+                    .onramp
+                    .retain_message(&tenant, &will.topic, &will.payload, will.qos.as_u8())
+                    .await
+                {
+                    tracing::error!(error = %e, "retained will not persisted");
+                }
+            }
+            let (_, written) = self.hub.publish_durable(&tenant, &will, None);
+            if let Some(n) = written {
+                self.hub.durable(n).await;
+            }
+        }
+        let (_, held) = self.hub.counts();
+        tracing::info!(
+            stored = total,
+            restored = held,
+            expired_wills = ended,
+            "persistent MQTT sessions loaded"
+        );
+        Ok(held)
     }
 
     /// Cuts live connections of revoked certificates and of devices that
@@ -280,12 +338,28 @@ impl Gateway {
                 metrics::counter!("onramp_mqtt_identity_feed_errors_total").increment(1);
                 tracing::warn!(error = %e, "identity change check failed; retrying");
             }
+            // Wills whose delay has passed and expired sessions: checked
+            // every tick (cheap when nothing is due), so a Will Delay is kept
+            // to within a tick.
+            for (tenant, will) in self.hub.sweep_expired() {
+                if will.retain
+                    && let Err(e) = self
+                        .onramp
+                        .retain_message(&tenant, &will.topic, &will.payload, will.qos.as_u8())
+                        .await
+                {
+                    tracing::error!(error = %e, "retained will not persisted");
+                }
+            }
             if last_sweep.elapsed() >= Duration::from_secs(10) {
                 last_sweep = std::time::Instant::now();
-                self.hub.sweep_expired();
                 self.source_limiter.sweep();
                 self.identity_limiter.sweep();
                 self.failure_limiter.sweep();
+                // Claim connections come from any number of addresses:
+                // their keys are forgotten like the others'.
+                self.claim_limiter.sweep();
+                self.claim_source_limiter.sweep();
             }
             let (connected, sessions) = self.hub.counts();
             metrics::gauge!("onramp_mqtt_connections").set(connected as f64);
@@ -302,7 +376,7 @@ impl onramp_service::MessageSink for HubSink {
     fn publish(&self, tenant: &str, topic: &str, payload: Vec<u8>) {
         let message =
             onramp_broker::Message::new(topic, payload, onramp_broker::QoS::AtLeastOnce, false);
-        self.0.publish(tenant, &message);
+        self.0.publish(tenant, &message, None);
     }
 }
 
@@ -353,23 +427,26 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let gw = gateway.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(gw.settings.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        metrics::counter!("onramp_mqtt_connects_total", "outcome" => "tls_refused")
-                            .increment(1);
-                        tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        metrics::counter!("onramp_mqtt_connects_total", "outcome" => "tls_timeout")
-                            .increment(1);
-                        return;
-                    }
-                };
+            // Boxed, and freed once done: the handshake's state is larger
+            // than what the connection keeps for the rest of its life.
+            let handshake = Box::pin(tokio::time::timeout(
+                gw.settings.handshake_timeout,
+                acceptor.accept(tcp),
+            ));
+            let tls = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics::counter!("onramp_mqtt_connects_total", "outcome" => "tls_refused")
+                        .increment(1);
+                    tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("onramp_mqtt_connects_total", "outcome" => "tls_timeout")
+                        .increment(1);
+                    return;
+                }
+            };
             gw.connections.fetch_add(1, Ordering::Relaxed);
             crate::connection::run(gw.clone(), tls, peer).await;
             gw.connections.fetch_sub(1, Ordering::Relaxed);

@@ -61,6 +61,9 @@ pub fn routes() -> Router<AppState> {
             post(revoke_certificate),
         )
         .route("/api/v1/ca/chain", get(ca_chain))
+        .route("/api/v1/ca/issuing", get(list_issuing_cas))
+        .route("/api/v1/ca/rollover", post(roll_over_ca))
+        .route("/api/v1/ca/issuing/{id}/retire", post(retire_ca))
         .route("/api/v1/audit", get(query_audit))
         .route("/api/v1/apikeys", get(list_api_keys).post(create_api_key))
         .route(
@@ -581,6 +584,60 @@ pub async fn ca_chain(State(s): State<AppState>) -> Response {
         s.onramp.ca().chain_pem(),
     )
         .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/ca/issuing",
+    responses((status = 200, description = "every issuing CA (active, previous, retired) with the number of active certificates that depend on it")),
+    security(("api_key" = [])))]
+pub async fn list_issuing_cas(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Vec<onramp_service::IssuingCa>>, ApiError> {
+    Ok(Json(s.onramp.list_issuing_cas(&caller).await?))
+}
+
+/// How the next issuing CA comes about: `{"kind": "new_issuing"}`,
+/// `{"kind": "new_root"}` or `{"kind": "import", "cert_pem": ..., "key_pem": ...}`.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // Describes the body in the OpenAPI document.
+pub struct CaRollover {
+    pub kind: String,
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/ca/rollover", request_body = CaRollover,
+    responses((status = 200, description = "the new active issuing CA"), (status = 400), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn roll_over_ca(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(req): JsonBody<onramp_service::CaRolloverRequest>,
+) -> Result<Json<onramp_service::IssuingCa>, ApiError> {
+    Ok(Json(s.onramp.roll_over_ca(&caller, req).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaRetire {
+    /// Retire even though active certificates still depend on the CA:
+    /// those devices can no longer connect.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/ca/issuing/{id}/retire", params(("id" = String, Path, description = "issuing CA id")),
+    request_body = CaRetire,
+    responses((status = 200, description = "the retired CA"), (status = 404),
+        (status = 409, description = "active certificates still depend on it, or it is the active CA")),
+    security(("api_key" = [])))]
+pub async fn retire_ca(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<CaRetire>,
+) -> Result<Json<onramp_service::IssuingCa>, ApiError> {
+    Ok(Json(s.onramp.retire_ca(&caller, &id, req.force).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

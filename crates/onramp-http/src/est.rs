@@ -99,13 +99,10 @@ fn base64_body(content_type: &'static str, der: &[u8]) -> Response {
 }
 
 async fn cacerts(State(state): State<AppState>) -> Result<Response, EstError> {
-    let chain: Vec<&[u8]> = state
-        .onramp
-        .ca()
-        .chain_der()
-        .iter()
-        .map(Vec::as_slice)
-        .collect();
+    // During a CA rollover every trusted issuing CA and its root, so
+    // clients trust servers and peers on either side of it.
+    let all = state.onramp.authorities().trusted_chains_der();
+    let chain: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
     let p7 = certs_only_pkcs7(&chain).map_err(ServiceError::from)?;
     // RFC 7030 §4.1.3 names the smime-type; strict EST clients check it.
     Ok(base64_body(

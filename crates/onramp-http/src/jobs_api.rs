@@ -1,5 +1,5 @@
-//! The jobs part of the REST API: create, list, describe and cancel jobs,
-//! and list executions per job and per thing.
+//! The jobs part of the REST API: create, list, describe, cancel, pause,
+//! resume and delete jobs, and list executions per job and per thing.
 
 use crate::AppState;
 use crate::api::{Authenticated, JsonBody, Listing, PageParams, Params, checked_page, listing};
@@ -16,8 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/jobs", get(list_jobs).post(create_job))
-        .route("/api/v1/jobs/{job_id}", get(describe_job))
+        .route(
+            "/api/v1/jobs/{job_id}",
+            get(describe_job).delete(delete_job),
+        )
         .route("/api/v1/jobs/{job_id}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{job_id}/pause", post(pause_job))
+        .route("/api/v1/jobs/{job_id}/resume", post(resume_job))
         .route(
             "/api/v1/jobs/{job_id}/things/{thing}/cancel",
             post(cancel_job_execution),
@@ -27,7 +32,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// CreateJob. Besides the fields below, the body may carry the AWS
-/// configuration members `timeoutConfig` and `jobExecutionsRetryConfig`.
+/// configuration members `timeoutConfig`, `jobExecutionsRetryConfig`,
+/// `jobExecutionsRolloutConfig`, `abortConfig` and `schedulingConfig`
+/// (`startTime`, `endTime`, `endBehavior`), and Onramp's `successConfirmation`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobCreate {
@@ -140,6 +147,54 @@ pub async fn cancel_job(
             .cancel_job(&caller, &job_id, p.force.unwrap_or(false))
             .await?,
     ))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/pause", params(("job_id" = String, Path)),
+    responses((status = 200, description = "The job, with `rolloutPaused: true`: no execution is released until it is resumed"),
+        (status = 404), (status = 409, description = "The job is COMPLETED or CANCELED, or already paused")),
+    security(("api_key" = [])))]
+pub async fn pause_job(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobDescription>, ApiError> {
+    Ok(Json(s.onramp.pause_job(&caller, &job_id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/resume", params(("job_id" = String, Path)),
+    responses((status = 200, description = "The job, its rollout continuing at its configured pace"),
+        (status = 404), (status = 409, description = "The job is COMPLETED or CANCELED, or not paused")),
+    security(("api_key" = [])))]
+pub async fn resume_job(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobDescription>, ApiError> {
+    Ok(Json(s.onramp.resume_job(&caller, &job_id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteParams {
+    /// Delete a job in any status: it is canceled first, its in-progress
+    /// executions too.
+    pub force: Option<bool>,
+}
+
+#[utoipa::path(delete, path = "/api/v1/jobs/{job_id}", params(("job_id" = String, Path), DeleteParams),
+    responses((status = 204, description = "The job, its executions and targets are deleted; its id may be used again"),
+        (status = 404), (status = 409, description = "The job is neither COMPLETED nor CANCELED, and force was not given")),
+    security(("api_key" = [])))]
+pub async fn delete_job(
+    State(s): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(job_id): Path<String>,
+    Params(p): Params<DeleteParams>,
+) -> Result<StatusCode, ApiError> {
+    s.onramp
+        .delete_job(&caller, &job_id, p.force.unwrap_or(false))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{job_id}/executions", params(("job_id" = String, Path), PageParams),

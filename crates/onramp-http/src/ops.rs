@@ -64,7 +64,9 @@ pub async fn serve_ops(
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                // Handlers that rate-limit or audit by source (SCEP) read it.
+                req.extensions_mut().insert(crate::server::SourceAddr(addr));
                 app.clone().oneshot(req)
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -93,8 +93,40 @@ pub fn tls_config(
     key_pem: &[u8],
     client_roots: &[Vec<u8>],
 ) -> Result<rustls::ServerConfig, String> {
-    use onramp_pki::tls::{ClientCerts, server_config};
-    let mut config = server_config(chain_pem, key_pem, client_roots, ClientCerts::Optional)?;
+    tls_config_renewing(chain_pem, key_pem, client_roots, None)
+}
+
+/// Like [`tls_config`], letting recently expired certificates of Onramp's
+/// own CA through for re-enrolment when `renewal` is set (the service
+/// refuses them on every other path).
+pub fn tls_config_renewing(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    client_roots: &[Vec<u8>],
+    renewal: Option<onramp_pki::ExpiredRenewal>,
+) -> Result<rustls::ServerConfig, String> {
+    use onramp_pki::tls::{ClientCerts, server_config_renewing};
+    let mut config = server_config_renewing(
+        chain_pem,
+        key_pem,
+        client_roots,
+        ClientCerts::Optional,
+        renewal,
+    )?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Like [`tls_config`], but client certificates are checked against the
+/// anchors `roots` holds at each handshake: Onramp's issuing CAs follow a
+/// CA rollover or retirement without a restart.
+pub fn tls_config_with_roots(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    roots: onramp_pki::ClientRoots,
+) -> Result<rustls::ServerConfig, String> {
+    use onramp_pki::tls::{ClientCerts, server_config_with_roots};
+    let mut config = server_config_with_roots(chain_pem, key_pem, roots, ClientCerts::Optional)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

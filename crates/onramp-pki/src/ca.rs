@@ -38,7 +38,7 @@ impl std::str::FromStr for CaKeyAlgorithm {
 }
 
 impl CaKeyAlgorithm {
-    fn generate(self) -> Result<KeyPair> {
+    pub(crate) fn generate(self) -> Result<KeyPair> {
         Ok(match self {
             CaKeyAlgorithm::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
             CaKeyAlgorithm::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
@@ -75,6 +75,41 @@ pub struct CertificateAuthority {
     chain_der: Vec<Vec<u8>>,
     issuing_info: CertInfo,
     dir: PathBuf,
+    /// Where relying parties find revocation status; put in every
+    /// certificate issued once set.
+    revocation_urls: std::sync::RwLock<Option<RevocationUrls>>,
+}
+
+/// The CRL distribution point and OCSP responder URLs issued certificates carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationUrls {
+    pub crl: String,
+    pub ocsp: String,
+}
+
+impl RevocationUrls {
+    /// The URLs under a public base URL such as `http://pki.example.com`:
+    /// `<base>/crl/<issuing CA id>.crl` and `<base>/ocsp`. The base must be
+    /// an ASCII `http://` or `https://` URL.
+    pub fn under(base: &str, issuing_ca_id: &str) -> Result<RevocationUrls> {
+        let base = base.trim().trim_end_matches('/');
+        let scheme_ok = base.starts_with("http://") || base.starts_with("https://");
+        if !scheme_ok
+            || !base.is_ascii()
+            || base
+                .chars()
+                .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+            || base.len() > 1024
+        {
+            return Err(PkiError::Invalid(format!(
+                "`{base}` is not an http:// or https:// URL"
+            )));
+        }
+        Ok(RevocationUrls {
+            crl: format!("{base}/crl/{issuing_ca_id}.crl"),
+            ocsp: format!("{base}/ocsp"),
+        })
+    }
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -90,12 +125,37 @@ const ROOT_CERT: &str = "root.pem";
 const ROOT_KEY: &str = "root.key";
 const ISSUING_CERT: &str = "issuing.pem";
 const ISSUING_KEY: &str = "issuing.key";
+const ISSUING_CRL: &str = "issuing.crl";
+const OCSP_CERT: &str = "ocsp.pem";
+const OCSP_KEY: &str = "ocsp.key";
 
-fn at(unix: i64) -> Result<OffsetDateTime> {
+/// The Authority Information Access extension naming an OCSP responder.
+fn aia_ocsp_extension(url: &str) -> Result<rcgen::CustomExtension> {
+    use der::Encode;
+    use der::asn1::{Ia5String, ObjectIdentifier};
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax};
+    const ID_AD_OCSP: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1");
+    let location =
+        Ia5String::new(url).map_err(|e| PkiError::Invalid(format!("OCSP URL `{url}`: {e}")))?;
+    let aia = AuthorityInfoAccessSyntax(vec![AccessDescription {
+        access_method: ID_AD_OCSP,
+        access_location: GeneralName::UniformResourceIdentifier(location),
+    }]);
+    let der = aia
+        .to_der()
+        .map_err(|e| PkiError::Invalid(format!("AIA encoding: {e}")))?;
+    Ok(rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        der,
+    ))
+}
+
+pub(crate) fn at(unix: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(unix).map_err(|e| PkiError::Invalid(e.to_string()))
 }
 
-fn random_serial() -> Result<SerialNumber> {
+pub(crate) fn random_serial() -> Result<SerialNumber> {
     let mut bytes: [u8; 16] = random_bytes()?;
     // Keep the full 16 bytes significant so every serial prints the same width.
     if bytes[0] == 0 {
@@ -229,7 +289,147 @@ impl CertificateAuthority {
             chain_der,
             issuing_info,
             dir: dir.to_path_buf(),
+            revocation_urls: std::sync::RwLock::new(None),
         })
+    }
+
+    /// A short, stable name of the issuing CA: the first 16 hex digits of
+    /// its certificate's SHA-256 fingerprint. Names its CRL.
+    pub fn issuing_ca_id(&self) -> String {
+        self.issuing_info.fingerprint.chars().take(16).collect()
+    }
+
+    /// Sets the CRL and OCSP URLs that certificates issued from now on carry.
+    pub fn set_revocation_urls(&self, urls: RevocationUrls) {
+        if let Ok(mut u) = self.revocation_urls.write() {
+            *u = Some(urls);
+        }
+    }
+
+    /// The CRL and OCSP URLs issued certificates carry, once set.
+    pub fn revocation_urls(&self) -> Option<RevocationUrls> {
+        self.revocation_urls.read().ok().and_then(|u| u.clone())
+    }
+
+    /// Adds the CRL distribution point and the AIA OCSP URL, when set.
+    fn add_revocation_pointers(&self, params: &mut CertificateParams) -> Result<()> {
+        let Some(urls) = self.revocation_urls() else {
+            return Ok(());
+        };
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![urls.crl.clone()],
+        }];
+        params
+            .custom_extensions
+            .push(aia_ocsp_extension(&urls.ocsp)?);
+        Ok(())
+    }
+
+    /// Signs a CRL over `req.revoked` with the issuing CA key (DER).
+    pub fn sign_crl(&self, req: &crate::crl::CrlRequest<'_>) -> Result<Vec<u8>> {
+        let ski = X509Certificate::from_der(self.issuing_der())
+            .ok()
+            .and_then(|(_, c)| {
+                c.extensions()
+                    .iter()
+                    .find_map(|e| match e.parsed_extension() {
+                        ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                        _ => None,
+                    })
+            });
+        let params = crate::crl::crl_params(req, ski)?;
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+
+    /// Keeps the newest CRL in the CA directory (`issuing.crl`), replaced
+    /// atomically, so that a restart serves it and numbers the next above it.
+    pub fn save_crl(&self, der: &[u8]) -> Result<()> {
+        let path = self.dir.join(ISSUING_CRL);
+        // One temporary name per process: nodes may share the directory.
+        let tmp = self
+            .dir
+            .join(format!("{ISSUING_CRL}.{}.tmp", std::process::id()));
+        write_public_file(&tmp, der)?;
+        std::fs::rename(&tmp, &path).map_err(|source| PkiError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The CRL kept by [`Self::save_crl`], if any and if it is one this CA signed.
+    pub fn saved_crl(&self) -> Option<Vec<u8>> {
+        let der = std::fs::read(self.dir.join(ISSUING_CRL)).ok()?;
+        let (_, crl) = CertificateRevocationList::from_der(&der).ok()?;
+        let (_, issuing) = X509Certificate::from_der(self.issuing_der()).ok()?;
+        crl.verify_signature(issuing.public_key()).ok()?;
+        Some(der)
+    }
+
+    /// Loads the delegated OCSP signing certificate and key from the CA
+    /// directory (`ocsp.pem`, `ocsp.key`, 0600), issuing a new pair when
+    /// they are missing, were not issued by the current issuing CA, or have
+    /// less than a third of `validity_days` left. Returns the responder and
+    /// whether it was (re)issued.
+    pub fn ensure_ocsp_responder(
+        &self,
+        validity_days: u32,
+        now: i64,
+    ) -> Result<(crate::ocsp::OcspResponder, bool)> {
+        let cert_path = self.dir.join(OCSP_CERT);
+        let key_path = self.dir.join(OCSP_KEY);
+        let validity = i64::from(validity_days.max(1)) * DAY;
+        if cert_path.exists() && key_path.exists() {
+            let key_pem = read_key_file(&key_path)?;
+            let current = pem_to_der_chain(&read_file(&cert_path)?)
+                .ok()
+                .and_then(|chain| chain.into_iter().next())
+                .filter(|der| self.issued(der))
+                .and_then(|der| {
+                    let key = KeyPair::from_pem(&key_pem).ok()?;
+                    crate::ocsp::OcspResponder::new(&der, &key.serialize_der()).ok()
+                })
+                // A certificate from the future (the clock went back) is replaced too.
+                .filter(|r| r.not_before() <= now && r.not_after() - now > validity / 3);
+            if let Some(responder) = current {
+                return Ok((responder, false));
+            }
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let issuing_cn = self
+            .issuing_info
+            .subject_cn
+            .clone()
+            .unwrap_or_else(|| "Onramp".into());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{issuing_cn} OCSP Responder"));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+        // id-pkix-ocsp-nocheck: relying parties need not ask for this
+        // certificate's own status (it is short-lived instead).
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+                vec![0x05, 0x00],
+            ));
+        params.not_before = at(now - 60)?;
+        params.not_after = at(now + validity)?;
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let responder = crate::ocsp::OcspResponder::new(cert.der(), &key.serialize_der())?;
+        write_private_file(&key_path, key.serialize_pem().as_bytes())?;
+        write_public_file(&cert_path, cert.pem().as_bytes())?;
+        Ok((responder, true))
+    }
+
+    /// The issuing CA's signer, for certificates issued elsewhere in this crate.
+    pub(crate) fn signer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
     }
 
     /// The issuing CA certificate (DER).
@@ -351,6 +551,7 @@ impl CertificateAuthority {
         params.not_after = at(now + i64::from(validity_days) * DAY)?;
         params.serial_number = Some(random_serial()?);
         params.use_authority_key_identifier_extension = true;
+        self.add_revocation_pointers(&mut params)?;
         let cert = params.signed_by(public_key, &self.issuer)?;
         let der = cert.der().to_vec();
         let serial = params
@@ -379,7 +580,12 @@ impl CertificateAuthority {
         let chain_pem_path = dir.join("server.pem");
         let key_path = dir.join("server.key");
         let hosts_path = dir.join("server.hosts");
-        let wanted_hosts = hosts.join("\n");
+        // The revocation URLs are part of what must match: a changed public
+        // URL reissues the certificate.
+        let mut wanted_hosts = hosts.join("\n");
+        if let Some(urls) = self.revocation_urls() {
+            wanted_hosts.push_str(&format!("\n# crl {}\n# ocsp {}", urls.crl, urls.ocsp));
+        }
         let current = chain_pem_path.exists()
             && key_path.exists()
             && read_file(&hosts_path).ok().as_deref() == Some(wanted_hosts.as_str())
@@ -423,6 +629,7 @@ impl CertificateAuthority {
         params.not_after = at(now + 397 * DAY)?;
         params.serial_number = Some(random_serial()?);
         params.use_authority_key_identifier_extension = true;
+        self.add_revocation_pointers(&mut params)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let mut chain = cert.pem();
         chain.push_str(&pem_encode("CERTIFICATE", self.issuing_der()));
@@ -594,5 +801,348 @@ mod tests {
             .unwrap();
         let info = parse_cert(&device.der).unwrap();
         assert_eq!(info.subject_serial.as_deref(), Some("SN-9"));
+    }
+
+    fn real_now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn openssl_in(dir: &Path, args: &[&str]) -> (bool, String) {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    #[test]
+    fn issued_certificates_point_at_the_crl_and_the_responder() {
+        let (dir, ca) = new_ca();
+        let urls =
+            RevocationUrls::under("http://pki.example.com:8080/", &ca.issuing_ca_id()).unwrap();
+        assert_eq!(
+            urls.crl,
+            format!("http://pki.example.com:8080/crl/{}.crl", ca.issuing_ca_id())
+        );
+        assert_eq!(urls.ocsp, "http://pki.example.com:8080/ocsp");
+        assert!(RevocationUrls::under("ftp://x", "id").is_err());
+        assert!(RevocationUrls::under("http://caf\u{e9}", "id").is_err());
+
+        let (before, _) = ca.issue_with_generated_key("no-urls", 30, NOW).unwrap();
+        ca.set_revocation_urls(urls.clone());
+        let (cert, _) = ca.issue_with_generated_key("with-urls", 30, NOW).unwrap();
+        let leaf = dir.path().join("leaf.pem");
+        std::fs::write(&leaf, &cert.pem).unwrap();
+        let (ok, text) = openssl_in(dir.path(), &["x509", "-in", "leaf.pem", "-noout", "-text"]);
+        assert!(ok, "{text}");
+        assert!(text.contains("X509v3 CRL Distribution Points"), "{text}");
+        assert!(text.contains(&format!("URI:{}", urls.crl)), "{text}");
+        assert!(
+            text.contains(&format!("OCSP - URI:{}", urls.ocsp)),
+            "{text}"
+        );
+        openssl_verifies(dir.path(), &ca, &cert.pem);
+        std::fs::write(&leaf, &before.pem).unwrap();
+        let (_, text) = openssl_in(dir.path(), &["x509", "-in", "leaf.pem", "-noout", "-text"]);
+        assert!(!text.contains("CRL Distribution Points"), "{text}");
+    }
+
+    #[test]
+    fn a_crl_verifies_and_revokes_what_it_lists() {
+        use crate::crl::{CrlRequest, RevokedSerial, crl_info};
+        let (dir, ca) = new_ca();
+        let now = real_now();
+        let (good, _) = ca.issue_with_generated_key("good", 30, now).unwrap();
+        let (bad, _) = ca.issue_with_generated_key("bad", 30, now).unwrap();
+        let revoked = [RevokedSerial {
+            serial: bad.serial.clone(),
+            revoked_at: now - 5,
+            reason: "keyCompromise".into(),
+        }];
+        let der = ca
+            .sign_crl(&CrlRequest {
+                revoked: &revoked,
+                this_update: now,
+                next_update: now + 3600,
+                crl_number: 42,
+            })
+            .unwrap();
+        let info = crl_info(&der).unwrap();
+        assert_eq!(info.crl_number, Some(42));
+        assert_eq!(info.this_update, now);
+        assert_eq!(info.next_update, Some(now + 3600));
+        assert_eq!(info.serials, vec![bad.serial.clone()]);
+
+        let d = dir.path();
+        std::fs::write(d.join("crl.der"), &der).unwrap();
+        std::fs::write(d.join("chain.pem"), ca.chain_pem()).unwrap();
+        std::fs::write(d.join("root.pem"), ca.root_pem()).unwrap();
+        std::fs::write(d.join("good.pem"), &good.pem).unwrap();
+        std::fs::write(d.join("bad.pem"), &bad.pem).unwrap();
+        let (ok, text) = openssl_in(
+            d,
+            &[
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                "crl.der",
+                "-CAfile",
+                "chain.pem",
+                "-noout",
+            ],
+        );
+        assert!(ok && text.contains("verify OK"), "{text}");
+        let (ok, text) = openssl_in(
+            d,
+            &["crl", "-inform", "DER", "-in", "crl.der", "-out", "crl.pem"],
+        );
+        assert!(ok, "{text}");
+        let verify = |leaf: &str| {
+            openssl_in(
+                d,
+                &[
+                    "verify",
+                    "-crl_check",
+                    "-CAfile",
+                    "root.pem",
+                    "-untrusted",
+                    "chain.pem",
+                    "-CRLfile",
+                    "crl.pem",
+                    leaf,
+                ],
+            )
+        };
+        let (ok, text) = verify("good.pem");
+        assert!(ok && text.contains("good.pem: OK"), "{text}");
+        let (ok, text) = verify("bad.pem");
+        assert!(!ok && text.contains("certificate revoked"), "{text}");
+    }
+
+    #[test]
+    fn the_ocsp_responder_answers_good_revoked_and_unknown_for_openssl() {
+        use crate::ocsp::{IssuerId, OcspStatus, parse_ocsp_request};
+        let (dir, ca) = new_ca();
+        let (_other_dir, other) = new_ca();
+        let now = real_now();
+        let (responder, fresh) = ca.ensure_ocsp_responder(7, now).unwrap();
+        assert!(fresh);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(ca.dir().join("ocsp.key"))
+                .unwrap()
+                .permissions(),
+        ) & 0o777;
+        assert_eq!(mode, 0o600);
+        let (again, fresh) = ca.ensure_ocsp_responder(7, now).unwrap();
+        assert!(!fresh, "a current signer is kept");
+        assert_eq!(again.cert_der(), responder.cert_der());
+        let (renewed, fresh) = ca.ensure_ocsp_responder(7, now + 6 * DAY).unwrap();
+        assert!(fresh, "a signer with little time left is renewed");
+        assert_ne!(renewed.cert_der(), responder.cert_der());
+        let (responder, fresh) = ca.ensure_ocsp_responder(7, now).unwrap();
+        assert!(fresh, "a signer not yet valid is replaced");
+        assert_ne!(renewed.cert_der(), responder.cert_der());
+        let d = dir.path();
+        std::fs::write(d.join("signer.pem"), certificate_pem(responder.cert_der())).unwrap();
+        let (_, text) = openssl_in(d, &["x509", "-in", "signer.pem", "-noout", "-text"]);
+        assert!(
+            text.contains("OCSP Signing") && text.contains("OCSP No Check"),
+            "{text}"
+        );
+
+        let (cert, _) = ca.issue_with_generated_key("dev", 30, now).unwrap();
+        let (foreign, _) = other.issue_with_generated_key("dev", 30, now).unwrap();
+        std::fs::write(d.join("issuing.pem"), certificate_pem(ca.issuing_der())).unwrap();
+        std::fs::write(
+            d.join("other-issuing.pem"),
+            certificate_pem(other.issuing_der()),
+        )
+        .unwrap();
+        std::fs::write(d.join("root.pem"), ca.root_pem()).unwrap();
+        std::fs::write(d.join("dev.pem"), &cert.pem).unwrap();
+        std::fs::write(d.join("foreign.pem"), &foreign.pem).unwrap();
+        let issuer = IssuerId::from_cert(ca.issuing_der()).unwrap();
+
+        let ask = |issuer_pem: &str, leaf: &str, status: Option<OcspStatus>| {
+            let (ok, text) = openssl_in(
+                d,
+                &[
+                    "ocsp", "-issuer", issuer_pem, "-cert", leaf, "-reqout", "req.der",
+                ],
+            );
+            assert!(ok, "{text}");
+            let req = parse_ocsp_request(&std::fs::read(d.join("req.der")).unwrap()).unwrap();
+            assert!(req.nonce.is_some(), "openssl sends a nonce");
+            let statuses: Vec<OcspStatus> = req
+                .queries
+                .iter()
+                .map(|q| {
+                    if !issuer.names(q) {
+                        OcspStatus::Unknown
+                    } else {
+                        assert_eq!(q.serial, cert.serial);
+                        status.unwrap_or(OcspStatus::Unknown)
+                    }
+                })
+                .collect();
+            let resp = responder.respond(&req, &statuses, now, now + 3600).unwrap();
+            std::fs::write(d.join("resp.der"), resp).unwrap();
+            // The request as sent: openssl checks the echoed nonce against it.
+            let verify = if issuer_pem == "issuing.pem" {
+                "-verify_other"
+            } else {
+                "-noverify"
+            };
+            let mut args = vec![
+                "ocsp",
+                "-reqin",
+                "req.der",
+                "-respin",
+                "resp.der",
+                "-CAfile",
+                "root.pem",
+                "-resp_text",
+                verify,
+            ];
+            if verify == "-verify_other" {
+                args.push("issuing.pem");
+            }
+            openssl_in(d, &args)
+        };
+        let (ok, text) = ask("issuing.pem", "dev.pem", Some(OcspStatus::Good));
+        assert!(ok, "{text}");
+        assert!(text.contains("Response verify OK"), "{text}");
+        assert!(text.contains("Cert Status: good"), "{text}");
+        assert!(!text.contains("WARNING"), "{text}");
+        assert!(text.contains("OCSP Nonce"), "{text}");
+        assert!(text.contains("Next Update:"), "{text}");
+
+        let revoked = OcspStatus::Revoked {
+            at: now - 10,
+            reason: 1,
+        };
+        let (ok, text) = ask("issuing.pem", "dev.pem", Some(revoked));
+        assert!(ok, "{text}");
+        assert!(text.contains("Response verify OK"), "{text}");
+        assert!(text.contains("Cert Status: revoked"), "{text}");
+        assert!(text.contains("Revocation Reason: keyCompromise"), "{text}");
+
+        let (ok, text) = ask("other-issuing.pem", "foreign.pem", None);
+        assert!(ok, "{text}");
+        assert!(text.contains("Cert Status: unknown"), "{text}");
+    }
+
+    #[test]
+    fn an_imported_ca_signs_crls_and_its_certificates_point_at_them() {
+        use crate::crl::{CrlRequest, RevokedSerial};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (ok, text) = openssl_in(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ext.key",
+                "-out",
+                "ext.pem",
+                "-subj",
+                "/CN=External CA",
+                "-days",
+                "30",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        assert!(ok, "{text}");
+        let ca = CertificateAuthority::import(
+            &d.join("ca"),
+            &std::fs::read_to_string(d.join("ext.pem")).unwrap(),
+            &std::fs::read_to_string(d.join("ext.key")).unwrap(),
+        )
+        .unwrap();
+        let now = real_now();
+        ca.set_revocation_urls(
+            RevocationUrls::under("http://pki.test", &ca.issuing_ca_id()).unwrap(),
+        );
+        let (cert, _) = ca.issue_with_generated_key("dev", 30, now).unwrap();
+        std::fs::write(d.join("dev.pem"), &cert.pem).unwrap();
+        let revoked = [RevokedSerial {
+            serial: cert.serial.clone(),
+            revoked_at: now,
+            reason: "superseded".into(),
+        }];
+        let der = ca
+            .sign_crl(&CrlRequest {
+                revoked: &revoked,
+                this_update: now,
+                next_update: now + 600,
+                crl_number: 7,
+            })
+            .unwrap();
+        ca.save_crl(&der).unwrap();
+        assert_eq!(ca.saved_crl(), Some(der.clone()));
+        std::fs::write(d.join("crl.der"), &der).unwrap();
+        let (ok, text) = openssl_in(
+            d,
+            &[
+                "crl", "-inform", "DER", "-in", "crl.der", "-CAfile", "ext.pem", "-noout",
+            ],
+        );
+        assert!(ok && text.contains("verify OK"), "{text}");
+        let (ok, text) = openssl_in(
+            d,
+            &["crl", "-inform", "DER", "-in", "crl.der", "-out", "crl.pem"],
+        );
+        assert!(ok, "{text}");
+        let (ok, text) = openssl_in(
+            d,
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                "ext.pem",
+                "-CRLfile",
+                "crl.pem",
+                "dev.pem",
+            ],
+        );
+        assert!(!ok && text.contains("certificate revoked"), "{text}");
+        let (_, text) = openssl_in(d, &["x509", "-in", "dev.pem", "-noout", "-text"]);
+        assert!(text.contains("URI:http://pki.test/crl/"), "{text}");
+        // A CRL signed by another key is not taken back.
+        let (_other_dir, other) = new_ca();
+        std::fs::write(
+            ca.dir().join("issuing.crl"),
+            other
+                .sign_crl(&CrlRequest {
+                    revoked: &[],
+                    this_update: now,
+                    next_update: now + 600,
+                    crl_number: 8,
+                })
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ca.saved_crl(), None);
     }
 }

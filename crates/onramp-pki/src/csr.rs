@@ -37,6 +37,49 @@ pub enum CsrError {
 const SHA1_SIGNATURES: [&str; 2] = ["1.2.840.113549.1.1.5", "1.2.840.10045.4.1"];
 
 pub fn parse_csr(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
+    match X509CertificationRequest::from_der(der) {
+        Ok(_) => parse_csr_as(der, der),
+        // certmonger (a SCEP client) writes the challenge password as a
+        // PrintableString whatever it holds, and enrolment tokens hold `_`,
+        // which PrintableString does not allow. Such a request is read as
+        // if the string were UTF8String; its signature is still checked
+        // over the bytes as they were signed.
+        Err(_) => match lenient_challenge_password(der) {
+            Some(patched) => parse_csr_as(&patched, der),
+            None => Err(CsrError::Malformed),
+        },
+    }
+}
+
+const CHALLENGE_PASSWORD_OID: [u8; 11] = [
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x07,
+];
+
+/// `der` with its challengePassword's PrintableString tag made UTF8String
+/// (same length), when it has one whose content is ASCII but not printable.
+fn lenient_challenge_password(der: &[u8]) -> Option<Vec<u8>> {
+    let at = der
+        .windows(CHALLENGE_PASSWORD_OID.len())
+        .position(|w| w == CHALLENGE_PASSWORD_OID)?;
+    // OID, then SET (short form length), then the PrintableString.
+    let set = at + CHALLENGE_PASSWORD_OID.len();
+    let tag = set + 2;
+    let (set_tag, string_tag, len) = (*der.get(set)?, *der.get(tag)?, *der.get(tag + 1)?);
+    if set_tag != 0x31 || string_tag != 0x13 || len >= 0x80 {
+        return None;
+    }
+    let value = der.get(tag + 2..tag + 2 + usize::from(len))?;
+    if !value.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return None;
+    }
+    let mut patched = der.to_vec();
+    *patched.get_mut(tag)? = 0x0c;
+    Some(patched)
+}
+
+/// Parses `der`, checking the signature over the same bytes of `signed`
+/// (the request as signed; `der` differs from it at most in a tag byte).
+fn parse_csr_as(der: &[u8], signed: &[u8]) -> Result<VerifiedCsr, CsrError> {
     let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|_| CsrError::Malformed)?;
     if !rest.is_empty() {
         return Err(CsrError::TrailingBytes);
@@ -50,7 +93,20 @@ pub fn parse_csr(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
     // (the verifier would otherwise report only a bad signature).
     let key = classify_key(&info.subject_pki);
     check_key(&key)?;
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    let raw = info.raw;
+    let start = (raw.as_ptr() as usize)
+        .checked_sub(der.as_ptr() as usize)
+        .ok_or(CsrError::Malformed)?;
+    let signed_info = signed
+        .get(start..start + raw.len())
+        .ok_or(CsrError::Malformed)?;
+    x509_parser::verify::verify_signature(
+        &info.subject_pki,
+        &csr.signature_algorithm,
+        &csr.signature_value,
+        signed_info,
+    )
+    .map_err(|_| CsrError::BadSignature)?;
     let subject_cn = single_attr(&info.subject, &OID_X509_COMMON_NAME, "commonName")?;
     let subject_serial = single_attr(&info.subject, &OID_X509_SERIALNUMBER, "serialNumber")?;
     Ok(VerifiedCsr {

@@ -3,19 +3,26 @@
 //! Owns: the root and issuing CA (created on first start or imported), key
 //! files and their permissions, CSR parsing and checks, device and server
 //! certificate issuance, PKCS#7 certs-only encoding for EST, and the keyed
-//! hash used to store enrolment tokens and API keys.
+//! hash used to store enrolment tokens and API keys; revocation for relying
+//! parties: the CRL the issuing CA signs and the OCSP request parser and
+//! response builder with the delegated OCSP signer.
 //! Knows nothing of the registry, HTTP or MQTT.
 
+pub mod authorities;
 mod ca;
+pub mod crl;
 mod csr;
 mod encoding;
 mod files;
+pub mod ocsp;
 mod provisioning;
+pub mod scep;
 mod secrets;
 pub mod signing;
 pub mod tls;
 
-pub use ca::{CaKeyAlgorithm, CertificateAuthority, IssuedCert, ServerIdentity};
+pub use authorities::{Authorities, CaRole, Rollover};
+pub use ca::{CaKeyAlgorithm, CertificateAuthority, IssuedCert, RevocationUrls, ServerIdentity};
 pub use ca::{certificate_pem, signed_by};
 pub use csr::{CsrError, VerifiedCsr, parse_csr};
 pub use encoding::{
@@ -28,7 +35,10 @@ pub use provisioning::{
 };
 pub use secrets::{SecretHasher, random_secret};
 pub use signing::Sha256Context;
-pub use tls::{ClientCerts, ClientRoots, server_config, server_config_with_roots};
+pub use tls::{
+    ClientCerts, ClientRoots, ExpiredRenewal, server_config, server_config_renewing,
+    server_config_with_roots,
+};
 
 /// Everything that can go wrong in the PKI layer.
 #[derive(Debug, thiserror::Error)]

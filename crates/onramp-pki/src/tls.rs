@@ -47,6 +47,134 @@ pub fn server_config_with_roots(
     build_server_config(chain_pem, key_pem, verifier)
 }
 
+/// Lets a client certificate that expired recently through the TLS
+/// handshake, so the device can renew it (EST `simplereenroll`, MQTT
+/// rotation). Only certificates issued directly by `issuer_der` (Onramp's
+/// own issuing CA) qualify, only within `window_secs` after their notAfter,
+/// and the chain must have been valid at that notAfter. Whatever the
+/// handshake lets through, the service still decides: every path but the two
+/// renewals refuses an expired certificate.
+#[derive(Debug, Clone)]
+pub struct ExpiredRenewal {
+    pub issuer_der: Vec<u8>,
+    pub window_secs: i64,
+}
+
+/// Like [`server_config`], with recently expired certificates of Onramp's
+/// own CA let through for renewal when `renewal` is set.
+pub fn server_config_renewing(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    client_roots: &[Vec<u8>],
+    client_certs: ClientCerts,
+    renewal: Option<ExpiredRenewal>,
+) -> Result<rustls::ServerConfig, String> {
+    let inner = webpki_verifier(client_roots.iter(), client_certs)?;
+    let verifier: Arc<dyn ClientCertVerifier> = match renewal {
+        Some(r) if r.window_secs > 0 => Arc::new(RenewingVerifier { inner, renewal: r }),
+        _ => inner,
+    };
+    build_server_config(chain_pem, key_pem, verifier)
+}
+
+/// The verification of one client certificate, letting a recently expired
+/// one through per `renewal`.
+fn verify_with_renewal(
+    inner: &dyn ClientCertVerifier,
+    renewal: Option<&ExpiredRenewal>,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<ClientCertVerified, rustls::Error> {
+    let first = inner.verify_client_cert(end_entity, intermediates, now);
+    let Some(r) = renewal else {
+        return first;
+    };
+    if !matches!(
+        &first,
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. }
+        ))
+    ) || r.window_secs <= 0
+        || !crate::signed_by(end_entity.as_ref(), &r.issuer_der)
+    {
+        return first;
+    }
+    let Ok(info) = crate::parse_cert(end_entity.as_ref()) else {
+        return first;
+    };
+    let Ok(not_after) = u64::try_from(info.not_after) else {
+        return first;
+    };
+    let now_secs = now.as_secs();
+    if now_secs.saturating_sub(not_after) > r.window_secs.unsigned_abs() {
+        return first;
+    }
+    inner.verify_client_cert(
+        end_entity,
+        intermediates,
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(not_after)),
+    )
+}
+
+/// A fixed verifier with [`ExpiredRenewal`].
+#[derive(Debug)]
+struct RenewingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    renewal: ExpiredRenewal,
+}
+
+impl ClientCertVerifier for RenewingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_with_renewal(
+            self.inner.as_ref(),
+            Some(&self.renewal),
+            end_entity,
+            intermediates,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 fn build_server_config(
     chain_pem: &[u8],
     key_pem: &[u8],
@@ -89,7 +217,9 @@ pub struct ClientRoots {
 }
 
 struct RootsShared {
-    base: Vec<Vec<u8>>,
+    base: RwLock<Vec<Vec<u8>>>,
+    registered: RwLock<Vec<Vec<u8>>>,
+    renewal: Option<ExpiredRenewal>,
     current: RwLock<Arc<Verifiers>>,
 }
 
@@ -122,10 +252,22 @@ impl Verifiers {
 impl ClientRoots {
     /// Starts with `base` (DER) as the only anchors. `base` must not be empty.
     pub fn new(base: Vec<Vec<u8>>) -> Result<ClientRoots, String> {
+        Self::new_renewing(base, None)
+    }
+
+    /// Like [`ClientRoots::new`], letting recently expired certificates of
+    /// Onramp's own CA through for renewal when `renewal` is set.
+    pub fn new_renewing(
+        base: Vec<Vec<u8>>,
+        renewal: Option<ExpiredRenewal>,
+    ) -> Result<ClientRoots, String> {
+        let renewal = renewal.filter(|r| r.window_secs > 0);
         let verifiers = Verifiers::build(&base, &[])?;
         Ok(ClientRoots {
             shared: Arc::new(RootsShared {
-                base,
+                base: RwLock::new(base),
+                registered: RwLock::new(Vec::new()),
+                renewal,
                 current: RwLock::new(Arc::new(verifiers)),
             }),
         })
@@ -134,7 +276,13 @@ impl ClientRoots {
     /// Replaces the registered anchors (DER) with `cas`; the base anchors stay.
     /// On error (an unparsable certificate) the previous anchors stay in force.
     pub fn set_registered(&self, cas: Vec<Vec<u8>>) -> Result<(), String> {
-        let verifiers = Arc::new(Verifiers::build(&self.shared.base, &cas)?);
+        let base = self.base();
+        let verifiers = Arc::new(Verifiers::build(&base, &cas)?);
+        *self
+            .shared
+            .registered
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = cas;
         // The lock only guards an Arc swap, which cannot panic half-way, so a
         // poisoned lock still holds a consistent value.
         *self
@@ -143,6 +291,41 @@ impl ClientRoots {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = verifiers;
         Ok(())
+    }
+
+    /// Replaces the base anchors (Onramp's own issuing CAs, after a CA
+    /// rollover or retirement); the registered anchors stay. On error the
+    /// previous anchors stay in force. `base` must not be empty.
+    pub fn set_base(&self, base: Vec<Vec<u8>>) -> Result<(), String> {
+        if base.is_empty() {
+            return Err("no client trust anchor".into());
+        }
+        let registered = self
+            .shared
+            .registered
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let verifiers = Arc::new(Verifiers::build(&base, &registered)?);
+        *self
+            .shared
+            .base
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = base;
+        *self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = verifiers;
+        Ok(())
+    }
+
+    fn base(&self) -> Vec<Vec<u8>> {
+        self.shared
+            .base
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn current(&self) -> Arc<Verifiers> {
@@ -157,7 +340,7 @@ impl ClientRoots {
 impl std::fmt::Debug for ClientRoots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientRoots")
-            .field("base", &self.shared.base.len())
+            .field("base", &self.base().len())
             .field("registered", &self.current().registered)
             .finish()
     }
@@ -201,8 +384,13 @@ impl ClientCertVerifier for DynamicClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner()
-            .verify_client_cert(end_entity, intermediates, now)
+        verify_with_renewal(
+            self.inner().as_ref(),
+            self.roots.shared.renewal.as_ref(),
+            end_entity,
+            intermediates,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -342,6 +530,58 @@ mod tests {
 
     fn refused(result: Result<(), rustls::Error>) -> bool {
         matches!(result, Err(rustls::Error::InvalidCertificate(_)))
+    }
+
+    /// A client leaf of `ca` valid from two days before `not_after`.
+    fn leaf_until(ca: &TestCa, not_after: i64) -> CertificateDer<'static> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["device-1".to_string()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before =
+            ::time::OffsetDateTime::from_unix_timestamp(not_after - 2 * 86_400).unwrap();
+        params.not_after = ::time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        CertificateDer::from(cert.der().to_vec())
+    }
+
+    #[test]
+    fn a_recently_expired_certificate_of_our_ca_passes_only_within_the_window() {
+        let ours = test_ca("Onramp Test CA");
+        let maker = test_ca("Maker CA");
+        let inner = webpki_verifier(
+            [ours.der.clone(), maker.der.clone()].iter(),
+            ClientCerts::Required,
+        )
+        .unwrap();
+        let now_secs = 1_900_000_000_u64;
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now_secs));
+        let now_i = now_secs as i64;
+        let renewal = ExpiredRenewal {
+            issuer_der: ours.der.clone(),
+            window_secs: 3600,
+        };
+        let check = |leaf: &CertificateDer<'_>, r: Option<&ExpiredRenewal>| {
+            verify_with_renewal(inner.as_ref(), r, leaf, &[], now).is_ok()
+        };
+        let valid = leaf_until(&ours, now_i + 3600);
+        let recent = leaf_until(&ours, now_i - 600);
+        let old = leaf_until(&ours, now_i - 7200);
+        let makers = leaf_until(&maker, now_i - 600);
+        assert!(check(&valid, None));
+        // Off: an expired certificate is refused.
+        assert!(!check(&recent, None));
+        assert!(!check(
+            &recent,
+            Some(&ExpiredRenewal {
+                window_secs: 0,
+                ..renewal.clone()
+            })
+        ));
+        // On: within the window, issued by our CA only.
+        assert!(check(&recent, Some(&renewal)));
+        assert!(!check(&old, Some(&renewal)));
+        assert!(!check(&makers, Some(&renewal)));
+        assert!(check(&valid, Some(&renewal)));
     }
 
     #[test]

@@ -412,11 +412,13 @@ impl Onramp {
             reason.to_string(),
             now,
         );
-        Ok(self
+        let cert = self
             .inner
             .store
             .revoke_certificate(&caller.tenant, serial, reason, &audit, now)
-            .await?)
+            .await?;
+        let _ = self.emit_certificate_revoked(&cert, reason).await;
+        Ok(cert)
     }
 
     // ---- audit ----

@@ -9,7 +9,7 @@ use onramp_domain::artifact::{self, ResolvedArtifact};
 use onramp_domain::{AuditEntry, Outcome, Page, Permission};
 use onramp_pki::signing::{self, PublicKey};
 use onramp_store::{ArtifactRecord, SignerRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ impl Default for ArtifactSettings {
 }
 
 /// A signer as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Signer {
     pub name: String,
@@ -69,7 +69,7 @@ impl From<SignerRecord> for Signer {
 }
 
 /// An artifact as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub sha256: String,

@@ -8,7 +8,7 @@
 
 use crate::{ClaimContext, Onramp, now};
 use onramp_domain::DeviceRequest;
-use onramp_domain::provisioning::ProvisioningRejection;
+use onramp_domain::provisioning::{ProvisioningRejection, ProvisioningTopic};
 use serde_json::{Value, json};
 
 /// Publishes server-originated messages (replies to requests made outside
@@ -53,6 +53,9 @@ pub struct RequestOrigin<'a> {
     pub source: &'a str,
     /// Set when the connection authenticated with a claim certificate.
     pub claim: Option<&'a ClaimContext>,
+    /// The SHA-256 of the connection's client certificate: a device
+    /// connection asking for a certificate rotates this one.
+    pub certificate_id: Option<&'a str>,
 }
 
 /// The `clientToken` of a JSON request, for echoing in a refusal.
@@ -152,7 +155,25 @@ impl Onramp {
     ) -> Vec<DeviceReply> {
         match request {
             DeviceRequest::Provisioning(topic) => {
+                // A claim certificate provisions; it never rotates a
+                // thing's certificate, even when it names one.
+                let claim_refusal = match (origin.claim, topic) {
+                    (None, _) | (Some(_), ProvisioningTopic::RegisterThing { .. }) => None,
+                    (Some(_), _) => onramp_domain::rotation::check_claim_request(
+                        onramp_domain::rotation::requested_thing(payload).as_deref(),
+                    )
+                    .err(),
+                };
                 let reply = match origin.claim {
+                    Some(_) if claim_refusal.is_some() => {
+                        let why = claim_refusal.map(|r| r.to_string()).unwrap_or_default();
+                        self.refuse_claim_rotation(origin, &why).await;
+                        crate::ProvisioningReply {
+                            topic: topic.rejected(),
+                            payload: ProvisioningRejection::access_denied(why).to_json(),
+                            accepted: false,
+                        }
+                    }
                     Some(claim) => {
                         self.provisioning_request(
                             claim,
@@ -164,14 +185,17 @@ impl Onramp {
                         )
                         .await
                     }
-                    None => crate::ProvisioningReply {
-                        topic: topic.rejected(),
-                        payload: ProvisioningRejection::access_denied(
-                            "only a claim certificate may use fleet provisioning",
+                    // A device's own certificate: rotation for the same thing.
+                    None => {
+                        self.rotation_request(
+                            origin.tenant,
+                            origin.certificate_id,
+                            origin.source,
+                            topic,
+                            payload,
                         )
-                        .to_json(),
-                        accepted: false,
-                    },
+                        .await
+                    }
                 };
                 vec![DeviceReply {
                     topic: reply.topic,

@@ -70,6 +70,8 @@ struct Applicant {
     actor: String,
     /// The token was already used: only a retry of its own enrolment may pass.
     token_used: bool,
+    /// Re-enrolment with a certificate that expired within the renewal window.
+    after_expiry: bool,
 }
 
 impl Onramp {
@@ -195,7 +197,7 @@ impl Onramp {
         now: i64,
     ) -> Result<Enrolled> {
         let inner = &self.inner;
-        let issued = inner.ca.issue_device_cert(
+        let issued = inner.ca().issue_device_cert(
             csr,
             &a.thing_name,
             &a.serial_number,
@@ -224,7 +226,11 @@ impl Onramp {
                 id: 0,
                 tenant: a.tenant.clone(),
                 actor: a.actor.clone(),
-                action: format!("est.{}", op.as_str()),
+                action: if a.after_expiry {
+                    format!("est.{}.after_expiry", op.as_str())
+                } else {
+                    format!("est.{}", op.as_str())
+                },
                 target: format!("device:{}", a.thing_name),
                 source: source.to_string(),
                 outcome: Outcome::Success,
@@ -371,6 +377,7 @@ impl Onramp {
                     actor: format!("token:{}", t.id),
                     token_id: Some(t.id),
                     renewing: None,
+                    after_expiry: false,
                 })
             }
             EnrolCredential::ClientCert { chain } => {
@@ -381,7 +388,7 @@ impl Onramp {
                     .iter()
                     .find(|b| signed_by(leaf, &b.der))
                 else {
-                    if inner.ca.issued(leaf) {
+                    if inner.authorities().trusted_issuer_of(leaf).is_some() {
                         return Err(ServiceError::Forbidden(
                             "a device certificate renews through /simplereenroll".into(),
                         ));
@@ -395,6 +402,12 @@ impl Onramp {
                     .credential_limiter
                     .check(&format!("cert:{}", info.fingerprint))
                     .map_err(|retry_after_secs| ServiceError::RateLimited { retry_after_secs })?;
+                // Only re-enrolment may present an expired certificate.
+                if info.not_after < now {
+                    return Err(ServiceError::Unauthorized(
+                        "the bootstrap certificate has expired".into(),
+                    ));
+                }
                 let serial = bootstrap_serial(&info)?;
                 let thing_name = match inner
                     .store
@@ -412,6 +425,7 @@ impl Onramp {
                     renewing: None,
                     actor: format!("bootstrap:{}", &info.fingerprint[..16]),
                     token_used: false,
+                    after_expiry: false,
                 })
             }
             EnrolCredential::None => Err(no_credential()),
@@ -427,7 +441,7 @@ impl Onramp {
             ));
         };
         let leaf = chain.first().ok_or_else(no_credential)?;
-        if !inner.ca.issued(leaf) {
+        if inner.authorities().trusted_issuer_of(leaf).is_none() {
             return Err(ServiceError::Forbidden(
                 "the client certificate was not issued by this CA".into(),
             ));
@@ -456,6 +470,16 @@ impl Onramp {
             .get_device(&cert.tenant, &cert.thing_name)
             .await?
             .ok_or_else(|| ServiceError::Forbidden("the device is not registered".into()))?;
+        // An expired certificate reaches here only when renewal after expiry
+        // is on (the TLS layer refuses it otherwise): within the window, for
+        // an active device, never revoked (its status is active).
+        let after_expiry = self.expired_renewal_allowed(cert.not_after)?;
+        if after_expiry && device.status != onramp_domain::DeviceStatus::Active {
+            return Err(ServiceError::Forbidden(format!(
+                "device `{}` is {}",
+                device.thing_name, device.status
+            )));
+        }
         Ok(Applicant {
             tenant: device.tenant,
             serial_number: device.serial_number,
@@ -464,6 +488,7 @@ impl Onramp {
             renewing: Some(cert.serial),
             actor: format!("device:{}", device.thing_name),
             token_used: false,
+            after_expiry,
         })
     }
 }

@@ -31,15 +31,94 @@ pub struct DeviceIdentity {
 }
 
 /// Decides one connection's actions against its policies.
+///
+/// The policies are those read when the connection was admitted, and stay
+/// its policies for its life (a revocation or suspension cuts the
+/// connection instead), so a decision on a topic stays true as long as the
+/// connection: it is remembered, per connection and per topic, for the
+/// actions a message takes (`iot:Publish`, `iot:Receive`,
+/// `iot:RetainPublish`). The memory is bounded and goes with the
+/// connection.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     policies: Arc<Vec<PolicyDocument>>,
     context: PolicyContext,
+    decisions: Arc<std::sync::Mutex<Decisions>>,
+}
+
+/// Topics remembered per action before the memory starts over.
+const DECISIONS_PER_ACTION: usize = 256;
+
+/// Decisions already made on topics, one map per cached action.
+#[derive(Debug, Default)]
+struct Decisions {
+    by_action: [std::collections::HashMap<Box<str>, bool>; 3],
+}
+
+impl Decisions {
+    fn slot(action: Action) -> Option<usize> {
+        match action {
+            Action::Publish => Some(0),
+            Action::Receive => Some(1),
+            Action::RetainPublish => Some(2),
+            Action::Connect | Action::Subscribe => None,
+        }
+    }
+
+    fn get(&self, slot: usize, topic: &str) -> Option<bool> {
+        self.by_action[slot].get(topic).copied()
+    }
+
+    fn put(&mut self, slot: usize, topic: &str, allowed: bool) {
+        let map = &mut self.by_action[slot];
+        if map.len() >= DECISIONS_PER_ACTION {
+            // Bounded: a device cycling through many topics only costs
+            // evaluations again.
+            map.clear();
+        }
+        map.insert(Box::from(topic), allowed);
+    }
 }
 
 impl Authorizer {
+    /// Whether a policy that applies asks for AWS strict mode (QoS 2 refused).
+    pub fn aws_strict(&self) -> bool {
+        self.policies.iter().any(|p| p.aws_strict())
+    }
+
+    pub fn new(policies: Arc<Vec<PolicyDocument>>, context: PolicyContext) -> Authorizer {
+        Authorizer {
+            policies,
+            context,
+            decisions: Arc::default(),
+        }
+    }
+
     pub fn allows(&self, action: Action, resource: Resource<'_>) -> bool {
-        let allowed = evaluate(&self.policies, action, &resource, &self.context).is_allowed();
+        let cached = match (Decisions::slot(action), &resource) {
+            (Some(slot), Resource::Topic(topic)) => Some((slot, *topic)),
+            _ => None,
+        };
+        let known = cached.and_then(|(slot, topic)| {
+            self.decisions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(slot, topic)
+        });
+        let allowed = match known {
+            Some(allowed) => allowed,
+            None => {
+                let allowed =
+                    evaluate(&self.policies, action, &resource, &self.context).is_allowed();
+                if let Some((slot, topic)) = cached {
+                    self.decisions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .put(slot, topic, allowed);
+                }
+                allowed
+            }
+        };
         if !allowed {
             let name = match action {
                 Action::Connect => "connect",
@@ -89,6 +168,18 @@ impl Onramp {
         Ok(())
     }
 
+    /// Writes a group of persistent MQTT session changes in one transaction
+    /// (the gateway gathers every change waiting at one moment into one
+    /// call: group commit).
+    pub async fn write_sessions(&self, writes: &[onramp_store::SessionWrite]) -> Result<()> {
+        Ok(self.inner.store.write_sessions(writes).await?)
+    }
+
+    /// Every stored persistent MQTT session, for a broker starting up.
+    pub async fn load_sessions(&self) -> Result<Vec<onramp_store::StoredSession>> {
+        Ok(self.inner.store.load_sessions().await?)
+    }
+
     /// Every retained message, for a broker starting up.
     pub async fn load_retained(&self) -> Result<Vec<onramp_domain::RetainedRecord>> {
         Ok(self.inner.store.load_retained().await?)
@@ -136,8 +227,24 @@ impl Onramp {
 
     /// Identifies the device behind a TLS client certificate (already
     /// chain-verified by the TLS layer): the certificate must be known and
-    /// active, and its device active.
+    /// active (or superseded by a rotation still in its grace period), and
+    /// its device active.
     pub async fn authenticate_device(&self, chain: &[Vec<u8>]) -> Result<DeviceIdentity> {
+        self.authenticate(chain, false).await
+    }
+
+    /// Like [`Onramp::authenticate_device`], for an MQTT connection: a
+    /// certificate that expired within the renewal window (renewal after
+    /// expiry on, never revoked, device active) gets a connection whose only
+    /// policy allows asking for a new certificate.
+    pub async fn authenticate_device_or_renewal(
+        &self,
+        chain: &[Vec<u8>],
+    ) -> Result<DeviceIdentity> {
+        self.authenticate(chain, true).await
+    }
+
+    async fn authenticate(&self, chain: &[Vec<u8>], renewal: bool) -> Result<DeviceIdentity> {
         let leaf = chain
             .first()
             .ok_or_else(|| ServiceError::Unauthorized("a client certificate is required".into()))?;
@@ -157,7 +264,9 @@ impl Onramp {
                         .get_certificate_by_fingerprint(&info.fingerprint)
                         .await?;
                 }
-                None => {}
+                // The first connection with a rotated certificate activates it
+                // (looked for last: claim connections are the common case).
+                None => cert = self.activate_rotation_on_connect(&info.fingerprint).await?,
             }
         }
         let cert = cert.ok_or_else(|| {
@@ -171,7 +280,9 @@ impl Onramp {
                 ));
             }
         }
-        if cert.status != CertStatus::Active {
+        // A certificate superseded by a rotation keeps working until its
+        // grace period ends, in case the device lost the new key.
+        if cert.status != CertStatus::Active && !self.in_rotation_grace(&cert).await? {
             return Err(ServiceError::Forbidden(format!(
                 "the client certificate is {}",
                 cert.status
@@ -187,6 +298,22 @@ impl Onramp {
                 device.thing_name, device.status
             )));
         }
+        // The TLS layer lets a recently expired certificate through only
+        // when renewal after expiry is on; only an MQTT connection may then
+        // use it, and only to renew.
+        let renewing = if info.not_after < now() {
+            if !renewal
+                || cert.issuer_ca.is_some()
+                || !self.expired_renewal_allowed(info.not_after)?
+            {
+                return Err(ServiceError::Forbidden(
+                    "the client certificate has expired".into(),
+                ));
+            }
+            true
+        } else {
+            false
+        };
         let stored = store
             .policies_for_device(
                 &device.tenant,
@@ -205,6 +332,12 @@ impl Onramp {
         }
         if stored.is_empty() && self.inner.settings.default_device_policy {
             policies.push(default_device_policy());
+        }
+        if renewing {
+            policies = vec![
+                PolicyDocument::parse(onramp_domain::rotation::RENEWAL_ONLY_POLICY)
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            ];
         }
         let attributes = device
             .attributes
@@ -232,9 +365,9 @@ impl Onramp {
 
     /// The authorizer of one connection, once its client id is known.
     pub fn authorizer(&self, identity: &DeviceIdentity, client_id: &str) -> Authorizer {
-        Authorizer {
-            policies: identity.policies.clone(),
-            context: PolicyContext {
+        Authorizer::new(
+            identity.policies.clone(),
+            PolicyContext {
                 client_id: client_id.to_string(),
                 // A claim connection is no thing: thing variables stay unresolved.
                 thing_name: identity
@@ -246,7 +379,7 @@ impl Onramp {
                 cert_subject_cn: identity.subject_cn.clone(),
                 cert_id: Some(identity.certificate_id.clone()),
             },
-        }
+        )
     }
 
     /// Records that a device connected or disconnected (also its last-seen
@@ -378,5 +511,69 @@ async fn write_presence(
         if let Err(e) = store.set_devices_connected(&batch, now()).await {
             tracing::warn!(error = %e, count = batch.len(), "could not record presence");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authorizer() -> Authorizer {
+        let policy = PolicyDocument::parse(
+            r#"{"Version": "2012-10-17", "Statement": [
+              {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+               "Resource": "arn:aws:iot:*:*:topic/things/${iot:ClientId}/*"},
+              {"Effect": "Deny", "Action": "iot:Publish",
+               "Resource": "arn:aws:iot:*:*:topic/things/${iot:ClientId}/secret/*"}]}"#,
+        )
+        .expect("a valid policy");
+        let context = PolicyContext {
+            client_id: "d1".into(),
+            ..PolicyContext::default()
+        };
+        Authorizer::new(Arc::new(vec![policy]), context)
+    }
+
+    #[test]
+    fn remembered_decisions_are_the_policies_decisions_per_action_and_topic() {
+        let a = authorizer();
+        let topics = [
+            "things/d1/t",
+            "things/d1/secret/k",
+            "things/d2/t",
+            "other",
+            "things/d1/t",
+        ];
+        for round in 0..2 {
+            for topic in topics {
+                for action in [Action::Publish, Action::Receive, Action::RetainPublish] {
+                    let fresh = evaluate(&a.policies, action, &Resource::Topic(topic), &a.context)
+                        .is_allowed();
+                    assert_eq!(
+                        a.allows(action, Resource::Topic(topic)),
+                        fresh,
+                        "{action:?} on {topic}, round {round}"
+                    );
+                }
+            }
+        }
+        assert!(a.allows(Action::Receive, Resource::Topic("things/d1/secret/k")));
+        assert!(!a.allows(Action::Publish, Resource::Topic("things/d1/secret/k")));
+    }
+
+    #[test]
+    fn the_memory_of_decisions_is_bounded() {
+        let a = authorizer();
+        for i in 0..(3 * DECISIONS_PER_ACTION) {
+            let topic = format!("things/d1/{i}");
+            assert!(a.allows(Action::Publish, Resource::Topic(&topic)));
+            let held = a
+                .decisions
+                .lock()
+                .map(|d| d.by_action[0].len())
+                .unwrap_or(0);
+            assert!(held <= DECISIONS_PER_ACTION, "{held} remembered");
+        }
+        assert!(!a.allows(Action::Publish, Resource::Topic("things/d9/x")));
     }
 }

@@ -29,7 +29,14 @@ pub const MAX_JOB_TARGETS: usize = 100_000;
 pub(crate) struct JobRules {
     pub document: Value,
     pub config: JobConfig,
+    /// When this node read them: a job deleted and created again under the
+    /// same id on another node is read afresh after [`JOB_RULES_TTL`].
+    pub loaded: std::time::Instant,
 }
+
+/// How long a node trusts its cached copy of a job's document and
+/// configuration (they change only when a deleted job's id is reused).
+pub(crate) const JOB_RULES_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What to target: things by name, thing groups, and a dynamic group
 /// defined by a fleet query. With SNAPSHOT selection the members at
@@ -83,6 +90,9 @@ pub struct JobDescription {
     /// at a glance. Empty in listings.
     #[serde(default)]
     pub failures_by_group: Vec<FailureGroup>,
+    /// The rollout is paused: nothing more is released until it is resumed.
+    #[serde(default)]
+    pub rollout_paused: bool,
 }
 
 /// Failed executions of one status among things of one hardware revision
@@ -112,6 +122,7 @@ fn describe_record(r: &JobRecord, counts: BTreeMap<String, i64>) -> JobDescripti
         completed_at: r.completed_at,
         execution_counts: counts,
         failures_by_group: Vec::new(),
+        rollout_paused: false,
     }
 }
 
@@ -138,17 +149,18 @@ fn notification_replies(thing: &str, n: Notifications) -> Vec<DeviceReply> {
 }
 
 /// The configuration members CreateJob understands.
-const CONFIG_MEMBERS: [&str; 5] = [
+const CONFIG_MEMBERS: [&str; 6] = [
     "timeoutConfig",
     "jobExecutionsRetryConfig",
     "jobExecutionsRolloutConfig",
     "abortConfig",
     "successConfirmation",
+    "schedulingConfig",
 ];
 
 /// CreateJob's configuration without `targetSelection: SNAPSHOT` (the only
 /// selection Onramp has). Any other member is refused rather than ignored:
-/// a job that silently lacked its `schedulingConfig`, or a misspelt
+/// a job that silently lacked its `maintenanceWindows`, or a misspelt
 /// `timeoutConfig`, would run unlike what the operator asked for.
 fn known_config(config: &Value) -> Result<Value> {
     let Some(members) = config.as_object() else {
@@ -205,6 +217,7 @@ impl Onramp {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
+            .filter(|r| r.loaded.elapsed() < JOB_RULES_TTL)
         {
             return Ok(Some(rules.clone()));
         }
@@ -217,7 +230,11 @@ impl Onramp {
             .ok()
             .and_then(|v| serde_json::from_value::<JobConfig>(v).ok())
             .unwrap_or_default();
-        let rules = Arc::new(JobRules { document, config });
+        let rules = Arc::new(JobRules {
+            document,
+            config,
+            loaded: std::time::Instant::now(),
+        });
         let mut cache = self
             .inner
             .job_rules
@@ -476,12 +493,19 @@ impl Onramp {
                     .settled_pending(tenant, thing, at, &mut replies)
                     .await
                     .map_err(internal)?;
-                let of_job = self
-                    .inner
-                    .store
-                    .thing_executions(tenant, thing, Some(job_id))
-                    .await
-                    .map_err(internal)?;
+                // A pending execution of the job is its latest (a retry is
+                // queued only once the one before has ended), so when the
+                // request names it the thing's other executions of the job
+                // need not be read.
+                let of_job = match job::find_execution(&pending, job_id, request.execution_number) {
+                    Some(e) => vec![e.clone()],
+                    None => self
+                        .inner
+                        .store
+                        .thing_executions(tenant, thing, Some(job_id))
+                        .await
+                        .map_err(internal)?,
+                };
                 let rules = self
                     .job_rules(tenant, job_id)
                     .await
@@ -558,21 +582,33 @@ impl Onramp {
     }
 
     /// Publishes, for each thing, what changed in its pending executions.
+    /// The things' executions now are read in a few set-based queries, and
+    /// everything is published at once.
     pub(crate) async fn notify_things(
         &self,
         tenant: &str,
         changes: Vec<(String, Vec<JobExecution>)>,
     ) {
+        if changes.is_empty() {
+            return;
+        }
         let at = now();
+        let things: Vec<String> = changes.iter().map(|(t, _)| t.clone()).collect();
+        let now_pending = match self
+            .inner
+            .store
+            .pending_executions_of(tenant, &things)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "job notifications not sent: executions unreadable");
+                return;
+            }
+        };
+        let mut out = Vec::new();
         for (thing, before) in changes {
-            let Ok(after) = self
-                .inner
-                .store
-                .thing_executions(tenant, &thing, None)
-                .await
-            else {
-                continue;
-            };
+            let after = now_pending.get(&thing).cloned().unwrap_or_default();
             let mut all = before.clone();
             all.extend(after.iter().cloned());
             let Ok(rules) = self.rules_of(tenant, &all).await else {
@@ -581,11 +617,12 @@ impl Onramp {
             let docs = |id: &str| rules.get(id).map(|r| r.document.clone());
             let replies =
                 notification_replies(&thing, job::notifications(&before, &after, at, &docs));
-            let replies = self
-                .resolve_artifacts_in_replies(tenant, &thing, replies)
-                .await;
-            self.publish_everywhere(tenant, replies).await;
+            out.extend(
+                self.resolve_artifacts_in_replies(tenant, &thing, replies)
+                    .await,
+            );
         }
+        self.publish_everywhere(tenant, out).await;
     }
 
     // ---- operator side ----
@@ -604,6 +641,7 @@ impl Onramp {
             .map_err(|e| ServiceError::BadRequest(format!("document: {e}")))?;
         let config = JobConfig::from_json(&known_config(&request.config)?)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let scheduled = self.check_job_schedule(&config, now())?;
         if let Some(q) = &request.targets.query {
             q.validate()
                 .map_err(|e| ServiceError::BadRequest(format!("query: {e}")))?;
@@ -617,17 +655,21 @@ impl Onramp {
             ));
         }
         let at = now();
-        let mut before = Vec::with_capacity(things.len());
-        for t in &things {
-            before.push((
-                t.clone(),
-                self.inner.store.thing_executions(tenant, t, None).await?,
-            ));
-        }
-        // A paced rollout keeps every target waiting for the scheduler;
-        // otherwise every target is queued now.
+        // Each target's pending executions, read in a few set-based queries.
+        let mut pending = self
+            .inner
+            .store
+            .pending_executions_of(tenant, &things)
+            .await?;
+        let before: Vec<(String, Vec<JobExecution>)> = things
+            .iter()
+            .map(|t| (t.clone(), pending.remove(t).unwrap_or_default()))
+            .collect();
+        // A paced rollout keeps every target waiting for the scheduler, as
+        // does a job scheduled to start later; otherwise every target is
+        // queued now.
         let paced = config.job_executions_rollout_config.is_some();
-        let (executions, waiting): (Vec<JobExecution>, Vec<String>) = if paced {
+        let (executions, waiting): (Vec<JobExecution>, Vec<String>) = if paced || scheduled {
             (Vec::new(), things.clone())
         } else {
             (
@@ -641,7 +683,13 @@ impl Onramp {
         let record = JobRecord {
             tenant: tenant.to_string(),
             job_id: request.job_id.clone(),
-            status: "IN_PROGRESS".into(),
+            status: if scheduled {
+                job::JobStatus::Scheduled
+            } else {
+                job::JobStatus::InProgress
+            }
+            .as_str()
+            .into(),
             description: request.description.clone(),
             document: document.to_string(),
             config: serde_json::to_string(&config)
@@ -677,10 +725,14 @@ impl Onramp {
             .store
             .create_job(&record, &executions, &waiting, &audit)
             .await?;
+        // A job id used before (by a job since deleted) names this job now.
+        self.forget_job_rules(tenant, &request.job_id);
         metrics::counter!("onramp_jobs_created_total").increment(1);
         metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
             .increment(executions.len() as u64);
-        if paced {
+        if scheduled {
+            // The scheduler starts it at its startTime.
+        } else if paced {
             // The first release goes out at once rather than on the next tick.
             if let Err(e) = self.release_rollouts(now()).await {
                 tracing::warn!(error = %e, "first rollout release failed; the scheduler retries");
@@ -697,11 +749,19 @@ impl Onramp {
         targets: &JobTargets,
     ) -> Result<Vec<String>> {
         let mut things = std::collections::BTreeSet::new();
-        for t in &targets.things {
-            if self.inner.store.get_device(tenant, t).await?.is_none() {
+        if !targets.things.is_empty() {
+            let known: std::collections::HashSet<String> = self
+                .inner
+                .store
+                .existing_things(tenant, &targets.things)
+                .await?
+                .into_iter()
+                .collect();
+            // The first unknown thing in the order given is the one named.
+            if let Some(t) = targets.things.iter().find(|t| !known.contains(*t)) {
                 return Err(ServiceError::NotFound(format!("thing {t}")));
             }
-            things.insert(t.clone());
+            things.extend(targets.things.iter().cloned());
         }
         if !targets.thing_groups.is_empty() || targets.query.is_some() {
             let mut after: Option<String> = None;
@@ -766,6 +826,10 @@ impl Onramp {
             .into_iter()
             .collect();
         let mut described = describe_record(&record, counts);
+        described.rollout_paused = store
+            .job_control(&caller.tenant, job_id)
+            .await?
+            .is_some_and(|c| c.paused);
         described.failures_by_group = store
             .job_failures_by_group(&caller.tenant, job_id)
             .await?
@@ -786,9 +850,24 @@ impl Onramp {
     pub async fn list_jobs(&self, caller: &Caller, page: &Page) -> Result<Vec<JobDescription>> {
         caller.require(Permission::ReadRegistry)?;
         let records = self.inner.store.list_jobs(&caller.tenant, page).await?;
+        let paused = match (records.first(), records.last()) {
+            (Some(first), Some(last)) => {
+                self.inner
+                    .store
+                    .paused_jobs(&caller.tenant, &first.job_id, &last.job_id)
+                    .await?
+            }
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .collect::<std::collections::HashSet<String>>();
         Ok(records
             .iter()
-            .map(|r| describe_record(r, BTreeMap::new()))
+            .map(|r| {
+                let mut d = describe_record(r, BTreeMap::new());
+                d.rollout_paused = paused.contains(&r.job_id);
+                d
+            })
             .collect())
     }
 

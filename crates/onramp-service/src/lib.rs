@@ -5,38 +5,53 @@
 
 mod admin;
 mod artifacts;
+mod ca_rollover;
 mod caller;
 mod device;
 mod enrolment;
 mod error;
+mod events;
 mod gateway;
+mod job_control;
 mod jobs;
 mod provisioning;
 mod ratelimit;
 mod refusals;
+mod revocation;
 mod rollout;
+mod rotation;
 mod scheduler;
 mod shadow;
 
 pub use admin::{CreatedApiKey, CreatedToken, TokenRequest};
 pub use artifacts::{Artifact, ArtifactDownload, ArtifactSettings, Signer, UploadArtifact};
+pub use ca_rollover::{CaRolloverRequest, IssuingCa};
 pub use caller::Caller;
 pub use device::{Audience, DeviceReply, MessageSink, RequestOrigin};
 pub use enrolment::{BootstrapCa, EnrolCredential, EnrolOperation, Enrolled};
 pub use error::ServiceError;
+pub use events::{
+    AuditFinding, CreatedSubscription, EventDelivery, EventSettings, EventSubscription,
+};
 pub use gateway::{Authorizer, DeviceIdentity};
 pub use jobs::{CreateJob, FailureGroup, JobDescription, JobTargets, MAX_JOB_TARGETS};
 pub use onramp_domain::{DeviceRequest, ShadowOp, ShadowTopic};
 pub use onramp_store::IdentityChangeCursor;
+pub use onramp_store::{
+    SessionWrite, StoredHeldMessage, StoredMqttMessage, StoredSession, StoredSessionRecord,
+    StoredSubscription,
+};
 pub use provisioning::{
     ClaimContext, CreatedClaim, ProvisioningReply, ProvisioningSettings, TemplateDetail,
     TemplateSettings,
 };
 pub use ratelimit::{FailureLimit, FailureLimiter, RateLimit, RateLimiter};
 pub use refusals::RefusalAggregator;
+pub use revocation::{CurrentCrl, RevocationSettings};
+pub use rotation::RotateRequest;
 pub use scheduler::ClusterTask;
 
-use onramp_pki::{CertificateAuthority, SecretHasher};
+use onramp_pki::{Authorities, CaKeyAlgorithm, CertificateAuthority, SecretHasher};
 use onramp_store::Store;
 use std::sync::Arc;
 
@@ -66,8 +81,17 @@ pub struct Settings {
     pub refusal_audit_window_secs: i64,
     /// Jobs requests per thing; beyond it devices get RequestThrottled.
     pub jobs_rate_per_thing: RateLimit,
+    /// Seconds over which a rollout's `maximumPerMinute` is counted: 60,
+    /// shorter only to watch a paced rollout quickly (tests, rehearsals).
+    pub rollout_window_secs: i64,
     /// OTA artifacts: storage, size limit, download URLs and rate.
     pub artifacts: ArtifactSettings,
+    /// Outbound events (webhooks) and audit checks.
+    pub events: EventSettings,
+    /// Key algorithm of the CAs a rollover creates.
+    pub ca_key_algorithm: CaKeyAlgorithm,
+    /// Certificate rotation: grace period, pending expiry, renewal after expiry.
+    pub rotation: onramp_domain::rotation::RotationRules,
 }
 
 impl Default for Settings {
@@ -105,7 +129,11 @@ impl Default for Settings {
                 per_second: 20,
                 burst: 40,
             },
+            rollout_window_secs: onramp_domain::job::ROLLOUT_WINDOW_SECONDS,
             artifacts: ArtifactSettings::default(),
+            events: EventSettings::default(),
+            ca_key_algorithm: CaKeyAlgorithm::default(),
+            rotation: onramp_domain::rotation::RotationRules::default(),
         }
     }
 }
@@ -118,7 +146,16 @@ pub struct Onramp {
 
 struct Inner {
     store: Arc<dyn Store>,
-    ca: CertificateAuthority,
+    /// Every issuing CA: the active one signs, the previous ones are still
+    /// trusted, the retired ones only sign their CRLs. Replaced whole when a
+    /// rollover or retirement is seen on disk.
+    authorities: std::sync::RwLock<Arc<Authorities>>,
+    /// What the CA directory looked like when `authorities` was loaded.
+    ca_marker: std::sync::Mutex<String>,
+    /// The base of the CRL and OCSP URLs issued certificates carry.
+    revocation_base: std::sync::RwLock<Option<String>>,
+    /// The current authorities, for listeners whose trust anchors follow them.
+    ca_watch: tokio::sync::watch::Sender<Arc<Authorities>>,
     hasher: SecretHasher,
     settings: Settings,
     source_limiter: RateLimiter,
@@ -156,6 +193,10 @@ struct Inner {
     download_limiter: RateLimiter,
     /// The HTTPS base URL of artifact download links.
     artifact_base_url: std::sync::OnceLock<String>,
+    /// The CRL and the OCSP responder, once `onramp serve` enables them.
+    revocation: std::sync::OnceLock<revocation::RevocationState>,
+    /// MQTT connection attempts not yet written (for the audit checks).
+    attempts: std::sync::Mutex<events::AttemptBuffer>,
 }
 
 impl Onramp {
@@ -165,6 +206,19 @@ impl Onramp {
         hasher: SecretHasher,
         settings: Settings,
     ) -> Onramp {
+        Self::with_authorities(store, Authorities::single(ca), hasher, settings)
+    }
+
+    /// Like [`Onramp::new`], with every issuing CA of the CA directory.
+    pub fn with_authorities(
+        store: Arc<dyn Store>,
+        authorities: Authorities,
+        hasher: SecretHasher,
+        settings: Settings,
+    ) -> Onramp {
+        let marker = Authorities::marker(authorities.active().dir());
+        let authorities = Arc::new(authorities);
+        let (ca_watch, _) = tokio::sync::watch::channel(authorities.clone());
         // One TLS provider for the whole process (the hook client needs it
         // named); an earlier install by the caller is fine.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -193,11 +247,16 @@ impl Onramp {
                 jobs_limiter: RateLimiter::new(settings.jobs_rate_per_thing),
                 download_limiter: RateLimiter::new(settings.artifacts.downloads_per_device),
                 artifact_base_url: std::sync::OnceLock::new(),
+                revocation: std::sync::OnceLock::new(),
+                attempts: std::sync::Mutex::new(events::AttemptBuffer::default()),
                 job_rules: std::sync::Mutex::new(std::collections::HashMap::new()),
                 published_shadows: std::sync::Mutex::new(std::collections::HashMap::new()),
                 node_id: uuid::Uuid::new_v4().simple().to_string(),
                 store,
-                ca,
+                authorities: std::sync::RwLock::new(authorities),
+                ca_marker: std::sync::Mutex::new(marker),
+                revocation_base: std::sync::RwLock::new(None),
+                ca_watch,
                 hasher,
                 settings,
             }),
@@ -209,8 +268,9 @@ impl Onramp {
         self.inner.store.backend()
     }
 
-    pub fn ca(&self) -> &CertificateAuthority {
-        &self.inner.ca
+    /// The active issuing CA: the one that signs new certificates.
+    pub fn ca(&self) -> Arc<CertificateAuthority> {
+        self.inner.ca()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -237,7 +297,7 @@ impl Onramp {
             .await
             .map_err(|e| format!("database not writable: {e}"))?;
         self.inner
-            .ca
+            .ca()
             .self_check()
             .map_err(|e| format!("CA key unusable: {e}"))?;
         Ok(())
@@ -257,6 +317,19 @@ impl Onramp {
             metrics::gauge!("onramp_certificates_expiring", "within" => within).set(n as f64);
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    fn authorities(&self) -> Arc<Authorities> {
+        self.authorities
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn ca(&self) -> Arc<CertificateAuthority> {
+        self.authorities().active().clone()
     }
 }
 

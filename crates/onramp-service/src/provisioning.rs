@@ -299,7 +299,7 @@ impl Onramp {
             )));
         }
         let now = now();
-        let (issued, key_pem) = self.inner.ca.issue_with_generated_key(
+        let (issued, key_pem) = self.inner.ca().issue_with_generated_key(
             &format!("onramp-claim-{template}"),
             validity_days,
             now,
@@ -332,7 +332,7 @@ impl Onramp {
             claim,
             certificate_pem: issued.pem,
             private_key_pem: key_pem,
-            ca_chain_pem: self.inner.ca.chain_pem(),
+            ca_chain_pem: self.inner.ca().chain_pem(),
         })
     }
 
@@ -451,6 +451,7 @@ impl Onramp {
                 at: now,
             };
             self.inner.store.append_audit(&entry).await?;
+            self.emit_claim_expiring(c).await?;
         }
         Ok(expiring)
     }
@@ -765,7 +766,7 @@ impl Onramp {
         parse_create_keys_request(payload)?;
         let (issued, key_pem) = self
             .inner
-            .ca
+            .ca()
             .issue_with_generated_key(
                 "Onramp provisioned device",
                 self.inner.settings.device_cert_validity_days,
@@ -799,7 +800,7 @@ impl Onramp {
             .map_err(|e| ProvisioningRejection::invalid_payload(e.to_string()))?;
         let issued = self
             .inner
-            .ca
+            .ca()
             .issue_for_csr(
                 &csr,
                 "Onramp provisioned device",

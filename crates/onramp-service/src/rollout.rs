@@ -36,91 +36,126 @@ fn counts_of(rows: &[(String, i64)]) -> ExecutionCounts {
 }
 
 impl Onramp {
-    /// Releases what each paced rollout allows now. Returns how many
-    /// executions were queued.
+    /// Releases what each rollout allows now: a paced rollout at its pace,
+    /// any other job (a scheduled job that started, a continuous job's new
+    /// members, a resumed job) every waiting target. Paused jobs wait.
+    /// Returns how many executions were queued.
     pub async fn release_rollouts(&self, at: UnixTime) -> Result<usize> {
-        let store = &self.inner.store;
         let mut queued = 0;
-        for (tenant, job_id) in store.jobs_awaiting_release().await? {
-            let Some(rules) = self.job_rules(&tenant, &job_id).await? else {
-                continue;
-            };
-            let Some(config) = rules.config.job_executions_rollout_config.clone() else {
-                continue;
-            };
-            let raw = store.rollout_state(&tenant, &job_id).await?;
-            let saved: SavedRollout = raw
-                .as_deref()
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or_default();
-            let counts = counts_of(&store.job_execution_counts(&tenant, &job_id).await?);
-            let mut state = RolloutState {
-                recent_releases: saved.recent_releases,
-                released_total: saved.released_total,
-                notified: saved.released_total,
-                succeeded: counts.succeeded,
-            };
-            let allowance = job::released_allowance(&config, &state, at);
-            if allowance == 0 {
-                continue;
-            }
-            // The state is saved as if the whole allowance went out; the
-            // count is corrected below when fewer targets were waiting.
-            let mut planned = state.clone();
-            planned.record_release(at, allowance);
-            let text = serde_json::to_string(&SavedRollout {
-                recent_releases: planned.recent_releases.clone(),
-                released_total: planned.released_total,
-            })
-            .map_err(|e| crate::ServiceError::Internal(e.to_string()))?;
-            let Some(released) = store
-                .release_job_targets(&tenant, &job_id, allowance, at, raw.as_deref(), &text)
-                .await?
-            else {
-                // Another release got there first; its pace stands.
-                continue;
-            };
-            let n = u32::try_from(released.len()).unwrap_or(u32::MAX);
-            if n < allowance {
-                state.record_release(at, n);
-                let exact = serde_json::to_string(&SavedRollout {
-                    recent_releases: state.recent_releases.clone(),
-                    released_total: state.released_total,
-                })
-                .map_err(|e| crate::ServiceError::Internal(e.to_string()))?;
-                store
-                    .release_job_targets(&tenant, &job_id, 0, at, Some(&text), &exact)
-                    .await?;
-            }
-            if released.is_empty() {
-                continue;
-            }
-            metrics::counter!("onramp_job_rollout_released_total").increment(released.len() as u64);
-            metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
-                .increment(released.len() as u64);
-            queued += released.len();
-            self.notify_released(&tenant, &released).await;
+        for (tenant, job_id) in self.inner.store.jobs_awaiting_release().await? {
+            queued += self.release_job(&tenant, &job_id, at).await?;
         }
         Ok(queued)
     }
 
-    async fn notify_released(&self, tenant: &str, released: &[JobExecution]) {
-        let mut changes = Vec::with_capacity(released.len());
-        for e in released {
-            let Ok(after) = self
-                .inner
-                .store
-                .thing_executions(tenant, &e.thing_name, None)
-                .await
+    /// Releases what one job's rollout allows at `at`, and notifies the
+    /// things. Nothing when the job is paused, ended or not in progress.
+    pub(crate) async fn release_job(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        at: UnixTime,
+    ) -> Result<usize> {
+        let store = &self.inner.store;
+        let Some(rules) = self.job_rules(tenant, job_id).await? else {
+            return Ok(0);
+        };
+        let raw = store.rollout_state(tenant, job_id).await?;
+        let Some(config) = rules.config.job_executions_rollout_config.clone() else {
+            // Not paced: every waiting target goes out now; the state is
+            // kept as it is, so the release still refuses a paused job.
+            let keep = raw.clone().unwrap_or_default();
+            let Some(released) = store
+                .release_job_targets(tenant, job_id, u32::MAX, at, raw.as_deref(), &keep)
+                .await?
             else {
-                continue;
+                return Ok(0);
             };
-            let before: Vec<JobExecution> = after
-                .into_iter()
-                .filter(|x| !(x.job_id == e.job_id && x.execution_number == e.execution_number))
-                .collect();
-            changes.push((e.thing_name.clone(), before));
+            return Ok(self.count_and_notify(tenant, &released).await);
+        };
+        let saved: SavedRollout = raw
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let counts = counts_of(&store.job_execution_counts(tenant, job_id).await?);
+        let mut state = RolloutState {
+            recent_releases: saved.recent_releases,
+            released_total: saved.released_total,
+            notified: saved.released_total,
+            succeeded: counts.succeeded,
+        };
+        let window = self.settings().rollout_window_secs;
+        let allowance = job::released_allowance_within(&config, &state, at, window);
+        if allowance == 0 {
+            return Ok(0);
         }
+        // The state is saved as if the whole allowance went out; the
+        // count is corrected below when fewer targets were waiting.
+        let mut planned = state.clone();
+        planned.record_release_within(at, allowance, window);
+        let text = serde_json::to_string(&SavedRollout {
+            recent_releases: planned.recent_releases.clone(),
+            released_total: planned.released_total,
+        })
+        .map_err(|e| crate::ServiceError::Internal(e.to_string()))?;
+        let Some(released) = store
+            .release_job_targets(tenant, job_id, allowance, at, raw.as_deref(), &text)
+            .await?
+        else {
+            // Another release got there first (its pace stands), or the
+            // job was paused or stopped meanwhile.
+            return Ok(0);
+        };
+        let n = u32::try_from(released.len()).unwrap_or(u32::MAX);
+        if n < allowance {
+            state.record_release_within(at, n, window);
+            let exact = serde_json::to_string(&SavedRollout {
+                recent_releases: state.recent_releases.clone(),
+                released_total: state.released_total,
+            })
+            .map_err(|e| crate::ServiceError::Internal(e.to_string()))?;
+            store
+                .release_job_targets(tenant, job_id, 0, at, Some(&text), &exact)
+                .await?;
+        }
+        if !released.is_empty() {
+            metrics::counter!("onramp_job_rollout_released_total").increment(released.len() as u64);
+        }
+        Ok(self.count_and_notify(tenant, &released).await)
+    }
+
+    async fn count_and_notify(&self, tenant: &str, released: &[JobExecution]) -> usize {
+        if released.is_empty() {
+            return 0;
+        }
+        metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
+            .increment(released.len() as u64);
+        self.notify_released(tenant, released).await;
+        released.len()
+    }
+
+    async fn notify_released(&self, tenant: &str, released: &[JobExecution]) {
+        let things: Vec<String> = released.iter().map(|e| e.thing_name.clone()).collect();
+        let Ok(mut pending) = self
+            .inner
+            .store
+            .pending_executions_of(tenant, &things)
+            .await
+        else {
+            return;
+        };
+        let changes = released
+            .iter()
+            .map(|e| {
+                let before: Vec<JobExecution> = pending
+                    .remove(&e.thing_name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|x| !(x.job_id == e.job_id && x.execution_number == e.execution_number))
+                    .collect();
+                (e.thing_name.clone(), before)
+            })
+            .collect();
         self.notify_things(tenant, changes).await;
     }
 
@@ -148,12 +183,7 @@ impl Onramp {
             reason.failure_type,
             reason.threshold_percentage
         );
-        let caller = Caller {
-            tenant: tenant.to_string(),
-            role: onramp_domain::Role::Admin,
-            actor: "onramp:abort".into(),
-            source: "local".into(),
-        };
+        let caller = crate::job_control::system_caller(tenant, "onramp:abort");
         match self
             .stop_job(&caller, job_id, false, "job.abort", &detail)
             .await
@@ -167,7 +197,7 @@ impl Onramp {
         }
     }
 
-    /// Stops an in-progress job: CANCELED with an audit entry, waiting
+    /// Stops a scheduled or in-progress job: CANCELED with an audit entry, waiting
     /// targets dropped, queued (and with `force` in-progress) executions
     /// canceled and their things notified. False if it was not in progress.
     pub(crate) async fn stop_job(
@@ -183,7 +213,7 @@ impl Onramp {
         let Some(record) = store.get_job(tenant, job_id).await? else {
             return Err(crate::ServiceError::NotFound(format!("job {job_id}")));
         };
-        if record.status != "IN_PROGRESS" {
+        if record.status != "IN_PROGRESS" && record.status != "SCHEDULED" {
             return Ok(false);
         }
         let at = now();
@@ -331,7 +361,8 @@ impl Onramp {
 impl Onramp {
     /// Adds to each continuous job the things that joined its groups or
     /// started matching its query since: queued at once, or waiting for the
-    /// rollout when the job is paced. Returns how many things were added.
+    /// rollout when the job is paced or paused. Returns how many things
+    /// were added.
     pub async fn extend_continuous_jobs(&self, at: UnixTime) -> Result<usize> {
         let store = &self.inner.store;
         let mut added = 0;
@@ -367,19 +398,11 @@ impl Onramp {
                 .await?
                 .is_some_and(|r| r.config.job_executions_rollout_config.is_some());
             added += fresh.len();
-            if paced {
-                store.add_job_targets(&tenant, &job_id, &[], &fresh).await?;
-            } else {
-                let executions: Vec<JobExecution> = fresh
-                    .iter()
-                    .map(|t| JobExecution::queued(&job_id, t, at))
-                    .collect();
-                let queued = store
-                    .add_job_targets(&tenant, &job_id, &executions, &[])
-                    .await?;
-                metrics::counter!("onramp_job_execution_updates_total", "status" => "QUEUED")
-                    .increment(queued.len() as u64);
-                self.notify_released(&tenant, &queued).await;
+            // New members wait as targets; an unpaced job releases them at
+            // once, unless its rollout is paused (the release checks).
+            store.add_job_targets(&tenant, &job_id, &[], &fresh).await?;
+            if !paced {
+                self.release_job(&tenant, &job_id, at).await?;
             }
         }
         Ok(added)

@@ -11,6 +11,11 @@ use std::time::Duration;
 
 /// How long a node may hold a cluster task before others assume it died.
 const LEASE_SECS: i64 = 300;
+/// The same for the rollout release, which runs every second: a node killed
+/// while releasing must not stop every paced rollout for minutes. Running
+/// it twice at once is harmless (a release is guarded by the saved pace),
+/// so a short lease costs nothing.
+const ROLLOUT_LEASE_SECS: i64 = 15;
 /// After a failed claim or run, wait this long before asking again.
 const RETRY_SECS: i64 = 5;
 
@@ -33,10 +38,21 @@ pub enum ClusterTask {
     JobConfirmations,
     /// Things that joined a continuous job's groups or query.
     JobContinuous,
+    /// Scheduled jobs whose startTime or endTime has come.
+    JobSchedules,
+    /// Outbound events due for (re)delivery to webhooks.
+    EventDelivery,
+    /// Certificates reaching an expiry-warning threshold or expiring.
+    CertificateExpiry,
+    /// The audit checks, for every tenant.
+    AuditChecks,
+    /// Rotated-away certificates past their grace period, and rotated
+    /// certificates never used, are revoked.
+    CertificateRotations,
 }
 
 impl ClusterTask {
-    pub const ALL: [ClusterTask; 8] = [
+    pub const ALL: [ClusterTask; 13] = [
         ClusterTask::PendingCertificates,
         ClusterTask::ClaimExpiry,
         ClusterTask::ShadowCompaction,
@@ -45,6 +61,11 @@ impl ClusterTask {
         ClusterTask::JobRollouts,
         ClusterTask::JobConfirmations,
         ClusterTask::JobContinuous,
+        ClusterTask::JobSchedules,
+        ClusterTask::EventDelivery,
+        ClusterTask::CertificateExpiry,
+        ClusterTask::AuditChecks,
+        ClusterTask::CertificateRotations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +78,11 @@ impl ClusterTask {
             ClusterTask::JobRollouts => "job-rollouts",
             ClusterTask::JobConfirmations => "job-confirmations",
             ClusterTask::JobContinuous => "job-continuous",
+            ClusterTask::JobSchedules => "job-schedules",
+            ClusterTask::EventDelivery => "event-delivery",
+            ClusterTask::CertificateExpiry => "certificate-expiry",
+            ClusterTask::AuditChecks => "audit-checks",
+            ClusterTask::CertificateRotations => "certificate-rotations",
         }
     }
 }
@@ -76,6 +102,21 @@ impl Onramp {
             ClusterTask::JobRollouts => 1,
             ClusterTask::JobConfirmations => 5,
             ClusterTask::JobContinuous => 10,
+            // A scheduled start or end happens within a second of its time.
+            ClusterTask::JobSchedules => 1,
+            // A delivery is due within a second or two of its time.
+            ClusterTask::EventDelivery => 1,
+            ClusterTask::CertificateExpiry => 3600,
+            // 0 turns the schedule off: checked once a year instead.
+            ClusterTask::AuditChecks => match self.settings().events.audit_interval_secs {
+                s if s > 0 => s,
+                _ => 365 * 86_400,
+            },
+            // Looked for at least twice per grace period and pending lifetime.
+            ClusterTask::CertificateRotations => {
+                let r = &self.settings().rotation;
+                (r.grace_secs.min(r.pending_ttl_secs) / 2).clamp(1, 60)
+            }
         }
     }
 
@@ -109,6 +150,29 @@ impl Onramp {
             ClusterTask::JobContinuous => {
                 self.extend_continuous_jobs(now()).await?;
             }
+            ClusterTask::JobSchedules => {
+                self.run_job_schedules(now()).await?;
+            }
+            ClusterTask::EventDelivery => {
+                // Drain: a batch at a time while full batches come back.
+                let batch = self.settings().events.batch as usize;
+                while self.deliver_events().await? >= batch.max(1) {}
+            }
+            ClusterTask::CertificateExpiry => {
+                let n = self.scan_certificate_expiry().await?;
+                if n > 0 {
+                    tracing::info!(events = n, "certificate expiry events stored");
+                }
+            }
+            ClusterTask::AuditChecks => {
+                if self.settings().events.audit_interval_secs > 0 {
+                    self.run_scheduled_audit_checks().await?;
+                }
+            }
+            ClusterTask::CertificateRotations => {
+                // Drain: a batch at a time until nothing is due.
+                while self.sweep_certificate_rotations().await? >= 500 {}
+            }
         }
         Ok(())
     }
@@ -118,9 +182,15 @@ impl Onramp {
     pub async fn run_cluster_task_if_due(&self, task: ClusterTask, at: i64) -> i64 {
         let name = task.name();
         let period = self.task_period_secs(task);
+        let lease = match task {
+            // A delivery sent twice is harmless (receivers deduplicate by
+            // event id); a dead node must not hold webhooks for minutes.
+            ClusterTask::JobRollouts | ClusterTask::EventDelivery => ROLLOUT_LEASE_SECS,
+            _ => LEASE_SECS,
+        };
         let store = &self.inner.store;
         match store
-            .claim_task(name, &self.inner.node_id, at, period, LEASE_SECS)
+            .claim_task(name, &self.inner.node_id, at, period, lease)
             .await
         {
             Ok(TaskClaim::NotBefore(t)) => t.max(at + 1),
@@ -181,6 +251,8 @@ impl Onramp {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_limit_sweep = std::time::Instant::now();
                 let mut last_audit_flush = std::time::Instant::now();
+                let mut last_revocation = std::time::Instant::now();
+                let mut last_attempt_flush = std::time::Instant::now();
                 // Messages other nodes publish for every node's subscribers.
                 let relay = onramp.inner.sink.get().is_some() && onramp.backend() == "postgres";
                 let mut outbox = if relay {
@@ -213,10 +285,25 @@ impl Onramp {
                     {
                         tracing::warn!(error = %e, "shadow change check failed");
                     }
+                    // The CRL follows the identity-change feed within a second.
+                    if last_revocation.elapsed() >= Duration::from_millis(500) {
+                        last_revocation = std::time::Instant::now();
+                        if let Err(e) = onramp.refresh_revocation().await {
+                            metrics::counter!("onramp_crl_feed_errors_total").increment(1);
+                            tracing::warn!(error = %e, "CRL upkeep failed; retrying");
+                        }
+                    }
                     // Aggregated refusal audit rows are written when their window ends.
                     if last_audit_flush.elapsed() >= Duration::from_secs(1) {
                         last_audit_flush = std::time::Instant::now();
                         onramp.flush_refusal_audits(false).await;
+                    }
+                    // Connection attempts for the audit checks.
+                    if last_attempt_flush.elapsed() >= Duration::from_secs(5) {
+                        last_attempt_flush = std::time::Instant::now();
+                        if let Err(e) = onramp.flush_connection_attempts().await {
+                            tracing::warn!(error = %e, "could not write connection attempts");
+                        }
                     }
                     if last_limit_sweep.elapsed() >= Duration::from_secs(60) {
                         last_limit_sweep = std::time::Instant::now();

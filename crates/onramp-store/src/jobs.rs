@@ -2,7 +2,7 @@
 //! allowed, what a reply says) live in `onramp_domain::job`; this keeps the
 //! records and guards every execution write with its version.
 
-use crate::sql::{SqlStore, insert_audit};
+use crate::sql::{Dialect, SqlStore, insert_audit};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
 use onramp_domain::job::{Confirmation, JobExecution, JobExecutionStatus};
@@ -15,7 +15,7 @@ use sqlx::any::AnyRow;
 pub struct JobRecord {
     pub tenant: String,
     pub job_id: String,
-    /// `IN_PROGRESS`, `COMPLETED` or `CANCELED`.
+    /// `SCHEDULED`, `IN_PROGRESS`, `COMPLETED` or `CANCELED`.
     pub status: String,
     pub description: Option<String>,
     pub document: String,
@@ -27,6 +27,19 @@ pub struct JobRecord {
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
     pub completed_at: Option<UnixTime>,
+}
+
+/// One version-guarded write of an execution, as [`JobStore::save_execution`]
+/// takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionWrite {
+    pub tenant: String,
+    pub execution: JobExecution,
+    /// Inserted when None, else replaced only if the stored one still has
+    /// this version.
+    pub expected_version: Option<u64>,
+    /// A retry the change caused, inserted with it.
+    pub retry: Option<JobExecution>,
 }
 
 #[async_trait]
@@ -79,11 +92,29 @@ pub trait JobStore: Send + Sync {
         expected_version: Option<u64>,
         retry: Option<&JobExecution>,
     ) -> Result<bool>;
-    /// Jobs still in progress with targets waiting for release.
+    /// Applies several execution writes in one transaction, each with its
+    /// own version guard as in [`JobStore::save_execution`]. Per write:
+    /// `Ok(true)` written, `Ok(false)` another writer got there first, `Err`
+    /// that write failed; either way the other writes stand. The outer `Err`
+    /// means the transaction did not commit and none of them was written.
+    async fn save_executions(&self, writes: &[ExecutionWrite]) -> Result<Vec<Result<bool>>>;
+    /// Which of `names` are things of the tenant (in any order).
+    async fn existing_things(&self, tenant: &str, names: &[String]) -> Result<Vec<String>>;
+    /// The pending executions (QUEUED and IN_PROGRESS, of every job) of
+    /// each of `things`, in the order of [`JobStore::thing_executions`];
+    /// things without any are left out.
+    async fn pending_executions_of(
+        &self,
+        tenant: &str,
+        things: &[String],
+    ) -> Result<std::collections::BTreeMap<String, Vec<JobExecution>>>;
+    /// Jobs still in progress, neither paused nor ended, with targets
+    /// waiting for release.
     async fn jobs_awaiting_release(&self) -> Result<Vec<(String, String)>>;
     /// The saved state of a job's rollout (opaque JSON), if any.
     async fn rollout_state(&self, tenant: &str, job_id: &str) -> Result<Option<String>>;
-    /// Releases up to `count` waiting targets of a job still in progress:
+    /// Releases up to `count` waiting targets of a job still in progress
+    /// whose rollout is neither paused nor ended:
     /// queues an execution for each, marks them released and replaces the
     /// rollout state, in one transaction, if the stored state is still
     /// `expected` (None: never saved). `None` when another release moved the
@@ -107,7 +138,7 @@ pub trait JobStore: Send + Sync {
         tenant: &str,
         job_id: &str,
     ) -> Result<Vec<(Option<String>, Option<String>, String, i64)>>;
-    /// Continuous jobs still in progress.
+    /// Continuous jobs still in progress whose rollout has not ended.
     async fn continuous_jobs(&self) -> Result<Vec<(String, String)>>;
     /// Every thing a job already targets: released or waiting.
     async fn job_target_names(&self, tenant: &str, job_id: &str) -> Result<Vec<String>>;
@@ -210,22 +241,291 @@ async fn insert_execution(
     tenant: &str,
     e: &JobExecution,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO job_executions (tenant, job_id, thing_name, execution_number, status, \
-         version, queued_at, deadline, execution) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(tenant)
-    .bind(&e.job_id)
-    .bind(&e.thing_name)
-    .bind(version(e.execution_number))
-    .bind(e.status.as_str())
-    .bind(version(e.version))
-    .bind(e.queued_at)
-    .bind(deadline(e))
-    .bind(encode(e)?)
-    .execute(&mut **tx)
-    .await?;
+    insert_executions(tx, Dialect::Postgres, tenant, std::slice::from_ref(e)).await
+}
+
+/// Rows (or `IN` list members) per statement with `columns` bound values
+/// each. PostgreSQL takes 500 (at most 4,500 values, under its 65,535).
+/// SQLite is kept near 256 values per statement: its driver binds every
+/// value by looking its name up among the statement's parameters, a cost
+/// that grows with the square of their number, so that 20 statements of
+/// 4,500 values cost far more than 350 statements of 256.
+pub(crate) fn rows_per_statement(dialect: Dialect, columns: usize) -> usize {
+    match dialect {
+        Dialect::Sqlite => (256 / columns.max(1)).max(1),
+        Dialect::Postgres => 500,
+    }
+}
+
+/// `($first, …), (…)`: `rows` groups of `columns` numbered placeholders.
+fn value_rows(rows: usize, columns: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(first + r * columns + c).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$first, …`: `n` numbered placeholders for an `IN (…)` list.
+fn in_list(n: usize, first: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts executions with multi-row statements.
+async fn insert_executions(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    tenant: &str,
+    executions: &[JobExecution],
+) -> Result<()> {
+    for chunk in executions.chunks(rows_per_statement(dialect, 9)) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO job_executions (tenant, job_id, thing_name, execution_number, status, \
+             version, queued_at, deadline, execution) VALUES {}",
+            value_rows(chunk.len(), 9, 1)
+        )));
+        for e in chunk {
+            q = q
+                .bind(tenant)
+                .bind(&e.job_id)
+                .bind(&e.thing_name)
+                .bind(version(e.execution_number))
+                .bind(e.status.as_str())
+                .bind(version(e.version))
+                .bind(e.queued_at)
+                .bind(deadline(e))
+                .bind(encode(e)?);
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
+}
+
+/// Records targets waiting for a paced rollout, with multi-row statements.
+async fn insert_waiting_targets(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    dialect: Dialect,
+    tenant: &str,
+    job_id: &str,
+    things: &[String],
+) -> Result<()> {
+    for chunk in things.chunks(rows_per_statement(dialect, 4)) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO job_targets (tenant, job_id, thing_name, released_at) VALUES {}",
+            value_rows(chunk.len(), 4, 1)
+        )));
+        for thing in chunk {
+            q = q
+                .bind(tenant)
+                .bind(job_id)
+                .bind(thing)
+                .bind(Option::<i64>::None);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// One execution write inside `tx`: true if written, false if the version
+/// guard (or an existing execution, for an insert) stopped it.
+async fn write_execution(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    w: &ExecutionWrite,
+) -> Result<bool> {
+    let e = &w.execution;
+    let written = match w.expected_version {
+        None => sqlx::query(
+            "INSERT INTO job_executions (tenant, job_id, thing_name, execution_number, \
+             status, version, queued_at, deadline, execution) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (tenant, job_id, thing_name, execution_number) DO NOTHING",
+        )
+        .bind(&w.tenant)
+        .bind(&e.job_id)
+        .bind(&e.thing_name)
+        .bind(version(e.execution_number))
+        .bind(e.status.as_str())
+        .bind(version(e.version))
+        .bind(e.queued_at)
+        .bind(deadline(e))
+        .bind(encode(e)?)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+        Some(expected) => sqlx::query(
+            "UPDATE job_executions SET status = $5, version = $6, deadline = $7, \
+             execution = $8 WHERE tenant = $1 AND job_id = $2 AND thing_name = $3 \
+             AND execution_number = $4 AND version = $9",
+        )
+        .bind(&w.tenant)
+        .bind(&e.job_id)
+        .bind(&e.thing_name)
+        .bind(version(e.execution_number))
+        .bind(e.status.as_str())
+        .bind(version(e.version))
+        .bind(deadline(e))
+        .bind(encode(e)?)
+        .bind(version(expected))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+    };
+    if written == 0 {
+        return Ok(false);
+    }
+    if let Some(r) = &w.retry {
+        insert_execution(tx, &w.tenant, r).await?;
+    }
+    Ok(true)
+}
+
+impl SqlStore {
+    /// [`JobStore::save_executions`]: every write in one transaction. A write
+    /// that inserts a retry (two statements) runs inside a savepoint, and on
+    /// PostgreSQL every write does (an error there spoils the whole
+    /// transaction otherwise), so that a write that fails leaves nothing
+    /// behind and the others go on. On SQLite a failed statement undoes
+    /// itself alone, except for errors (I/O, disk full) after which SQLite
+    /// may have rolled the transaction back: any error there other than a
+    /// constraint inside a savepoint therefore fails the whole group.
+    pub(crate) async fn apply_execution_writes(
+        &self,
+        writes: &[ExecutionWrite],
+    ) -> Result<Vec<Result<bool>>> {
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            let guarded = self.dialect == Dialect::Postgres || w.retry.is_some();
+            if !guarded {
+                // A single statement: either it wrote or it did not.
+                out.push(Ok(write_execution(&mut tx, w).await?));
+                continue;
+            }
+            sqlx::query("SAVEPOINT execution_write")
+                .execute(&mut *tx)
+                .await?;
+            let result = write_execution(&mut tx, w).await;
+            if !matches!(result, Ok(true)) {
+                sqlx::query("ROLLBACK TO SAVEPOINT execution_write")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT execution_write")
+                .execute(&mut *tx)
+                .await?;
+            out.push(result);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// Execution writes waiting for the group writer, each with where to send
+/// its own result.
+struct PendingWrite {
+    write: ExecutionWrite,
+    reply: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+/// The most execution writes one shared transaction takes.
+const MAX_GROUP: usize = 512;
+
+/// Group commit of execution writes on SQLite, where one connection writes
+/// at a time: concurrent [`JobStore::save_execution`] calls queue here, and
+/// one task applies all that are waiting in one transaction, commits once
+/// and answers each with its own result, only after the commit. While it
+/// commits, the next group gathers. The task starts on the first write (on
+/// the runtime of that caller) and again if that runtime went away.
+#[derive(Default)]
+pub(crate) struct ExecutionCommitter {
+    queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<PendingWrite>>>,
+}
+
+impl std::fmt::Debug for ExecutionCommitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExecutionCommitter")
+    }
+}
+
+impl ExecutionCommitter {
+    /// Queues a write and waits for its result.
+    pub(crate) async fn save(&self, store: &SqlStore, write: ExecutionWrite) -> Result<bool> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = PendingWrite { write, reply };
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let unsent = match queue.as_ref() {
+                Some(q) => q.send(pending).err().map(|e| e.0),
+                None => Some(pending),
+            };
+            if let Some(pending) = unsent {
+                // No writer yet, or its runtime is gone: start one here. Its
+                // store has a committer of its own, never used, so that the
+                // queue closes (and the task ends) with the last user's store.
+                let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+                let writer = SqlStore {
+                    execution_writer: std::sync::Arc::default(),
+                    ..store.clone()
+                };
+                tokio::spawn(run_group_writer(writer, receiver));
+                if sender.send(pending).is_ok() {
+                    *queue = Some(sender);
+                }
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Uncommitted(
+                "the execution writer stopped before answering".into(),
+            ))
+        })
+    }
+}
+
+/// Takes every write waiting (up to [`MAX_GROUP`]), applies them in one
+/// transaction and answers each; a failed commit fails every write of the
+/// group, and none of them is answered before the commit.
+async fn run_group_writer(
+    store: SqlStore,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<PendingWrite>,
+) {
+    let mut group = Vec::new();
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let (writes, replies): (Vec<ExecutionWrite>, Vec<_>) =
+            group.drain(..).map(|p| (p.write, p.reply)).unzip();
+        match store.apply_execution_writes(&writes).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writes = writes.len(), "a group of execution writes did not commit");
+                let busy = matches!(e, StoreError::Busy(_));
+                let text = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(if busy {
+                        StoreError::Busy(text.clone())
+                    } else {
+                        StoreError::Uncommitted(text.clone())
+                    }));
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -263,20 +563,8 @@ impl JobStore for SqlStore {
                 job.job_id
             )));
         }
-        for e in executions {
-            insert_execution(&mut tx, &job.tenant, e).await?;
-        }
-        for thing in waiting {
-            sqlx::query(
-                "INSERT INTO job_targets (tenant, job_id, thing_name, released_at) \
-                 VALUES ($1, $2, $3, NULL)",
-            )
-            .bind(&job.tenant)
-            .bind(&job.job_id)
-            .bind(thing)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_executions(&mut tx, self.dialect, &job.tenant, executions).await?;
+        insert_waiting_targets(&mut tx, self.dialect, &job.tenant, &job.job_id, waiting).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -408,66 +696,85 @@ impl JobStore for SqlStore {
         expected_version: Option<u64>,
         retry: Option<&JobExecution>,
     ) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        match expected_version {
-            None => {
-                let inserted = sqlx::query(
-                    "INSERT INTO job_executions (tenant, job_id, thing_name, execution_number, \
-                     status, version, queued_at, deadline, execution) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT (tenant, job_id, thing_name, execution_number) DO NOTHING",
-                )
-                .bind(tenant)
-                .bind(&e.job_id)
-                .bind(&e.thing_name)
-                .bind(version(e.execution_number))
-                .bind(e.status.as_str())
-                .bind(version(e.version))
-                .bind(e.queued_at)
-                .bind(deadline(e))
-                .bind(encode(e)?)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
+        let write = ExecutionWrite {
+            tenant: tenant.to_string(),
+            execution: e.clone(),
+            expected_version,
+            retry: retry.cloned(),
+        };
+        match self.dialect {
+            // One writer connection: concurrent writes share a transaction.
+            Dialect::Sqlite => self.execution_writer.save(self, write).await,
+            // Many connections, and PostgreSQL already flushes concurrent
+            // commits together: each write is its own transaction.
+            Dialect::Postgres => {
+                let mut tx = self.begin().await?;
+                if !write_execution(&mut tx, &write).await? {
                     return Ok(false);
                 }
-            }
-            Some(expected) => {
-                let updated = sqlx::query(
-                    "UPDATE job_executions SET status = $5, version = $6, deadline = $7, \
-                     execution = $8 WHERE tenant = $1 AND job_id = $2 AND thing_name = $3 \
-                     AND execution_number = $4 AND version = $9",
-                )
-                .bind(tenant)
-                .bind(&e.job_id)
-                .bind(&e.thing_name)
-                .bind(version(e.execution_number))
-                .bind(e.status.as_str())
-                .bind(version(e.version))
-                .bind(deadline(e))
-                .bind(encode(e)?)
-                .bind(version(expected))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated == 0 {
-                    return Ok(false);
-                }
+                tx.commit().await?;
+                Ok(true)
             }
         }
-        if let Some(r) = retry {
-            insert_execution(&mut tx, tenant, r).await?;
+    }
+
+    async fn save_executions(&self, writes: &[ExecutionWrite]) -> Result<Vec<Result<bool>>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.commit().await?;
-        Ok(true)
+        self.apply_execution_writes(writes).await
+    }
+
+    async fn existing_things(&self, tenant: &str, names: &[String]) -> Result<Vec<String>> {
+        let mut found = Vec::with_capacity(names.len());
+        for chunk in names.chunks(rows_per_statement(self.dialect, 1)) {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT thing_name FROM devices WHERE tenant = $1 AND thing_name IN ({})",
+                in_list(chunk.len(), 2)
+            )))
+            .bind(tenant);
+            for name in chunk {
+                q = q.bind(name);
+            }
+            for r in q.fetch_all(&self.reader).await? {
+                found.push(r.try_get("thing_name")?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn pending_executions_of(
+        &self,
+        tenant: &str,
+        things: &[String],
+    ) -> Result<std::collections::BTreeMap<String, Vec<JobExecution>>> {
+        let mut out: std::collections::BTreeMap<String, Vec<JobExecution>> =
+            std::collections::BTreeMap::new();
+        for chunk in things.chunks(rows_per_statement(self.dialect, 1)) {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT thing_name, execution FROM job_executions WHERE tenant = $1 \
+                 AND status IN ('QUEUED', 'IN_PROGRESS') AND thing_name IN ({}) \
+                 ORDER BY thing_name, queued_at, job_id",
+                in_list(chunk.len(), 2)
+            )))
+            .bind(tenant);
+            for name in chunk {
+                q = q.bind(name);
+            }
+            for r in q.fetch_all(&self.reader).await? {
+                let thing: String = r.try_get("thing_name")?;
+                out.entry(thing).or_default().push(execution_from_row(&r)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn jobs_awaiting_release(&self) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query(
             "SELECT DISTINCT t.tenant, t.job_id FROM job_targets t JOIN jobs j \
              ON j.tenant = t.tenant AND j.job_id = t.job_id \
-             WHERE t.released_at IS NULL AND j.status = 'IN_PROGRESS' ORDER BY t.tenant, t.job_id",
+             WHERE t.released_at IS NULL AND j.status = 'IN_PROGRESS' AND j.rollout_paused = 0 \
+             AND j.rollout_ended = 0 ORDER BY t.tenant, t.job_id",
         )
         .fetch_all(&self.reader)
         .await?;
@@ -505,7 +812,7 @@ impl JobStore for SqlStore {
         let saved = sqlx::query(
             "UPDATE jobs SET rollout_state = $3, updated_at = $4 \
              WHERE tenant = $1 AND job_id = $2 AND status = 'IN_PROGRESS' \
-             AND COALESCE(rollout_state, '') = $5",
+             AND rollout_paused = 0 AND rollout_ended = 0 AND COALESCE(rollout_state, '') = $5",
         )
         .bind(tenant)
         .bind(job_id)
@@ -600,7 +907,7 @@ impl JobStore for SqlStore {
     async fn continuous_jobs(&self) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query(
             "SELECT tenant, job_id FROM jobs WHERE status = 'IN_PROGRESS' \
-             AND target_selection = 'CONTINUOUS' ORDER BY tenant, job_id",
+             AND target_selection = 'CONTINUOUS' AND rollout_ended = 0 ORDER BY tenant, job_id",
         )
         .fetch_all(&self.reader)
         .await?;

@@ -10,15 +10,28 @@
 //! The store knows nothing of HTTP, MQTT or certificates' bytes beyond storing them.
 
 mod artifacts;
+mod events;
+mod job_control;
 mod jobs;
 mod provisioning;
+mod rotation;
+mod sessions;
 mod sql;
 pub mod testing;
 
 pub use artifacts::{ArtifactRecord, ArtifactStore, SignerRecord};
-pub use jobs::{JobRecord, JobStore, execution_cursor_of};
+pub use events::{
+    DeliveryOutcome, DeliveryRecord, DueDelivery, EventStore, FindingRecord, SubscriptionRecord,
+};
+pub use job_control::{JobControl, JobControlStore, ScheduledJob};
+pub use jobs::{ExecutionWrite, JobRecord, JobStore, execution_cursor_of};
 pub use provisioning::{
     OwnershipClaim, PolicyToAttach, ProvisioningStore, RegistrationCommit, RegistrationOutcome,
+};
+pub use rotation::{RotationQuery, RotationRecord, RotationStore, RotationSweep};
+pub use sessions::{
+    SessionStore, SessionWrite, StoredHeldMessage, StoredMqttMessage, StoredSession,
+    StoredSessionRecord, StoredSubscription,
 };
 
 use async_trait::async_trait;
@@ -56,6 +69,10 @@ pub enum StoreError {
     Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write shared a transaction with others that did not commit:
+    /// nothing of it was written.
+    #[error("the write transaction did not commit: {0}")]
+    Uncommitted(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -111,6 +128,28 @@ pub struct IdentityChangeCursor {
     /// number, with their transaction id so they are forgotten once the
     /// floor passes them.
     pub(crate) seen: std::collections::HashMap<i64, i64>,
+}
+
+/// A certificate Onramp's own CA issued (device or claim), as a CA
+/// rollover needs it: to learn which issuing CA signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCertificate {
+    pub serial: String,
+    pub pem: String,
+    /// `active`, `superseded` or `revoked`.
+    pub status: String,
+    pub not_after: UnixTime,
+    /// `device` or `claim`.
+    pub kind: &'static str,
+}
+
+/// A revoked certificate as the CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    pub serial: String,
+    pub revoked_at: UnixTime,
+    /// The registry's reason name (`keyCompromise`, ...); `unspecified` when none was given.
+    pub reason: String,
 }
 
 /// A certificate to record, as issued by the CA.
@@ -208,7 +247,18 @@ pub struct NewToken {
 }
 
 #[async_trait]
-pub trait Store: ProvisioningStore + JobStore + ArtifactStore + Send + Sync + 'static {
+pub trait Store:
+    ProvisioningStore
+    + JobStore
+    + JobControlStore
+    + ArtifactStore
+    + EventStore
+    + SessionStore
+    + RotationStore
+    + Send
+    + Sync
+    + 'static
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
@@ -265,6 +315,14 @@ pub trait Store: ProvisioningStore + JobStore + ArtifactStore + Send + Sync + 's
         audit: &AuditEntry,
         now: UnixTime,
     ) -> Result<Certificate>;
+    /// Every revoked certificate of Onramp's own CA, device and claim
+    /// certificates of every tenant, that has not expired at `now`: what the
+    /// CRL lists. Ordered by serial.
+    async fn revoked_own_certificates(&self, now: UnixTime) -> Result<Vec<RevokedEntry>>;
+    /// Every device and claim certificate of Onramp's own CAs, of every
+    /// tenant and status, that has not expired at `now`: what still depends
+    /// on an issuing CA. Ordered by serial.
+    async fn unexpired_own_certificates(&self, now: UnixTime) -> Result<Vec<OwnCertificate>>;
 
     // Enrolment tokens.
     /// Records the token and, if the device is unknown, registers it as pending.

@@ -6,8 +6,9 @@
 //! SQLite binds `$n` by position of first use, PostgreSQL by number.
 
 use crate::{
-    EnrolmentCommit, IdentityChangeCursor, NewToken, OutboxMessage, Result, ShadowChange, Store,
-    StoreError, StoredShadow, Supersede, TaskClaim, TokenEnrolment, parse_role, parse_status,
+    EnrolmentCommit, IdentityChangeCursor, NewToken, OutboxMessage, OwnCertificate, Result,
+    RevokedEntry, ShadowChange, Store, StoreError, StoredShadow, Supersede, TaskClaim,
+    TokenEnrolment, parse_role, parse_status,
 };
 use async_trait::async_trait;
 use onramp_domain::{
@@ -39,6 +40,8 @@ pub struct SqlStore {
     pub(crate) dialect: Dialect,
     pub(crate) reader: AnyPool,
     pub(crate) writer: AnyPool,
+    /// Group commit of job execution writes (used on SQLite).
+    pub(crate) execution_writer: std::sync::Arc<crate::jobs::ExecutionCommitter>,
 }
 
 pub(crate) const DEVICE_COLUMNS: &str = "tenant, thing_name, serial_number, device_class, \
@@ -183,6 +186,7 @@ impl SqlStore {
                     dialect,
                     reader,
                     writer,
+                    execution_writer: std::sync::Arc::default(),
                 }
             }
             Dialect::Postgres => {
@@ -195,6 +199,7 @@ impl SqlStore {
                     dialect,
                     reader: pool.clone(),
                     writer: pool,
+                    execution_writer: std::sync::Arc::default(),
                 }
             }
         };
@@ -790,6 +795,59 @@ impl Store for SqlStore {
         .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(cert_from_row).transpose()
+    }
+
+    async fn revoked_own_certificates(&self, now: UnixTime) -> Result<Vec<RevokedEntry>> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, revocation_reason FROM certificates \
+             WHERE status = 'revoked' AND not_after > $1 AND issuer_ca IS NULL \
+             UNION ALL \
+             SELECT serial, revoked_at, NULL AS revocation_reason FROM claim_certificates \
+             WHERE status = 'revoked' AND not_after > $2 \
+             ORDER BY serial",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let revoked_at: Option<i64> = r.try_get("revoked_at")?;
+            let reason: Option<String> = r.try_get("revocation_reason")?;
+            out.push(RevokedEntry {
+                serial: r.try_get("serial")?,
+                revoked_at: revoked_at.unwrap_or(0),
+                reason: reason.unwrap_or_else(|| "unspecified".into()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn unexpired_own_certificates(&self, now: UnixTime) -> Result<Vec<OwnCertificate>> {
+        let rows = sqlx::query(
+            "SELECT serial, pem, status, not_after, 'device' AS kind FROM certificates \
+             WHERE not_after > $1 AND issuer_ca IS NULL \
+             UNION ALL \
+             SELECT serial, pem, status, not_after, 'claim' AS kind FROM claim_certificates \
+             WHERE not_after > $2 \
+             ORDER BY serial",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let kind: String = r.try_get("kind")?;
+            out.push(OwnCertificate {
+                serial: r.try_get("serial")?,
+                pem: r.try_get("pem")?,
+                status: r.try_get("status")?,
+                not_after: r.try_get("not_after")?,
+                kind: if kind == "claim" { "claim" } else { "device" },
+            });
+        }
+        Ok(out)
     }
 
     async fn list_certificates(
@@ -1533,18 +1591,36 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for m in messages {
-            sqlx::query(
+        // Multi-row statements: a job's notifications to thousands of
+        // things are one write of a few statements.
+        for chunk in messages.chunks(crate::jobs::rows_per_statement(self.dialect, 5)) {
+            let rows = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 5;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlf!(
                 "INSERT INTO message_outbox (tenant, topic, payload, origin, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&m.tenant)
-            .bind(&m.topic)
-            .bind(&m.payload)
-            .bind(origin)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES {rows}"
+            ));
+            for m in chunk {
+                q = q
+                    .bind(&m.tenant)
+                    .bind(&m.topic)
+                    .bind(&m.payload)
+                    .bind(origin)
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -535,6 +535,117 @@ async fn certificates_are_revoked_once(db: Db) {
     ));
 }
 
+async fn the_crl_lists_revoked_unexpired_certificates_of_every_tenant(db: Db) {
+    let s = db.store.as_ref();
+    s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW)
+        .await
+        .unwrap();
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
+    s.commit_enrolment(&enrolment("dev2", "SN8", None, "c2"))
+        .await
+        .unwrap();
+    assert!(s.revoked_own_certificates(NOW).await.unwrap().is_empty());
+    s.revoke_certificate(
+        DEFAULT_TENANT,
+        "c2",
+        "keyCompromise",
+        &audit("default", "certificate.revoke", "c2"),
+        NOW + 7,
+    )
+    .await
+    .unwrap();
+    let c = claim("acme", "a0", NOW + 100, NOW);
+    s.create_claim_certificate(&c, &audit("acme", "claim.create", "a0"))
+        .await
+        .unwrap();
+    s.revoke_claim_certificate(
+        "acme",
+        "a0",
+        None,
+        &audit("acme", "claim.revoke", "a0"),
+        NOW + 9,
+    )
+    .await
+    .unwrap();
+    let listed = s.revoked_own_certificates(NOW).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            RevokedEntry {
+                serial: "a0".into(),
+                revoked_at: NOW + 9,
+                reason: "unspecified".into(),
+            },
+            RevokedEntry {
+                serial: "c2".into(),
+                revoked_at: NOW + 7,
+                reason: "keyCompromise".into(),
+            },
+        ]
+    );
+    // Expired certificates leave the list; the active one never was on it.
+    let later = s.revoked_own_certificates(NOW + 150).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].serial, "c2");
+    assert!(
+        s.revoked_own_certificates(NOW + 11 * 86_400)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn unexpired_own_certificates_are_listed_with_their_status(db: Db) {
+    let s = db.store.as_ref();
+    s.create_tenant("acme", &audit("acme", "tenant.create", "acme"), NOW)
+        .await
+        .unwrap();
+    assert!(s.unexpired_own_certificates(NOW).await.unwrap().is_empty());
+    s.commit_enrolment(&enrolment("dev", "SN9", None, "c1"))
+        .await
+        .unwrap();
+    s.commit_enrolment(&enrolment("dev2", "SN8", None, "c2"))
+        .await
+        .unwrap();
+    s.revoke_certificate(
+        DEFAULT_TENANT,
+        "c2",
+        "keyCompromise",
+        &audit("default", "certificate.revoke", "c2"),
+        NOW + 7,
+    )
+    .await
+    .unwrap();
+    let c = claim("acme", "a0", NOW + 100, NOW);
+    s.create_claim_certificate(&c, &audit("acme", "claim.create", "a0"))
+        .await
+        .unwrap();
+    let listed = s.unexpired_own_certificates(NOW).await.unwrap();
+    let summary: Vec<(&str, &str, &str, &str)> = listed
+        .iter()
+        .map(|c| (c.serial.as_str(), c.status.as_str(), c.kind, c.pem.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("a0", "active", "claim", c.pem.as_str()),
+            ("c1", "active", "device", "PEM c1"),
+            ("c2", "revoked", "device", "PEM c2"),
+        ]
+    );
+    // The claim certificate expires first and leaves the list.
+    let later = s.unexpired_own_certificates(NOW + 150).await.unwrap();
+    assert_eq!(later.len(), 2);
+    assert!(
+        s.unexpired_own_certificates(NOW + 11 * 86_400)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn the_allowlist_adds_checks_and_removes(db: Db) {
     let s = db.store.as_ref();
     let serials: Vec<String> = ["A1", "A2", "A1"].iter().map(|s| s.to_string()).collect();
@@ -1041,6 +1152,191 @@ async fn shadows_are_written_with_compare_and_set_and_keep_history(db: Db) {
     );
 }
 
+fn held(seq: i64, packet_id: Option<u16>, payload: &[u8]) -> StoredHeldMessage {
+    StoredHeldMessage {
+        seq,
+        packet_id,
+        released: false,
+        message: StoredMqttMessage {
+            topic: "things/a/data".into(),
+            payload: payload.to_vec(),
+            qos: 2,
+            retain: false,
+            properties: Some(r#"{"contentType":"text/plain"}"#.into()),
+            expires_at_ms: Some(1_800_000_000_000),
+        },
+        subscription_ids: vec![3, 9],
+    }
+}
+
+async fn persistent_mqtt_sessions_round_trip_and_end(db: Db) {
+    let s = db.store.as_ref();
+    let (t, c) = ("default".to_string(), "dev-1".to_string());
+    let will = StoredMqttMessage {
+        topic: "things/dev-1/gone".into(),
+        payload: vec![0, 255],
+        qos: 1,
+        retain: true,
+        properties: None,
+        expires_at_ms: None,
+    };
+    let record = StoredSessionRecord {
+        tenant: t.clone(),
+        client_id: c.clone(),
+        thing_name: "dev-1".into(),
+        certificate_serial: "abc".into(),
+        expiry_secs: 3600,
+        disconnected_at_ms: None,
+        will: Some(will.clone()),
+        will_delay_secs: 30,
+    };
+    let sub = StoredSubscription {
+        key: "$share/g/things/+/data".into(),
+        filter: "things/+/data".into(),
+        share_group: Some("g".into()),
+        qos: 2,
+        no_local: true,
+        retain_as_published: false,
+        subscription_id: Some(3),
+    };
+    let write = |w: Vec<SessionWrite>| async move { s.write_sessions(&w).await.unwrap() };
+    write(vec![
+        SessionWrite::Open(record.clone()),
+        SessionWrite::Subscribe {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            subscription: sub.clone(),
+        },
+        SessionWrite::Subscribe {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            subscription: StoredSubscription {
+                key: "x".into(),
+                filter: "x".into(),
+                share_group: None,
+                qos: 0,
+                no_local: false,
+                retain_as_published: true,
+                subscription_id: None,
+            },
+        },
+        SessionWrite::Hold {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            message: held(1, Some(7), b"one"),
+        },
+        SessionWrite::Hold {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            message: held(2, None, b"two"),
+        },
+        SessionWrite::Hold {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            message: held(3, None, b"three"),
+        },
+        SessionWrite::IncomingAdded {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            packet_id: 42,
+        },
+        SessionWrite::IncomingAdded {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            packet_id: 43,
+        },
+    ])
+    .await;
+    // Later groups: the queued message goes out, the first is received,
+    // one subscription and one inbound id end, the connection ends.
+    write(vec![
+        SessionWrite::Hold {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            message: held(2, Some(8), b"two"),
+        },
+        SessionWrite::Released {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            seq: 1,
+        },
+        SessionWrite::Forget {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            seq: 3,
+        },
+        SessionWrite::Unsubscribe {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            key: "x".into(),
+        },
+        SessionWrite::IncomingRemoved {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            packet_id: 42,
+        },
+        SessionWrite::Closed {
+            tenant: t.clone(),
+            client_id: c.clone(),
+            disconnected_at_ms: 1_700_000_000_000,
+            expiry_secs: 60,
+            will: Some(will.clone()),
+            will_delay_secs: 30,
+        },
+    ])
+    .await;
+    let other = StoredSessionRecord {
+        client_id: "dev-2".into(),
+        will: None,
+        ..record.clone()
+    };
+    write(vec![SessionWrite::Open(other.clone())]).await;
+
+    let loaded = s.load_sessions().await.unwrap();
+    assert_eq!(loaded.len(), 2);
+    let one = &loaded[0];
+    assert_eq!(
+        one.record,
+        StoredSessionRecord {
+            disconnected_at_ms: Some(1_700_000_000_000),
+            expiry_secs: 60,
+            ..record.clone()
+        }
+    );
+    assert_eq!(one.subscriptions, [sub]);
+    let mut first = held(1, Some(7), b"one");
+    first.released = true;
+    assert_eq!(one.messages, [first, held(2, Some(8), b"two")]);
+    assert_eq!(one.incoming, [43]);
+    assert_eq!(loaded[1].record, other);
+    assert!(loaded[1].messages.is_empty());
+
+    // Opening again (a reconnect) marks it connected; deleting ends it whole.
+    write(vec![SessionWrite::Open(record.clone())]).await;
+    assert_eq!(
+        s.load_sessions().await.unwrap()[0]
+            .record
+            .disconnected_at_ms,
+        None
+    );
+    write(vec![SessionWrite::Delete {
+        tenant: t.clone(),
+        client_id: c.clone(),
+    }])
+    .await;
+    let loaded = s.load_sessions().await.unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].record.client_id, "dev-2");
+    // A session of the same client id starts empty.
+    write(vec![SessionWrite::Open(record.clone())]).await;
+    let loaded = s.load_sessions().await.unwrap();
+    assert!(
+        loaded[0].messages.is_empty()
+            && loaded[0].subscriptions.is_empty()
+            && loaded[0].incoming.is_empty()
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1070,6 +1366,8 @@ suite!(
     attributes_merge_and_null_removes_a_key,
     tenants_are_isolated,
     certificates_are_revoked_once,
+    the_crl_lists_revoked_unexpired_certificates_of_every_tenant,
+    unexpired_own_certificates_are_listed_with_their_status,
     the_allowlist_adds_checks_and_removes,
     api_keys_are_found_by_hash_and_revoked,
     the_audit_log_is_append_only_and_queryable,
@@ -1098,7 +1396,12 @@ suite!(
     a_scheduled_task_runs_once_per_period_and_a_dead_holders_lease_passes_on,
     concurrent_claims_of_a_due_task_have_exactly_one_winner,
     concurrent_writes_of_one_job_execution_have_exactly_one_winner,
+    a_group_of_execution_writes_answers_each_write_on_its_own,
+    concurrent_execution_writes_each_get_their_own_answer,
+    a_group_whose_commit_fails_writes_none_and_fails_every_write,
     a_paced_release_queues_each_waiting_target_once_and_stops_with_the_job,
+    job_controls_pause_releases_schedule_starts_end_rollouts_and_delete_jobs,
+    persistent_mqtt_sessions_round_trip_and_end,
 );
 
 // ---- provisioning: templates, claim certificates, RegisterThing, registered CAs ----
@@ -3080,6 +3383,242 @@ fn job_record(job_id: &str) -> JobRecord {
     }
 }
 
+fn in_progress(e: &onramp_domain::job::JobExecution) -> onramp_domain::job::JobExecution {
+    let mut next = e.clone();
+    next.status = onramp_domain::job::JobExecutionStatus::InProgress;
+    next.version = e.version + 1;
+    next
+}
+
+fn write(
+    e: onramp_domain::job::JobExecution,
+    expected_version: Option<u64>,
+    retry: Option<onramp_domain::job::JobExecution>,
+) -> ExecutionWrite {
+    ExecutionWrite {
+        tenant: DEFAULT_TENANT.into(),
+        execution: e,
+        expected_version,
+        retry,
+    }
+}
+
+async fn stored_execution(s: &dyn Store, thing: &str, n: u64) -> onramp_domain::job::JobExecution {
+    s.thing_executions(DEFAULT_TENANT, thing, Some("g"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.execution_number == n)
+        .unwrap_or_else(|| panic!("no execution {n} on {thing}"))
+}
+
+async fn a_group_of_execution_writes_answers_each_write_on_its_own(db: Db) {
+    use onramp_domain::job::{JobExecution, JobExecutionStatus};
+    let store = db.store.clone();
+    let things = ["t1", "t2", "t3", "t4", "t5"];
+    let queued: Vec<JobExecution> = things
+        .iter()
+        .map(|t| JobExecution::queued("g", t, NOW))
+        .collect();
+    store
+        .create_job(
+            &job_record("g"),
+            &queued,
+            &[],
+            &audit(DEFAULT_TENANT, "job.create", "job:g"),
+        )
+        .await
+        .unwrap();
+    let mut retry = JobExecution::queued("g", "t3", NOW + 1);
+    retry.execution_number = 2;
+    // A retry whose number is taken: that write fails on its own.
+    let mut clashing = JobExecution::queued("g", "t5", NOW + 1);
+    clashing.execution_number = 1;
+    let mut failed = in_progress(&queued[4]);
+    failed.status = JobExecutionStatus::Failed;
+    let results = store
+        .save_executions(&[
+            write(in_progress(&queued[0]), Some(1), None),
+            // A stale version: VersionMismatch for this write alone.
+            write(in_progress(&queued[1]), Some(7), None),
+            write(in_progress(&queued[2]), Some(1), Some(retry.clone())),
+            // An insert of an execution that exists: another writer was first.
+            write(queued[3].clone(), None, None),
+            write(failed, Some(1), Some(clashing)),
+            write(JobExecution::queued("g", "t6", NOW), None, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 6);
+    assert!(matches!(results[0], Ok(true)), "{:?}", results[0]);
+    assert!(matches!(results[1], Ok(false)), "{:?}", results[1]);
+    assert!(matches!(results[2], Ok(true)), "{:?}", results[2]);
+    assert!(matches!(results[3], Ok(false)), "{:?}", results[3]);
+    assert!(results[4].is_err(), "{:?}", results[4]);
+    assert!(matches!(results[5], Ok(true)), "{:?}", results[5]);
+    let s = store.as_ref();
+    assert_eq!(stored_execution(s, "t1", 1).await.version, 2);
+    assert_eq!(
+        stored_execution(s, "t1", 1).await.status,
+        JobExecutionStatus::InProgress
+    );
+    assert_eq!(stored_execution(s, "t2", 1).await, queued[1]);
+    assert_eq!(stored_execution(s, "t3", 1).await.version, 2);
+    assert_eq!(stored_execution(s, "t3", 2).await, retry);
+    assert_eq!(stored_execution(s, "t4", 1).await, queued[3]);
+    // The failed write left nothing behind, not even its first statement.
+    assert_eq!(stored_execution(s, "t5", 1).await, queued[4]);
+    assert_eq!(
+        stored_execution(s, "t6", 1).await.status,
+        JobExecutionStatus::Queued
+    );
+    assert!(store.save_executions(&[]).await.unwrap().is_empty());
+}
+
+async fn concurrent_execution_writes_each_get_their_own_answer(db: Db) {
+    use onramp_domain::job::{JobExecution, JobExecutionStatus};
+    let store = db.store.clone();
+    let queued: Vec<JobExecution> = (0..64)
+        .map(|i| JobExecution::queued("g", &format!("c{i:02}"), NOW))
+        .collect();
+    store
+        .create_job(
+            &job_record("g"),
+            &queued,
+            &[],
+            &audit(DEFAULT_TENANT, "job.create", "job:g"),
+        )
+        .await
+        .unwrap();
+    // Every third write names a stale version; the others are current.
+    let mut handles = Vec::new();
+    for (i, e) in queued.iter().enumerate() {
+        let store = store.clone();
+        let next = in_progress(e);
+        let expected = if i % 3 == 0 { 5 } else { 1 };
+        handles.push(tokio::spawn(async move {
+            store
+                .save_execution(DEFAULT_TENANT, &next, Some(expected), None)
+                .await
+                .unwrap()
+        }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap(), i % 3 != 0, "write {i}");
+    }
+    for (i, e) in queued.iter().enumerate() {
+        let stored = stored_execution(store.as_ref(), &e.thing_name, 1).await;
+        let want = if i % 3 == 0 {
+            JobExecutionStatus::Queued
+        } else {
+            JobExecutionStatus::InProgress
+        };
+        assert_eq!(stored.status, want, "{}", e.thing_name);
+    }
+}
+
+/// Makes every transaction that updates the execution of thing `doomed`
+/// fail at COMMIT (a deferred constraint), outside the store's own code.
+async fn doom_commits_touching(url: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let ddl = if url.starts_with("sqlite:") {
+        "CREATE TABLE commit_guard_parent (id INTEGER PRIMARY KEY); \
+         CREATE TABLE commit_guard (parent INTEGER REFERENCES commit_guard_parent (id) \
+           DEFERRABLE INITIALLY DEFERRED); \
+         CREATE TRIGGER commit_guard_doom AFTER UPDATE ON job_executions \
+           WHEN NEW.thing_name = 'doomed' \
+           BEGIN INSERT INTO commit_guard (parent) VALUES (1); END;"
+    } else {
+        "CREATE FUNCTION commit_guard_doom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+           BEGIN IF NEW.thing_name = 'doomed' THEN RAISE EXCEPTION 'doomed at commit'; END IF; \
+           RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER commit_guard_doom AFTER UPDATE ON job_executions \
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION commit_guard_doom();"
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+async fn a_group_whose_commit_fails_writes_none_and_fails_every_write(db: Db) {
+    use onramp_domain::job::JobExecution;
+    let store = db.store.clone();
+    let queued: Vec<JobExecution> = ["a1", "doomed", "a2"]
+        .iter()
+        .map(|t| JobExecution::queued("g", t, NOW))
+        .collect();
+    store
+        .create_job(
+            &job_record("g"),
+            &queued,
+            &[],
+            &audit(DEFAULT_TENANT, "job.create", "job:g"),
+        )
+        .await
+        .unwrap();
+    doom_commits_touching(&db.url).await;
+    let mut retry = JobExecution::queued("g", "a2", NOW + 1);
+    retry.execution_number = 2;
+    let err = store
+        .save_executions(&[
+            write(in_progress(&queued[0]), Some(1), None),
+            write(in_progress(&queued[1]), Some(1), None),
+            write(in_progress(&queued[2]), Some(1), Some(retry)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    // Nothing of the group was written: each execution is as it was.
+    for e in &queued {
+        assert_eq!(&stored_execution(store.as_ref(), &e.thing_name, 1).await, e);
+    }
+    let pending = store
+        .thing_executions(DEFAULT_TENANT, "a2", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending,
+        vec![queued[2].clone()],
+        "the retry was not written"
+    );
+    // Concurrent single writes that share a doomed transaction fail together
+    // and none is written; alone, a write that does not touch `doomed` goes
+    // through. Which writes share a transaction depends on timing, so the
+    // rule checked is: a write answered true is stored, one answered with an
+    // error is not.
+    let mut handles = Vec::new();
+    for e in &queued {
+        let store = store.clone();
+        let next = in_progress(e);
+        handles.push(tokio::spawn(async move {
+            let r = store
+                .save_execution(DEFAULT_TENANT, &next, Some(1), None)
+                .await;
+            (next.thing_name.clone(), r)
+        }));
+    }
+    for h in handles {
+        let (thing, r) = h.await.unwrap();
+        let stored = stored_execution(store.as_ref(), &thing, 1).await;
+        match r {
+            Ok(true) => {
+                assert_ne!(thing, "doomed");
+                assert_eq!(stored.version, 2, "{thing}: answered true but not stored");
+            }
+            Ok(false) => panic!("{thing}: no other writer, yet a version mismatch"),
+            Err(_) => assert_eq!(stored.version, 1, "{thing}: answered an error but stored"),
+        }
+    }
+    assert_eq!(
+        stored_execution(store.as_ref(), "doomed", 1).await.version,
+        1
+    );
+}
+
 async fn concurrent_writes_of_one_job_execution_have_exactly_one_winner(db: Db) {
     use onramp_domain::job::{JobExecution, JobExecutionStatus};
     let store = db.store.clone();
@@ -3274,4 +3813,198 @@ async fn a_paced_release_queues_each_waiting_target_once_and_stops_with_the_job(
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+async fn job_controls_pause_releases_schedule_starts_end_rollouts_and_delete_jobs(db: Db) {
+    use onramp_domain::job::JobExecution;
+    let store = db.store.clone();
+    let a = |action: &str, job: &str| audit(DEFAULT_TENANT, action, &format!("job:{job}"));
+    let waiting: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
+    store
+        .create_job(&job_record("p"), &[], &waiting, &a("job.create", "p"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job_control(DEFAULT_TENANT, "p").await.unwrap(),
+        Some(JobControl::default())
+    );
+    assert_eq!(
+        store.job_control(DEFAULT_TENANT, "none").await.unwrap(),
+        None
+    );
+    // Paused: no release goes out, and the job is not offered for release.
+    assert!(
+        store
+            .set_rollout_paused(DEFAULT_TENANT, "p", true, NOW, &a("job.pause", "p"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_rollout_paused(DEFAULT_TENANT, "p", true, NOW, &a("job.pause", "p"))
+            .await
+            .unwrap(),
+        "already paused: nothing written"
+    );
+    assert!(
+        store
+            .job_control(DEFAULT_TENANT, "p")
+            .await
+            .unwrap()
+            .unwrap()
+            .paused
+    );
+    assert_eq!(
+        store.paused_jobs(DEFAULT_TENANT, "a", "z").await.unwrap(),
+        vec!["p".to_string()]
+    );
+    assert!(store.jobs_awaiting_release().await.unwrap().is_empty());
+    assert!(
+        store
+            .release_job_targets(DEFAULT_TENANT, "p", 2, NOW, None, "s1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .set_rollout_paused(DEFAULT_TENANT, "p", false, NOW, &a("job.resume", "p"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.jobs_awaiting_release().await.unwrap(),
+        vec![(DEFAULT_TENANT.to_string(), "p".to_string())]
+    );
+    let released = store
+        .release_job_targets(DEFAULT_TENANT, "p", 2, NOW, None, "s1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.len(), 2);
+
+    // A scheduled job starts once; its rollout ends once, dropping what waits.
+    let mut scheduled = job_record("s");
+    scheduled.status = "SCHEDULED".into();
+    scheduled.config = r#"{"schedulingConfig":{"startTime":1,"endTime":2}}"#.into();
+    store
+        .create_job(&scheduled, &[], &waiting, &a("job.create", "s"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .release_job_targets(DEFAULT_TENANT, "s", 2, NOW, None, "")
+            .await
+            .unwrap()
+            .is_none(),
+        "a scheduled job releases nothing"
+    );
+    let listed = store.scheduled_jobs().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].status, "SCHEDULED");
+    assert!(
+        store
+            .start_scheduled_job(DEFAULT_TENANT, "s", NOW, &a("job.start", "s"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .start_scheduled_job(DEFAULT_TENANT, "s", NOW, &a("job.start", "s"))
+            .await
+            .unwrap()
+    );
+    let listed = store.scheduled_jobs().await.unwrap();
+    assert_eq!(listed.len(), 1, "its end is still due: {listed:?}");
+    assert_eq!(listed[0].status, "IN_PROGRESS");
+    assert!(
+        store
+            .end_job_rollout(DEFAULT_TENANT, "s", NOW, &a("job.schedule_end", "s"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .end_job_rollout(DEFAULT_TENANT, "s", NOW, &a("job.schedule_end", "s"))
+            .await
+            .unwrap()
+    );
+    assert!(store.scheduled_jobs().await.unwrap().is_empty());
+    assert!(
+        store
+            .job_control(DEFAULT_TENANT, "s")
+            .await
+            .unwrap()
+            .unwrap()
+            .rollout_ended
+    );
+    assert!(!store.job_has_open_work(DEFAULT_TENANT, "s").await.unwrap());
+
+    // Deletion: only a terminal job, and everything of it goes.
+    let before = audit_count(store.as_ref(), DEFAULT_TENANT).await;
+    assert!(
+        !store
+            .delete_job(DEFAULT_TENANT, "p", &a("job.delete", "p"))
+            .await
+            .unwrap(),
+        "an in-progress job is not deleted"
+    );
+    assert_eq!(executions_of(store.as_ref(), "p").await, 2);
+    store
+        .set_job_status(DEFAULT_TENANT, "p", "CANCELED", NOW, None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .delete_job(DEFAULT_TENANT, "p", &a("job.delete", "p"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        audit_count(store.as_ref(), DEFAULT_TENANT).await,
+        before + 1
+    );
+    assert!(store.get_job(DEFAULT_TENANT, "p").await.unwrap().is_none());
+    assert_eq!(executions_of(store.as_ref(), "p").await, 0);
+    assert!(
+        store
+            .job_target_names(DEFAULT_TENANT, "p")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .thing_executions(DEFAULT_TENANT, &released[0].thing_name, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The id is free again, and the new job starts from nothing.
+    let fresh = JobExecution::queued("p", "t9", NOW);
+    store
+        .create_job(
+            &job_record("p"),
+            std::slice::from_ref(&fresh),
+            &[],
+            &a("job.create", "p"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(executions_of(store.as_ref(), "p").await, 1);
+    assert_eq!(
+        store.rollout_state(DEFAULT_TENANT, "p").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.job_control(DEFAULT_TENANT, "p").await.unwrap(),
+        Some(JobControl::default())
+    );
+}
+
+async fn executions_of(s: &dyn Store, job: &str) -> usize {
+    s.job_executions(DEFAULT_TENANT, job, &Page::new(None, Some(1000)))
+        .await
+        .unwrap()
+        .len()
 }

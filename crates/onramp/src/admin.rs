@@ -4,13 +4,15 @@
 //! command prints the same way whichever mode it ran in.
 
 use anyhow::{Context, Result};
+use onramp_domain::event::Event;
 use onramp_domain::job::JobExecution;
 use onramp_domain::{
     AllowlistEntry, ApiKey, AuditEntry, AuditQuery, CaStatus, CertStatus, Certificate,
     ClaimCertificate, Device, DeviceFilter, EnrolmentToken, LifecycleAction, Page, PolicyTarget,
     ProvisioningTemplateRecord, RegisteredCa, Role, StoredPolicy, TemplateKind, TemplateVersion,
 };
-use onramp_service::JobDescription;
+use onramp_service::{Artifact, JobDescription, Signer, UploadArtifact};
+use onramp_service::{AuditFinding, CreatedSubscription, EventDelivery, EventSubscription};
 use onramp_service::{
     Caller, CreatedApiKey, CreatedClaim, CreatedToken, Onramp, ServiceError, ShadowOp, ShadowTopic,
     TemplateDetail, TemplateSettings, TokenRequest,
@@ -72,8 +74,6 @@ fn shadow_error(thing: &str, code: u16, message: &str) -> AdminError {
 pub struct CaCerts {
     pub issuing: onramp_pki::CertInfo,
     pub root: onramp_pki::CertInfo,
-    pub chain_pem: String,
-    pub root_pem: String,
 }
 
 /// Whom the CLI acts as.
@@ -129,18 +129,9 @@ impl Admin {
     }
 
     pub async fn ca(&self) -> Result<CaCerts> {
-        let (chain_pem, root_pem) = match self {
-            Admin::Local(o, _) => (o.ca().chain_pem(), o.ca().root_pem()),
-            Admin::Remote(api) => {
-                let chain = api.text("/api/v1/ca/chain").await?;
-                let ders = onramp_pki::pem_to_der_chain(&chain)
-                    .context("the server's CA chain is not PEM")?;
-                let root = ders
-                    .last()
-                    .map(|d| onramp_pki::certificate_pem(d))
-                    .ok_or_else(|| anyhow::anyhow!("the server sent an empty CA chain"))?;
-                (chain, root)
-            }
+        let chain_pem = match self {
+            Admin::Local(o, _) => o.ca().chain_pem(),
+            Admin::Remote(api) => api.text("/api/v1/ca/chain").await?,
         };
         let ders = onramp_pki::pem_to_der_chain(&chain_pem)?;
         let (Some(first), Some(last)) = (ders.first(), ders.last()) else {
@@ -149,9 +140,83 @@ impl Admin {
         Ok(CaCerts {
             issuing: onramp_pki::parse_cert(first)?,
             root: onramp_pki::parse_cert(last)?,
-            chain_pem,
-            root_pem,
         })
+    }
+
+    // ---- CA rollover ----
+
+    pub async fn list_issuing_cas(&self) -> Result<Vec<onramp_service::IssuingCa>> {
+        local_or_remote!(self,
+            (o, c) => o.list_issuing_cas(c),
+            api => api.get("/api/v1/ca/issuing", &[]).await)
+    }
+
+    pub async fn roll_over_ca(
+        &self,
+        request: onramp_service::CaRolloverRequest,
+    ) -> Result<onramp_service::IssuingCa> {
+        match self {
+            Admin::Local(o, c) => svc(o.roll_over_ca(c, request).await),
+            Admin::Remote(api) => {
+                let body = serde_json::to_value(&request)?;
+                api.send(
+                    reqwest::Method::POST,
+                    "/api/v1/ca/rollover",
+                    Body::Json(body),
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn retire_ca(&self, id: &str, force: bool) -> Result<onramp_service::IssuingCa> {
+        local_or_remote!(self,
+            (o, c) => o.retire_ca(c, id, force),
+            api => api.send(reqwest::Method::POST, &format!("/api/v1/ca/issuing/{}/retire", seg(id)),
+                Body::Json(serde_json::json!({"force": force}))).await)
+    }
+
+    /// What `onramp ca export` writes: every trusted root, or (`chain`) every
+    /// trusted issuing CA with its parents, without repeats; the active CA first.
+    pub async fn ca_export(&self, chain: bool) -> Result<String> {
+        let chains: Vec<Vec<Vec<u8>>> = match self {
+            // Locally the CA directory says it all; no registry scan.
+            Admin::Local(o, _) => {
+                o.reload_authorities_if_changed()
+                    .map_err(AdminError::from)?;
+                o.authorities()
+                    .trusted()
+                    .map(|ca| ca.chain_der().to_vec())
+                    .collect()
+            }
+            Admin::Remote(_) => {
+                let mut out = Vec::new();
+                for ca in self.list_issuing_cas().await? {
+                    if ca.role != "retired" {
+                        out.push(onramp_pki::pem_to_der_chain(&ca.chain_pem)?);
+                    }
+                }
+                out
+            }
+        };
+        let mut ders: Vec<Vec<u8>> = Vec::new();
+        for mut certs in chains {
+            if !chain {
+                certs = certs.pop().into_iter().collect();
+            }
+            for der in certs {
+                if !ders.contains(&der) {
+                    ders.push(der);
+                }
+            }
+        }
+        if ders.is_empty() {
+            anyhow::bail!("no trusted CA");
+        }
+        Ok(ders
+            .iter()
+            .map(|d| onramp_pki::certificate_pem(d))
+            .collect())
     }
 
     // ---- devices ----
@@ -265,10 +330,168 @@ impl Admin {
                 Body::None).await)
     }
 
+    pub async fn pause_job(&self, job_id: &str) -> Result<JobDescription> {
+        local_or_remote!(self,
+            (o, c) => o.pause_job(c, job_id),
+            api => api.send(reqwest::Method::POST,
+                &format!("/api/v1/jobs/{}/pause", seg(job_id)), Body::None).await)
+    }
+
+    pub async fn resume_job(&self, job_id: &str) -> Result<JobDescription> {
+        local_or_remote!(self,
+            (o, c) => o.resume_job(c, job_id),
+            api => api.send(reqwest::Method::POST,
+                &format!("/api/v1/jobs/{}/resume", seg(job_id)), Body::None).await)
+    }
+
+    pub async fn delete_job(&self, job_id: &str, force: bool) -> Result<()> {
+        local_or_remote!(self,
+            (o, c) => o.delete_job(c, job_id, force),
+            api => api.send_empty(reqwest::Method::DELETE,
+                &format!("/api/v1/jobs/{}?force={force}", seg(job_id)), Body::None).await)
+    }
+
     pub async fn thing_jobs(&self, thing: &str) -> Result<Vec<JobExecution>> {
         local_or_remote!(self,
             (o, c) => o.thing_pending_executions(c, thing),
             api => api.get(&format!("/api/v1/things/{}/jobs", seg(thing)), &[]).await)
+    }
+
+    // ---- outbound events and audit checks ----
+
+    pub async fn create_event_subscription(
+        &self,
+        url: &str,
+        event_types: &str,
+    ) -> Result<CreatedSubscription> {
+        local_or_remote!(self,
+            (o, c) => o.create_event_subscription(c, url, event_types),
+            api => api.send(reqwest::Method::POST, "/api/v1/event-subscriptions", Body::Json(json!({
+                "url": url,
+                "eventTypes": event_types,
+            }))).await)
+    }
+
+    pub async fn list_event_subscriptions(&self) -> Result<Vec<EventSubscription>> {
+        local_or_remote!(self,
+            (o, c) => o.list_event_subscriptions(c),
+            api => api.get("/api/v1/event-subscriptions", &[]).await)
+    }
+
+    pub async fn delete_event_subscription(&self, id: &str) -> Result<()> {
+        local_or_remote!(self,
+            (o, c) => o.delete_event_subscription(c, id),
+            api => api.send_empty(reqwest::Method::DELETE,
+                &format!("/api/v1/event-subscriptions/{}", seg(id)), Body::None).await)
+    }
+
+    pub async fn list_events(&self, page: &Page) -> Result<Vec<Event>> {
+        let mut query = vec![("limit", page.limit.to_string())];
+        if let Some(after) = &page.after {
+            query.push(("after", after.clone()));
+        }
+        local_or_remote!(self,
+            (o, c) => o.list_events(c, page),
+            api => api.get("/api/v1/events", &query).await)
+    }
+
+    pub async fn list_event_deliveries(&self, status: Option<&str>) -> Result<Vec<EventDelivery>> {
+        let query: Vec<(&str, String)> = status
+            .map(|s| vec![("status", s.to_string())])
+            .unwrap_or_default();
+        local_or_remote!(self,
+            (o, c) => o.list_event_deliveries(c, status),
+            api => api.get("/api/v1/event-deliveries", &query).await)
+    }
+
+    pub async fn replay_event_delivery(&self, event_id: &str, subscription_id: &str) -> Result<()> {
+        local_or_remote!(self,
+            (o, c) => o.replay_event_delivery(c, event_id, subscription_id),
+            api => api.send_empty(reqwest::Method::POST,
+                &format!("/api/v1/event-deliveries/{}/{}/replay", seg(event_id), seg(subscription_id)),
+                Body::None).await)
+    }
+
+    pub async fn run_audit_checks(&self, checks: &[String]) -> Result<Vec<AuditFinding>> {
+        local_or_remote!(self,
+            (o, c) => o.run_audit_checks_as(c, checks),
+            api => api.send(reqwest::Method::POST, "/api/v1/audit-checks/run",
+                Body::Json(json!({ "checks": checks }))).await)
+    }
+
+    pub async fn list_audit_findings(&self, status: Option<&str>) -> Result<Vec<AuditFinding>> {
+        let query: Vec<(&str, String)> = status
+            .map(|s| vec![("status", s.to_string())])
+            .unwrap_or_default();
+        local_or_remote!(self,
+            (o, c) => o.list_audit_findings(c, status),
+            api => api.get("/api/v1/audit-findings", &query).await)
+    }
+
+    pub async fn suppress_audit_finding(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<AuditFinding> {
+        let path = format!("/api/v1/audit-findings/{}/suppression", seg(id));
+        local_or_remote!(self,
+        (o, c) => o.suppress_audit_finding(c, id, reason),
+        api => match reason {
+            Some(r) => api.send(reqwest::Method::POST, &path, Body::Json(json!({"reason": r}))).await,
+            None => api.send(reqwest::Method::DELETE, &path, Body::None).await,
+        })
+    }
+
+    // ---- signers and artifacts ----
+
+    pub async fn add_signer(&self, name: &str, public_key_pem: &str) -> Result<Signer> {
+        local_or_remote!(self,
+            (o, c) => o.add_signer(c, name, public_key_pem),
+            api => api.send(reqwest::Method::POST, "/api/v1/signers", Body::Json(json!({
+                "name": name,
+                "publicKeyPem": public_key_pem,
+            }))).await)
+    }
+
+    pub async fn list_signers(&self) -> Result<Vec<Signer>> {
+        local_or_remote!(self,
+            (o, c) => o.list_signers(c),
+            api => api.get("/api/v1/signers", &[]).await)
+    }
+
+    pub async fn delete_signer(&self, name: &str) -> Result<()> {
+        local_or_remote!(self,
+            (o, c) => o.delete_signer(c, name),
+            api => api.send_empty(reqwest::Method::DELETE,
+                &format!("/api/v1/signers/{}", seg(name)), Body::None).await)
+    }
+
+    /// Uploads the file at `path`, streamed (never read whole into memory)
+    /// to the data directory or to the server.
+    pub async fn upload_artifact(
+        &self,
+        path: &std::path::Path,
+        upload: UploadArtifact,
+    ) -> Result<Artifact> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        match self {
+            Admin::Local(o, c) => svc(o.upload_artifact(c, upload, &mut file).await),
+            Admin::Remote(api) => api.upload(file, &upload).await,
+        }
+    }
+
+    pub async fn list_artifacts(&self, page: &Page) -> Result<Vec<Artifact>> {
+        local_or_remote!(self,
+            (o, c) => o.list_artifacts(c, page),
+            api => api.get_items("/api/v1/artifacts", &page_query(page)).await)
+    }
+
+    pub async fn get_artifact(&self, sha256: &str) -> Result<Artifact> {
+        local_or_remote!(self,
+            (o, c) => o.get_artifact(c, sha256),
+            api => api.get(&format!("/api/v1/artifacts/{}", seg(sha256)), &[]).await)
     }
 
     // ---- tokens ----
@@ -359,6 +582,45 @@ impl Admin {
             (o, c) => o.revoke_certificate(c, serial, reason),
             api => api.send(reqwest::Method::POST, &format!("/api/v1/certificates/{}/revoke", seg(serial)),
                 Body::Json(json!({"reason": reason}))).await)
+    }
+
+    /// Bulk rotation, delivered as a job (docs/lifecycle.md).
+    pub async fn rotate_certificates(
+        &self,
+        request: onramp_service::RotateRequest,
+    ) -> Result<JobDescription> {
+        use onramp_domain::rotation::RotationSelector as S;
+        match self {
+            Admin::Local(o, c) => svc(o.rotate_certificates(c, request).await),
+            Admin::Remote(api) => {
+                let mut body = json!({});
+                match &request.selector {
+                    S::Thing(t) => body["thingName"] = t.clone().into(),
+                    S::DeviceClass(d) => body["deviceClass"] = d.clone().into(),
+                    S::ThingGroup(g) => body["thingGroup"] = g.clone().into(),
+                    S::Ca(ca) => body["ca"] = ca.clone().into(),
+                    S::ExpiringWithinDays(d) => body["expiringWithinDays"] = (*d).into(),
+                }
+                if let Some(id) = &request.job_id {
+                    body["jobId"] = id.clone().into();
+                }
+                if let Some(rate) = request.maximum_per_minute {
+                    body["maximumPerMinute"] = rate.into();
+                }
+                api.send(
+                    reqwest::Method::POST,
+                    "/api/v1/certificates/rotate",
+                    Body::Json(body),
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn list_rotations(&self, thing: &str) -> Result<Vec<onramp_store::RotationRecord>> {
+        local_or_remote!(self,
+            (o, c) => o.list_rotations(c, thing),
+            api => api.get(&format!("/api/v1/devices/{}/rotations", seg(thing)), &[]).await)
     }
 
     // ---- API keys ----
@@ -883,5 +1145,105 @@ impl ApiClient {
 
     async fn send_empty(&self, method: reqwest::Method, path: &str, body: Body) -> Result<()> {
         self.call(method, path, &[], body).await.map(|_| ())
+    }
+
+    /// `POST /api/v1/artifacts`: the file streamed as the body, its length
+    /// declared up front, the signature in `X-Onramp-Signature`.
+    async fn upload(&self, file: tokio::fs::File, upload: &UploadArtifact) -> Result<Artifact> {
+        let path = "/api/v1/artifacts";
+        let len = file
+            .metadata()
+            .await
+            .context("reading the artifact's size")?
+            .len();
+        let mut query = vec![("name", upload.name.clone())];
+        if let Some(signer) = &upload.signer {
+            query.push(("signer", signer.clone()));
+        }
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .query(&query)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            // An upload of gigabytes takes as long as it takes.
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .body(reqwest::Body::wrap(FileBody::new(file, len)));
+        if let Some(signature) = &upload.signature {
+            req = req.header("x-onramp-signature", signature);
+        }
+        let resp = req.send().await.map_err(|e| self.connection_error(&e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| self.connection_error(&e))?;
+        if !status.is_success() {
+            return Err(Self::api_error(status, &text));
+        }
+        Self::parse(path, &text)
+    }
+}
+
+/// A file as a streamed request body, read 64 KiB at a time.
+struct FileBody {
+    file: tokio::fs::File,
+    buf: Box<[u8]>,
+    left: u64,
+}
+
+impl FileBody {
+    fn new(file: tokio::fs::File, len: u64) -> FileBody {
+        FileBody {
+            file,
+            buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+            left: len,
+        }
+    }
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = hyper::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        use std::task::Poll;
+        use tokio::io::AsyncRead;
+        let this = &mut *self;
+        if this.left == 0 {
+            return Poll::Ready(None);
+        }
+        let mut read = tokio::io::ReadBuf::new(&mut this.buf);
+        match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let chunk = read.filled();
+                if chunk.is_empty() {
+                    // The file shrank after its length was declared.
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the artifact file changed while being uploaded",
+                    ))));
+                }
+                let n = u64::try_from(chunk.len())
+                    .unwrap_or(u64::MAX)
+                    .min(this.left);
+                let n_usize = usize::try_from(n).unwrap_or(chunk.len());
+                this.left -= n;
+                let data = hyper::body::Bytes::copy_from_slice(&chunk[..n_usize]);
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
     }
 }

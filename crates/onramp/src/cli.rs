@@ -136,6 +136,15 @@ enum Command {
     /// Public keys that sign artifacts.
     #[command(subcommand)]
     Signer(crate::cli_artifacts::SignerCommand),
+    /// Webhook subscriptions to outbound events.
+    #[command(subcommand)]
+    Webhook(crate::cli_events::WebhookCommand),
+    /// Outbound events, their deliveries and dead letters.
+    #[command(subcommand)]
+    Event(crate::cli_events::EventCommand),
+    /// Audit checks (Device Defender style): run, findings, suppression.
+    #[command(subcommand, name = "audit-checks")]
+    AuditChecks(crate::cli_events::AuditCheckCommand),
 }
 
 impl Command {
@@ -148,8 +157,6 @@ impl Command {
             Command::Ca(CaCommand::Import { .. }) => Some("ca import"),
             Command::Tenant(TenantCommand::Create { .. }) => Some("tenant create"),
             Command::Tenant(TenantCommand::List) => Some("tenant list"),
-            Command::Artifact(_) => Some("artifact"),
-            Command::Signer(_) => Some("signer"),
             _ => None,
         }
     }
@@ -159,9 +166,10 @@ impl Command {
 enum CaCommand {
     /// Show the issuing and root CA.
     Show,
-    /// Write the trust anchor (root, or --chain for issuing + root) as PEM.
+    /// Write the trust anchors as PEM: every trusted root (during a root
+    /// roll, both), or with --chain every trusted issuing CA and its root.
     Export {
-        /// Write the issuing CA and the root, not the root alone.
+        /// Write the issuing CAs and the roots, not the roots alone.
         #[arg(long)]
         chain: bool,
         /// File to write; standard output when absent.
@@ -177,6 +185,33 @@ enum CaCommand {
         /// The issuing CA's private key, PEM.
         #[arg(long)]
         key: PathBuf,
+    },
+    /// List the issuing CAs (active, previous, retired) with how many active
+    /// certificates still depend on each.
+    List,
+    /// Make a new issuing CA the one that signs; the current one stays
+    /// trusted until retired. Without options: a new issuing CA under the
+    /// current root.
+    Rollover {
+        /// Also a new root: both roots are served until the old CA retires.
+        #[arg(long, conflicts_with_all = ["cert", "key"])]
+        new_root: bool,
+        /// Import an external issuing CA instead: its certificate chain PEM
+        /// (issuing CA first, optionally up to its root).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The imported issuing CA's private key, PEM.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+    },
+    /// Stop trusting a previous issuing CA. Refused while active
+    /// certificates depend on it, unless --force. Its CRL stays served.
+    Retire {
+        /// The issuing CA id, as `onramp ca list` shows it.
+        id: String,
+        /// Retire even though devices still depend on it: they can no longer connect.
+        #[arg(long)]
+        force: bool,
     },
     #[command(flatten)]
     Registered(crate::cli_provisioning::RegisteredCaCommand),
@@ -327,6 +362,38 @@ enum CertCommand {
         /// superseded, cessationOfOperation, certificateHold.
         #[arg(long, default_value = "unspecified")]
         reason: String,
+    },
+    /// Rotate certificates in bulk: a job telling each selected device to
+    /// ask for a new certificate over MQTT (give exactly one selector).
+    Rotate {
+        /// One thing.
+        #[arg(long)]
+        thing_name: Option<String>,
+        /// Every active thing of this device class.
+        #[arg(long)]
+        device_class: Option<String>,
+        /// Every member of this thing group.
+        #[arg(long)]
+        thing_group: Option<String>,
+        /// Things whose active certificate this CA issued: a registered CA's
+        /// id, or `onramp` for Onramp's own CA.
+        #[arg(long)]
+        ca: Option<String>,
+        /// Things whose active certificate expires within this many days.
+        #[arg(long)]
+        expiring_within_days: Option<u32>,
+        /// The job's id (default `rotate-<unix time>`).
+        #[arg(long)]
+        job_id: Option<String>,
+        /// Paced rollout: at most this many devices a minute.
+        #[arg(long)]
+        max_per_minute: Option<u32>,
+    },
+    /// The certificates a thing obtained by rotation: pending, active,
+    /// replaced or expired.
+    Rotations {
+        /// The thing.
+        thing_name: String,
     },
 }
 
@@ -580,7 +647,8 @@ async fn run_local_only(cli: Cli) -> Result<()> {
         }
         Command::Init => {
             let onramp = open_onramp(&cfg, DataDir::CreateIfMissing).await?;
-            let issuing = onramp.ca().issuing_info();
+            let ca = onramp.ca();
+            let issuing = ca.issuing_info();
             println!(
                 "data directory {} is ready (issuing CA {}, SHA-256 {}; registry on {})",
                 cfg.data_dir.display(),
@@ -606,14 +674,6 @@ async fn run_local_only(cli: Cli) -> Result<()> {
             let tenants = onramp.list_tenants().await.map_err(AdminError::from)?;
             let rows = tenants.iter().map(|t| vec![t.clone()]).collect();
             out.list(&tenants, None, &["TENANT"], rows)
-        }
-        Command::Artifact(cmd) => {
-            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
-            crate::cli_artifacts::artifact(&onramp, &caller, &out, cmd).await
-        }
-        Command::Signer(cmd) => {
-            let onramp = open_onramp(&cfg, DataDir::MustExist).await?;
-            crate::cli_artifacts::signer(&onramp, &caller, &out, cmd).await
         }
         _ => anyhow::bail!("not a local-only command"),
     }
@@ -676,9 +736,12 @@ async fn admin_command(admin: &Admin, out: &Output, command: Command) -> Result<
         | Command::Login
         | Command::Logout
         | Command::Tenant(_)
-        | Command::Artifact(_)
-        | Command::Signer(_)
         | Command::Ca(CaCommand::Import { .. }) => anyhow::bail!("command handled earlier"),
+        Command::Artifact(cmd) => crate::cli_artifacts::artifact(admin, out, cmd).await,
+        Command::Signer(cmd) => crate::cli_artifacts::signer(admin, out, cmd).await,
+        Command::Webhook(cmd) => crate::cli_events::webhook(admin, out, cmd).await,
+        Command::Event(cmd) => crate::cli_events::event(admin, out, cmd).await,
+        Command::AuditChecks(cmd) => crate::cli_events::audit_checks(admin, out, cmd).await,
         Command::Ca(CaCommand::Show) => {
             let ca = admin.ca().await?;
             let rows = [("issuing", &ca.issuing), ("root", &ca.root)]
@@ -703,9 +766,73 @@ async fn admin_command(admin: &Admin, out: &Output, command: Command) -> Result<
                 rows,
             )
         }
+        Command::Ca(CaCommand::List) => {
+            let cas = admin.list_issuing_cas().await?;
+            let rows = cas
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.clone(),
+                        c.role.clone(),
+                        c.active_certificates.to_string(),
+                        c.inactive_certificates.to_string(),
+                        c.subject.clone(),
+                        ts(c.not_after),
+                        c.last_expiry.map(ts).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            out.list(
+                &cas,
+                None,
+                &[
+                    "ID",
+                    "ROLE",
+                    "ACTIVE CERTS",
+                    "INACTIVE CERTS",
+                    "SUBJECT",
+                    "NOT AFTER",
+                    "LAST CERT EXPIRES",
+                ],
+                rows,
+            )
+        }
+        Command::Ca(CaCommand::Rollover {
+            new_root,
+            cert,
+            key,
+        }) => {
+            let request = match (cert, key) {
+                (Some(cert), Some(key)) => onramp_service::CaRolloverRequest::Import {
+                    cert_pem: std::fs::read_to_string(&cert)
+                        .with_context(|| format!("reading {}", cert.display()))?,
+                    key_pem: std::fs::read_to_string(&key)
+                        .with_context(|| format!("reading {}", key.display()))?,
+                },
+                _ if new_root => onramp_service::CaRolloverRequest::NewRoot,
+                _ => onramp_service::CaRolloverRequest::NewIssuing,
+            };
+            let ca = admin.roll_over_ca(request).await?;
+            out.message(
+                &serde_json::to_value(&ca)?,
+                &format!(
+                    "issuing CA {} ({}) signs from now on; the previous issuing CA stays trusted until `onramp ca retire`",
+                    ca.id, ca.subject
+                ),
+            )
+        }
+        Command::Ca(CaCommand::Retire { id, force }) => {
+            let ca = admin.retire_ca(&id, force).await?;
+            out.message(
+                &serde_json::to_value(&ca)?,
+                &format!(
+                    "retired issuing CA {}: no longer trusted; its CRL stays served at /crl/{}.crl",
+                    ca.id, ca.id
+                ),
+            )
+        }
         Command::Ca(CaCommand::Export { chain, out: path }) => {
-            let ca = admin.ca().await?;
-            let pem = if chain { ca.chain_pem } else { ca.root_pem };
+            let pem = admin.ca_export(chain).await?;
             match path {
                 Some(p) => {
                     std::fs::write(&p, pem).with_context(|| format!("writing {}", p.display()))?
@@ -969,6 +1096,62 @@ async fn cert(admin: &Admin, out: &Output, cmd: CertCommand) -> Result<()> {
         CertCommand::Show { serial } => admin.get_certificate(&serial).await?,
         CertCommand::Revoke { serial, reason } => {
             admin.revoke_certificate(&serial, &reason).await?
+        }
+        CertCommand::Rotate {
+            thing_name,
+            device_class,
+            thing_group,
+            ca,
+            expiring_within_days,
+            job_id,
+            max_per_minute,
+        } => {
+            let selector = onramp_domain::rotation::RotationSelector::from_parts(
+                thing_name,
+                device_class,
+                thing_group,
+                ca,
+                expiring_within_days,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let job = admin
+                .rotate_certificates(onramp_service::RotateRequest {
+                    selector,
+                    job_id,
+                    maximum_per_minute: max_per_minute,
+                })
+                .await?;
+            let targets = job.targets.to_string();
+            let rows = vec![vec![job.job_id.clone(), job.status.clone(), targets]];
+            return out.table_or_json(&job, &["JOB", "STATUS", "TARGETS"], rows);
+        }
+        CertCommand::Rotations { thing_name } => {
+            let items = admin.list_rotations(&thing_name).await?;
+            let rows = items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.serial.clone(),
+                        r.status.clone(),
+                        r.kind.as_str().to_string(),
+                        r.old_serial.clone(),
+                        ts(r.expires_at),
+                        r.revoke_old_at.map(ts).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            return out.table_or_json(
+                &items,
+                &[
+                    "SERIAL",
+                    "STATUS",
+                    "KIND",
+                    "REPLACES",
+                    "PENDING UNTIL",
+                    "OLD REVOKED AT",
+                ],
+                rows,
+            );
         }
     };
     let rows = vec![one(&c)];

@@ -1,13 +1,15 @@
 //! CLI for signed OTA artifacts: `onramp artifact keygen|sign` (build
 //! machine, no server and no data directory), `onramp artifact
-//! upload|list|show` and `onramp signer add|list|delete`.
+//! upload|list|show` and `onramp signer add|list|delete` (on the data
+//! directory, or on a server through the REST API, printing the same).
 
-use crate::cli::{Output, ts};
+use crate::admin::Admin;
+use crate::cli::{Output, PageArgs, next_after, ts};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::{Subcommand, ValueEnum};
 use onramp_pki::signing::{SignatureAlgorithm, SigningKey};
-use onramp_service::{Caller, Onramp, UploadArtifact};
+use onramp_service::UploadArtifact;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,8 +70,8 @@ pub enum ArtifactCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List the stored artifacts.
-    List,
+    /// List the stored artifacts in SHA-256 order.
+    List(PageArgs),
     /// Show one artifact.
     Show {
         /// The artifact's SHA-256 (hex).
@@ -220,12 +222,7 @@ fn artifact_row(a: &onramp_service::Artifact) -> Vec<String> {
 
 const ARTIFACT_HEAD: [&str; 5] = ["SHA-256", "NAME", "SIZE", "SIGNER", "CREATED"];
 
-pub async fn artifact(
-    onramp: &Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: ArtifactCommand,
-) -> Result<()> {
+pub async fn artifact(admin: &Admin, out: &Output, cmd: ArtifactCommand) -> Result<()> {
     match cmd {
         ArtifactCommand::Upload {
             file,
@@ -244,54 +241,44 @@ pub async fn artifact(
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_else(|| "artifact".into())
             });
-            let mut f = tokio::fs::File::open(&file)
-                .await
-                .with_context(|| format!("opening {}", file.display()))?;
-            let a = onramp
+            let a = admin
                 .upload_artifact(
-                    caller,
+                    &file,
                     UploadArtifact {
                         name,
                         signer,
                         signature,
                     },
-                    &mut f,
                 )
                 .await?;
             out.table_or_json(&a, &ARTIFACT_HEAD, vec![artifact_row(&a)])
         }
-        ArtifactCommand::List => {
-            let page = onramp_domain::Page::new(None, Some(onramp_domain::Page::MAX_LIMIT));
-            let items = onramp.list_artifacts(caller, &page).await?;
+        ArtifactCommand::List(p) => {
+            let page = p.page()?;
+            let items = admin.list_artifacts(&page).await?;
+            let next = next_after(&items, &page, |a| a.sha256.clone());
             let rows = items.iter().map(artifact_row).collect();
-            out.table_or_json(&items, &ARTIFACT_HEAD, rows)
+            out.list(&items, next, &ARTIFACT_HEAD, rows)
         }
         ArtifactCommand::Show { sha256 } => {
-            let a = onramp.get_artifact(caller, &sha256).await?;
+            let a = admin.get_artifact(&sha256).await?;
             out.table_or_json(&a, &ARTIFACT_HEAD, vec![artifact_row(&a)])
         }
         offline_cmd => offline(offline_cmd, out),
     }
 }
 
-pub async fn signer(
-    onramp: &Onramp,
-    caller: &Caller,
-    out: &Output,
-    cmd: SignerCommand,
-) -> Result<()> {
+pub async fn signer(admin: &Admin, out: &Output, cmd: SignerCommand) -> Result<()> {
     match cmd {
         SignerCommand::Add { name, public_key } => {
-            let s = onramp
-                .add_signer(caller, &name, &read_text(&public_key)?)
-                .await?;
+            let s = admin.add_signer(&name, &read_text(&public_key)?).await?;
             out.message(
                 &serde_json::to_value(&s)?,
                 &format!("added signer {} ({})", s.name, s.algorithm),
             )
         }
         SignerCommand::List => {
-            let items = onramp.list_signers(caller).await?;
+            let items = admin.list_signers().await?;
             let rows = items
                 .iter()
                 .map(|s| vec![s.name.clone(), s.algorithm.clone(), ts(s.created_at)])
@@ -299,7 +286,7 @@ pub async fn signer(
             out.table_or_json(&items, &["NAME", "ALGORITHM", "CREATED"], rows)
         }
         SignerCommand::Delete { name } => {
-            onramp.delete_signer(caller, &name).await?;
+            admin.delete_signer(&name).await?;
             out.message(
                 &serde_json::json!({"deleted": name}),
                 &format!("deleted signer {name}"),

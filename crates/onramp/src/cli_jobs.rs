@@ -1,4 +1,4 @@
-//! CLI for jobs: `onramp job create|list|show|executions|cancel|thing`.
+//! CLI for jobs: `onramp job create|list|show|executions|cancel|pause|resume|delete|thing`.
 
 use crate::admin::Admin;
 use crate::cli::{Output, PageArgs, next_after, ts};
@@ -31,7 +31,7 @@ pub enum JobCommand {
         continuous: bool,
         /// A JSON file with configuration members: timeoutConfig,
         /// jobExecutionsRetryConfig, jobExecutionsRolloutConfig, abortConfig,
-        /// successConfirmation.
+        /// successConfirmation, schedulingConfig.
         #[arg(long = "job-config")]
         job_config: Option<PathBuf>,
         /// Free text shown with the job.
@@ -65,6 +65,27 @@ pub enum JobCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Pause a job's rollout: nothing more is released to devices until it
+    /// is resumed; executions already released run on.
+    Pause {
+        /// The job id.
+        job_id: String,
+    },
+    /// Resume a paused rollout at its configured pace.
+    Resume {
+        /// The job id.
+        job_id: String,
+    },
+    /// Delete a COMPLETED or CANCELED job with its executions, or with
+    /// --force a job in any status (canceled first, in-progress executions
+    /// too).
+    Delete {
+        /// The job id.
+        job_id: String,
+        /// Delete a job that is still scheduled or in progress.
+        #[arg(long)]
+        force: bool,
+    },
     /// A thing's pending executions.
     Thing {
         /// The thing name.
@@ -82,9 +103,14 @@ fn job_row(j: &JobDescription) -> Vec<String> {
         .map(|(s, n)| format!("{s}={n}"))
         .collect::<Vec<_>>()
         .join(" ");
+    let status = if j.rollout_paused {
+        format!("{} (paused)", j.status)
+    } else {
+        j.status.clone()
+    };
     vec![
         j.job_id.clone(),
-        j.status.clone(),
+        status,
         j.target_selection.clone(),
         counts,
         ts(j.created_at),
@@ -104,6 +130,30 @@ fn exec_row(e: &JobExecution) -> Vec<String> {
         e.version.to_string(),
         ts(e.last_updated_at),
     ]
+}
+
+/// The schedule of a job, as `job show` prints it under the table.
+fn schedule_line(j: &JobDescription) -> Option<String> {
+    let config = j.config.get("schedulingConfig")?;
+    let scheduling: onramp_domain::job::SchedulingConfig =
+        serde_json::from_value(config.clone()).ok()?;
+    let schedule = scheduling.schedule().ok()?;
+    let mut parts = Vec::new();
+    if let Some(start) = schedule.start {
+        parts.push(format!("starts {}", ts(start)));
+    }
+    if let Some(end) = schedule.end {
+        parts.push(format!(
+            "ends {} ({})",
+            ts(end),
+            match schedule.end_behavior {
+                onramp_domain::job::EndBehavior::StopRollout => "STOP_ROLLOUT",
+                onramp_domain::job::EndBehavior::Cancel => "CANCEL",
+                onramp_domain::job::EndBehavior::ForceCancel => "FORCE_CANCEL",
+            }
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("schedule: {}", parts.join(", ")))
 }
 
 pub async fn job(admin: &Admin, out: &Output, cmd: JobCommand) -> Result<()> {
@@ -160,6 +210,9 @@ pub async fn job(admin: &Admin, out: &Output, cmd: JobCommand) -> Result<()> {
                 return out.table_or_json(&j, &JOB_HEAD, vec![]);
             }
             out.table_or_json(&j, &JOB_HEAD, vec![job_row(&j)])?;
+            if let Some(line) = schedule_line(&j) {
+                println!("{line}");
+            }
             if !j.failures_by_group.is_empty() {
                 println!();
                 let rows = j
@@ -208,6 +261,21 @@ pub async fn job(admin: &Admin, out: &Output, cmd: JobCommand) -> Result<()> {
             let j = admin.cancel_job(&job_id, force).await?;
             let rows = vec![job_row(&j)];
             out.table_or_json(&j, &JOB_HEAD, rows)
+        }
+        JobCommand::Pause { job_id } => {
+            let j = admin.pause_job(&job_id).await?;
+            out.table_or_json(&j, &JOB_HEAD, vec![job_row(&j)])
+        }
+        JobCommand::Resume { job_id } => {
+            let j = admin.resume_job(&job_id).await?;
+            out.table_or_json(&j, &JOB_HEAD, vec![job_row(&j)])
+        }
+        JobCommand::Delete { job_id, force } => {
+            admin.delete_job(&job_id, force).await?;
+            out.message(
+                &serde_json::json!({"jobId": job_id, "deleted": true}),
+                &format!("deleted job {job_id}"),
+            )
         }
         JobCommand::Thing { thing_name } => {
             let executions = admin.thing_jobs(&thing_name).await?;

@@ -16,11 +16,50 @@ pub struct Config {
     pub http: HttpConfig,
     pub ops: OpsConfig,
     pub ca: CaConfig,
+    pub pki: PkiConfig,
     pub enrolment: EnrolmentConfig,
     pub mqtt: MqttConfig,
     pub provisioning: ProvisioningConfig,
     pub artifacts: ArtifactsConfig,
+    pub jobs: JobsConfig,
+    pub events: EventsConfig,
     pub log: LogConfig,
+}
+
+/// Outbound events (webhooks) and audit checks (docs/events.md, docs/audit-checks.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Delay after a delivery's first failure; it doubles after each failure.
+    pub retry_initial_secs: i64,
+    /// No retry waits longer than this.
+    pub retry_max_secs: i64,
+    /// Failed attempts after which a delivery goes to the dead-letter list.
+    pub max_attempts: u32,
+    /// Time allowed for one delivery.
+    pub timeout_secs: u64,
+    /// Seconds between scheduled runs of the audit checks; 0: on demand only.
+    pub audit_interval_secs: i64,
+    /// Audit: a device certificate expiring within this many days is a finding.
+    pub device_cert_expiry_days: i64,
+    /// Audit: the same for CA certificates.
+    pub ca_expiry_days: i64,
+    /// Audit: an active device never connected this long after registration.
+    pub never_seen_days: i64,
+    /// Audit: a claim certificate valid for longer than this.
+    pub claim_max_validity_days: i64,
+    /// Audit: connection attempts older than this are not looked at.
+    pub connection_lookback_secs: i64,
+}
+
+/// Jobs (docs/jobs.md, docs/rollouts.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// The window, in seconds, over which a rollout's `maximumPerMinute` is
+    /// counted: 60. A shorter one lets a test or a rehearsal watch a paced
+    /// rollout through several windows quickly; production keeps 60.
+    pub rollout_window_secs: i64,
 }
 
 /// Signed OTA artifacts (docs/artifacts.md).
@@ -80,6 +119,16 @@ pub struct MqttConfig {
     pub claim_rate_per_certificate: RateConfig,
     /// CONNECTs with any claim certificate from one source address.
     pub claim_rate_per_source: RateConfig,
+    /// Refuse QoS 2 as AWS IoT does.
+    pub aws_strict: bool,
+    /// Largest MQTT keep-alive accepted, in seconds.
+    pub max_keep_alive_secs: u16,
+    /// Messages (in flight and queued) one persistent session keeps in the
+    /// store; beyond it the oldest queued one is dropped.
+    pub stored_session_max_messages: usize,
+    /// How long a publisher is held while a receiving connection is behind,
+    /// in milliseconds, before the drop policy applies; 0 drops at once.
+    pub publisher_hold_ms: u64,
 }
 
 /// The operations listener: plain HTTP, for probes and Prometheus.
@@ -154,6 +203,49 @@ pub struct CaConfig {
     pub organization: String,
 }
 
+/// Revocation for relying parties: the CRL and the OCSP responder
+/// (docs/revocation.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiConfig {
+    /// Base of the CRL distribution point and OCSP URLs put in issued
+    /// certificates, such as `http://pki.example.com`; empty: the plain-HTTP
+    /// revocation listener when `listen` is set, else the HTTPS listener,
+    /// with the first of `http.hosts`.
+    pub public_url: String,
+    /// A plain-HTTP listener serving only the CRL and OCSP, such as
+    /// `0.0.0.0:8080`; empty or "off": none (both stay on the HTTPS listener).
+    pub listen: String,
+    /// From a CRL's thisUpdate to its nextUpdate; a new CRL is signed after
+    /// half of it at the latest.
+    pub crl_validity_secs: i64,
+    /// From an OCSP answer's thisUpdate to its nextUpdate.
+    pub ocsp_validity_secs: i64,
+    /// Lifetime of the delegated OCSP signing certificate, renewed when a
+    /// third of it is left.
+    pub ocsp_signer_validity_days: u32,
+    /// Certificate rotation (docs/lifecycle.md): how long after a rotated
+    /// certificate's first connection the old one is revoked.
+    pub rotation_grace_secs: i64,
+    /// How long a rotated certificate may wait for its first connection
+    /// before it is revoked unused.
+    pub rotation_pending_ttl_secs: i64,
+    /// A device whose certificate expired at most this many days ago may
+    /// still renew it (EST simplereenroll, MQTT rotation); 0: off.
+    pub renew_expired_within_days: u32,
+    /// The same window in seconds, for windows shorter than a day; when
+    /// not 0 it is used instead of `renew_expired_within_days`.
+    pub renew_expired_within_secs: i64,
+}
+
+impl PkiConfig {
+    /// The plain-HTTP revocation listener's address, or `None` when off.
+    pub fn listen_addr(&self) -> Option<&str> {
+        let listen = self.listen.trim();
+        (!listen.is_empty() && !listen.eq_ignore_ascii_case("off")).then_some(listen)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
@@ -221,6 +313,17 @@ listen = "127.0.0.1:9464"
 key_algorithm = "ecdsa-p256"
 organization = "Onramp"
 
+[pki]
+public_url = ""
+listen = ""
+crl_validity_secs = 86400
+ocsp_validity_secs = 3600
+ocsp_signer_validity_days = 7
+rotation_grace_secs = 86400
+rotation_pending_ttl_secs = 604800
+renew_expired_within_days = 0
+renew_expired_within_secs = 0
+
 [enrolment]
 device_cert_validity_days = 365
 token_ttl_secs = 604800
@@ -247,6 +350,10 @@ rate_per_source = { per_second = 500, burst = 1000 }
 rate_per_identity = { per_second = 1, burst = 5 }
 claim_rate_per_certificate = { per_second = 200, burst = 1000 }
 claim_rate_per_source = { per_second = 50, burst = 200 }
+aws_strict = false
+max_keep_alive_secs = 1200
+stored_session_max_messages = 1000
+publisher_hold_ms = 2000
 
 [provisioning]
 ownership_token_ttl_secs = 3600
@@ -262,6 +369,21 @@ max_upload_bytes = 2147483648
 url_ttl_secs = 3600
 downloads_per_device = { per_second = 1, burst = 10 }
 download_bytes_per_sec = 0
+
+[jobs]
+rollout_window_secs = 60
+
+[events]
+retry_initial_secs = 10
+retry_max_secs = 3600
+max_attempts = 12
+timeout_secs = 10
+audit_interval_secs = 86400
+device_cert_expiry_days = 30
+ca_expiry_days = 90
+never_seen_days = 30
+claim_max_validity_days = 365
+connection_lookback_secs = 86400
 
 [log]
 format = "text"

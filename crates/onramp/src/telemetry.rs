@@ -49,12 +49,37 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "over_capacity",
         "tls_refused",
         "tls_timeout",
+        "bad_auth_method",
     ] {
         all.push(("onramp_mqtt_connects_total", vec![("outcome", outcome)]));
     }
-    for qos in ["0", "1"] {
+    for qos in ["0", "1", "2"] {
         all.push(("onramp_mqtt_messages_in_total", vec![("qos", qos)]));
         all.push(("onramp_mqtt_messages_out_total", vec![("qos", qos)]));
+    }
+    for reason in ["queue_full", "connection_behind", "session_full"] {
+        all.push((
+            "onramp_mqtt_messages_dropped_total",
+            vec![("reason", reason)],
+        ));
+    }
+    for outcome in ["committed", "failed"] {
+        all.push((
+            "onramp_mqtt_session_store_writes_total",
+            vec![("outcome", outcome)],
+        ));
+    }
+    for outcome in ["released", "expired"] {
+        all.push((
+            "onramp_mqtt_publisher_holds_total",
+            vec![("outcome", outcome)],
+        ));
+    }
+    for reason in ["expired", "too_large"] {
+        all.push((
+            "onramp_mqtt_messages_undeliverable_total",
+            vec![("reason", reason)],
+        ));
     }
     for action in [
         "connect",
@@ -100,6 +125,11 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "job-rollouts",
         "job-confirmations",
         "job-continuous",
+        "job-schedules",
+        "event-delivery",
+        "certificate-expiry",
+        "audit-checks",
+        "certificate-rotations",
     ] {
         for outcome in ["ok", "failed"] {
             all.push((
@@ -108,8 +138,40 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
             ));
         }
     }
+    for outcome in ["issued", "refused", "activated", "expired", "old_revoked"] {
+        all.push((
+            "onramp_certificate_rotations_total",
+            vec![("outcome", outcome)],
+        ));
+    }
     for outcome in ["confirmed", "not_confirmed"] {
         all.push(("onramp_job_confirmations_total", vec![("outcome", outcome)]));
+    }
+    // Outbound events and audit checks.
+    for t in onramp_domain::event::EventType::ALL {
+        all.push(("onramp_events_emitted_total", vec![("type", t.as_str())]));
+    }
+    for outcome in ["delivered", "retry", "dead"] {
+        all.push(("onramp_event_deliveries_total", vec![("outcome", outcome)]));
+    }
+    for check in onramp_domain::audit_check::CheckName::ALL {
+        all.push((
+            "onramp_audit_findings_total",
+            vec![("check", check.as_str())],
+        ));
+    }
+    for name in [
+        "onramp_audit_check_runs_total",
+        "onramp_connection_attempts_dropped_total",
+        "onramp_mqtt_inactive_certificate_attempts_total",
+    ] {
+        all.push((name, Vec::new()));
+    }
+    for action in ["job.pause", "job.resume", "job.delete"] {
+        all.push(("onramp_job_controls_total", vec![("action", action)]));
+    }
+    for event in ["start", "end"] {
+        all.push(("onramp_job_schedule_events_total", vec![("event", event)]));
     }
     for op in ["get_pending", "start_next", "describe", "update"] {
         for outcome in ["accepted", "rejected"] {
@@ -143,7 +205,28 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
     for outcome in ["signed", "unsigned", "bad_signature"] {
         all.push(("onramp_artifact_uploads_total", vec![("outcome", outcome)]));
     }
+    for reason in ["start", "change", "refresh"] {
+        for outcome in ["ok", "failed"] {
+            all.push((
+                "onramp_crl_generations_total",
+                vec![("reason", reason), ("outcome", outcome)],
+            ));
+        }
+    }
+    for status in ["good", "revoked", "unknown", "malformed", "internal_error"] {
+        all.push(("onramp_ocsp_responses_total", vec![("status", status)]));
+    }
+    for outcome in ["success", "failure", "pending", "malformed"] {
+        all.push(("onramp_scep_requests_total", vec![("outcome", outcome)]));
+    }
+    for kind in ["new_issuing", "new_root", "import"] {
+        all.push(("onramp_ca_rollovers_total", vec![("kind", kind)]));
+    }
     for name in [
+        "onramp_crl_downloads_total",
+        "onramp_crl_feed_errors_total",
+        "onramp_ocsp_signer_renewals_total",
+        "onramp_ca_retirements_total",
         "onramp_artifact_download_bytes_total",
         "onramp_artifact_downloads_completed_total",
         "onramp_jobs_created_total",
@@ -153,10 +236,10 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
         "onramp_enrolment_replays_total",
         "onramp_mqtt_identity_cuts_total",
         "onramp_mqtt_identity_feed_errors_total",
-        "onramp_mqtt_messages_dropped_total",
         "onramp_provisioning_jitp_total",
         "onramp_provisioning_pending_expired_total",
         "onramp_provisioning_replays_total",
+        "onramp_certificate_renewals_after_expiry_total",
     ] {
         all.push((name, Vec::new()));
     }
@@ -165,11 +248,14 @@ fn counters() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
 
 /// Gauges set by whoever owns them; created at zero here only when nothing
 /// has set them before (the recorder is installed first, so nothing has).
-const GAUGES: [&str; 4] = [
+const GAUGES: [&str; 7] = [
+    "onramp_crl_age_seconds",
+    "onramp_crl_entries",
     "onramp_http_connections",
     "onramp_mqtt_connections",
     "onramp_mqtt_sessions",
     "onramp_claim_certificates_expiring",
+    "onramp_certificates_expired_active",
 ];
 
 /// Describes every metric and creates each series at zero. Call right after
@@ -189,6 +275,8 @@ pub fn register() {
     for within in ["7d", "14d", "30d"] {
         metrics::gauge!("onramp_certificates_expiring", "within" => within).set(0.0);
     }
+    metrics::gauge!("onramp_audit_findings_open", "tenant" => onramp_domain::DEFAULT_TENANT)
+        .set(0.0);
     // A histogram is exported once it exists, with a zero count.
     for op in ["simpleenroll", "simplereenroll"] {
         let _ = metrics::histogram!("onramp_enrolment_duration_seconds", "operation" => op);
@@ -239,6 +327,14 @@ fn describe() {
         "Jobs aborted by their abort criteria"
     );
     describe_counter!(
+        "onramp_job_controls_total",
+        "Operator actions on whole jobs: rollouts paused and resumed, jobs deleted"
+    );
+    describe_counter!(
+        "onramp_job_schedule_events_total",
+        "Scheduled jobs started at their startTime and ended at their endTime"
+    );
+    describe_counter!(
         "onramp_device_requests_invalid_topic_total",
         "Requests to a reserved namespace that named no operation"
     );
@@ -265,6 +361,83 @@ fn describe() {
         "Claim certificates expiring within the warning window"
     );
     describe_gauge!("onramp_http_connections", "Live HTTPS connections");
+    describe_gauge!(
+        "onramp_heap_bytes",
+        Unit::Bytes,
+        "The allocator's account of the heap: allocated (held by the server), active (in pages \
+         holding allocations), resident (physically mapped for the heap) and retained \
+         (returned to the system but kept reserved)"
+    );
+    describe_counter!(
+        "onramp_events_emitted_total",
+        "Outbound events stored for delivery, by type"
+    );
+    describe_counter!(
+        "onramp_event_deliveries_total",
+        "Webhook delivery attempts: delivered, failed and retried later, or dead-lettered"
+    );
+    describe_counter!(
+        "onramp_audit_check_runs_total",
+        "Audit-check runs (scheduled or on demand), per tenant run"
+    );
+    describe_counter!(
+        "onramp_audit_findings_total",
+        "Audit findings opened (new, or seen again after being resolved), by check"
+    );
+    describe_gauge!(
+        "onramp_audit_findings_open",
+        "Open, unsuppressed audit findings after the tenant's last run"
+    );
+    describe_gauge!(
+        "onramp_certificates_expired_active",
+        "Device certificates past notAfter that are still active in the registry (devices that were never renewed)"
+    );
+    describe_counter!(
+        "onramp_mqtt_inactive_certificate_attempts_total",
+        "MQTT connections refused because the registered certificate is revoked, superseded or inactive"
+    );
+    describe_counter!(
+        "onramp_connection_attempts_dropped_total",
+        "Connection attempts not recorded for the audit checks because the buffer was full"
+    );
+    describe_counter!(
+        "onramp_crl_generations_total",
+        "CRLs signed, by what caused them (start, a revocation, the periodic refresh) and outcome"
+    );
+    describe_gauge!(
+        "onramp_crl_age_seconds",
+        Unit::Seconds,
+        "Seconds since the served CRL's thisUpdate"
+    );
+    describe_gauge!(
+        "onramp_crl_entries",
+        "Certificates listed in the served CRL"
+    );
+    describe_counter!("onramp_crl_downloads_total", "CRL downloads served");
+    describe_counter!(
+        "onramp_crl_feed_errors_total",
+        "Failed CRL upkeep steps (feed read, registry read or signing)"
+    );
+    describe_counter!(
+        "onramp_ocsp_responses_total",
+        "OCSP answers by certificate status, and refused requests (malformed, internal_error)"
+    );
+    describe_counter!(
+        "onramp_ocsp_signer_renewals_total",
+        "Delegated OCSP signing certificates issued"
+    );
+    describe_counter!(
+        "onramp_ca_rollovers_total",
+        "Issuing CA rollovers, by kind (new_issuing, new_root, import)"
+    );
+    describe_counter!(
+        "onramp_scep_requests_total",
+        "SCEP PKIOperation requests, by the CertRep status answered (success, failure, pending) or malformed"
+    );
+    describe_counter!(
+        "onramp_ca_retirements_total",
+        "Previous issuing CAs retired (no longer trusted)"
+    );
     describe_counter!(
         "onramp_http_connections_refused_total",
         "HTTPS connections closed before TLS for being over a connection cap"
@@ -296,7 +469,19 @@ fn describe() {
     );
     describe_counter!(
         "onramp_mqtt_messages_dropped_total",
-        "Messages dropped because a session's queue was full"
+        "Messages dropped, by reason: a session's queue of QoS 1 and 2 messages was full (queue_full, the oldest is dropped: an offline session's, or a connected one's after its publishers were held for publisher_hold_ms), a persistent session held stored_session_max_messages (session_full, the oldest queued is dropped), or a connection's outgoing channel was full (connection_behind: after the publishers were held for publisher_hold_ms, or at once for a connection that stalled or for server messages; a QoS 0 message is lost, QoS 1 and 2 stay in flight and are sent again on reconnect)"
+    );
+    describe_counter!(
+        "onramp_mqtt_session_store_writes_total",
+        "Changes of persistent MQTT sessions written to the store, by outcome (committed; failed: tried again, and the acknowledgements resting on them wait)"
+    );
+    describe_counter!(
+        "onramp_mqtt_publisher_holds_total",
+        "Client PUBLISHes held (socket not read, acknowledgement not sent) because a receiving connection was behind, by outcome: released (every receiver took the message) or expired (publisher_hold_ms passed and the drop policy applied)"
+    );
+    describe_counter!(
+        "onramp_mqtt_messages_undeliverable_total",
+        "Messages not delivered to a client, by reason: their Message Expiry Interval passed, or larger than the client's Maximum Packet Size"
     );
     describe_counter!(
         "onramp_mqtt_policy_denials_total",
@@ -331,6 +516,14 @@ fn describe() {
         "Devices registered just in time on their first connection"
     );
     describe_counter!(
+        "onramp_certificate_rotations_total",
+        "Certificate rotations over MQTT by outcome: issued, refused, activated (first connection), expired (never used), old_revoked (grace period ended)"
+    );
+    describe_counter!(
+        "onramp_certificate_renewals_after_expiry_total",
+        "Certificates renewed over MQTT with a certificate that had expired, within the renewal window"
+    );
+    describe_counter!(
         "onramp_provisioning_pending_expired_total",
         "Provisioned certificates purged unused after their ownership token expired"
     );
@@ -339,4 +532,31 @@ fn describe() {
         Unit::Seconds,
         "Time the pre-provisioning hook took to answer"
     );
+}
+
+/// Reads the allocator's heap statistics into `onramp_heap_bytes` every
+/// `period`, for as long as the server runs: with the process RSS they
+/// tell memory the server holds from memory freed but not yet returned.
+pub async fn sample_heap(period: std::time::Duration) {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // The statistics are a snapshot taken when the epoch advances.
+        if epoch::advance().is_err() {
+            continue;
+        }
+        let readings = [
+            ("allocated", stats::allocated::read()),
+            ("active", stats::active::read()),
+            ("resident", stats::resident::read()),
+            ("retained", stats::retained::read()),
+        ];
+        for (kind, value) in readings {
+            if let Ok(bytes) = value {
+                metrics::gauge!("onramp_heap_bytes", "kind" => kind).set(bytes as f64);
+            }
+        }
+    }
 }

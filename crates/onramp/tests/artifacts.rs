@@ -691,6 +691,27 @@ fn end_to_end(backend: Backend) {
     // Those that reached the end of the file: whole, last 10 bytes, resumed.
     let completed = metric_value(&text, "onramp_artifact_downloads_completed_total");
     assert_eq!(completed, Some(3.0));
+
+    // A job canceled without force still grants the download to a device
+    // whose execution is in progress; once the job is deleted it does not.
+    let r = s.api(
+        "POST",
+        "/api/v1/jobs",
+        &admin,
+        Some(&job("J9", &["D1"], &sha, true)),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (_, started) = mqtt_describe_and_start(&s, &d1, "J9");
+    assert_eq!(started["execution"]["jobId"], "J9", "{started}");
+    let r = s.api("POST", "/api/v1/jobs/J9/cancel", &admin, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["executionCounts"], json!({"IN_PROGRESS": 1}));
+    let r = device_get(&s, &d1, &bare, &["-H", "Range: bytes=0-0"]);
+    assert_eq!(r.status, 206, "still granted: {}", r.text());
+    let r = s.api("DELETE", "/api/v1/jobs/J9", &admin, None);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = device_get(&s, &d1, &bare, &[]);
+    assert_eq!(r.status, 403, "a deleted job grants nothing: {}", r.text());
 }
 
 #[test]

@@ -39,6 +39,8 @@ const VOLATILE: &[&str] = &[
     "createdBy",
     "queuedAt",
     "lastUpdatedAt",
+    "startedAt",
+    "completedAt",
 ];
 
 struct Cli<'a> {
@@ -273,6 +275,9 @@ fn every_api_command_prints_the_same_locally_and_remotely() {
             .count(),
         2
     );
+    let issuing = c.same(&["ca", "list"]);
+    assert!(issuing.contains("active"), "{issuing}");
+    c.same_error(&["ca", "retire", "0123456789abcdef"], "not_found");
 
     // Tokens.
     let l = c.pair_json(
@@ -735,6 +740,118 @@ fn every_api_command_prints_the_same_locally_and_remotely() {
     c.same_error(&["job", "cancel", "J-L"], "conflict");
     c.same_error(&["job", "show", "nope"], "not_found");
 
+    // Pause, resume and delete, in both modes.
+    let twins = [("J2-R", "J2-L"), ("D-R", "D-L")];
+    for (id, thing) in [("J2-L", "D-L"), ("J2-R", "D-R")] {
+        let args = ["job", "create", id, "--document", &doc, "--target", thing];
+        ok(&args, "local", c.local(&args));
+    }
+    c.same_error(&["job", "pause", "J-L"], "conflict");
+    let paused = c.pair_json(&["job", "pause", "J2-L"], &["job", "pause", "J2-R"], &twins);
+    assert_eq!(paused["rolloutPaused"], true, "{paused}");
+    let shown = c.same(&["job", "show", "J2-L"]);
+    assert!(shown.contains("IN_PROGRESS (paused)"), "{shown}");
+    let listed = c.same(&["job", "list"]);
+    assert!(listed.contains("IN_PROGRESS (paused)"), "{listed}");
+    c.same_error(&["job", "pause", "J2-L"], "conflict");
+    let resumed = c.pair_text(
+        &["job", "resume", "J2-L"],
+        &["job", "resume", "J2-R"],
+        &twins,
+    );
+    assert!(
+        resumed.contains("J2-L") && !resumed.contains("paused"),
+        "{resumed}"
+    );
+    c.same_error(&["job", "resume", "J2-L"], "conflict");
+    c.same_error(&["job", "delete", "J2-L"], "conflict");
+    let deleted = c.pair_text(
+        &["job", "delete", "J2-L", "--force"],
+        &["job", "delete", "J2-R", "--force"],
+        &twins,
+    );
+    assert_eq!(deleted, "deleted job J2-L\n");
+    let deleted = c.pair_json(
+        &["job", "delete", "J-L"],
+        &["job", "delete", "J-R"],
+        &[("J-R", "J-L")],
+    );
+    assert_eq!(deleted, json!({"jobId": "J-L", "deleted": true}));
+    c.same_error(&["job", "delete", "J-L"], "not_found");
+    c.same_error(&["job", "pause", "J-L"], "not_found");
+
+    // A scheduled job, its schedule given in --job-config and shown by `job show`.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        s.path("scheduled.json"),
+        json!({"schedulingConfig": {"startTime": now + 3600, "endTime": now + 7200,
+            "endBehavior": "FORCE_CANCEL"}})
+        .to_string(),
+    )
+    .unwrap();
+    let sched = p("scheduled.json");
+    let job = c.pair_json(
+        &[
+            "job",
+            "create",
+            "J3-L",
+            "--document",
+            &doc,
+            "--target",
+            "D-L",
+            "--job-config",
+            &sched,
+        ],
+        &[
+            "job",
+            "create",
+            "J3-R",
+            "--document",
+            &doc,
+            "--target",
+            "D-R",
+            "--job-config",
+            &sched,
+        ],
+        &[("J3-R", "J3-L"), ("D-R", "D-L")],
+    );
+    assert_eq!(job["status"], "SCHEDULED", "{job}");
+    assert_eq!(job["executionCounts"], json!({}), "{job}");
+    assert_eq!(
+        job["config"]["schedulingConfig"]["endBehavior"],
+        "FORCE_CANCEL"
+    );
+    let shown = c.same(&["job", "show", "J3-L"]);
+    assert!(
+        shown.contains("SCHEDULED")
+            && shown.contains("schedule: starts ")
+            && shown.contains("(FORCE_CANCEL)"),
+        "{shown}"
+    );
+    std::fs::write(
+        s.path("past.json"),
+        json!({"schedulingConfig": {"startTime": now - 60}}).to_string(),
+    )
+    .unwrap();
+    let past = p("past.json");
+    c.same_error(
+        &[
+            "job",
+            "create",
+            "J4",
+            "--document",
+            &doc,
+            "--target",
+            "D-L",
+            "--job-config",
+            &past,
+        ],
+        "bad_request",
+    );
+
     // The audit log, as both modes see it.
     let audit = c.same(&["audit", "--action", "device.suspend"]);
     assert!(
@@ -1031,4 +1148,157 @@ fn help_names_the_local_only_commands() {
     ] {
         assert!(help.contains(line), "{line}: {help}");
     }
+}
+
+#[test]
+fn artifact_and_signer_commands_print_the_same_locally_and_remotely() {
+    let s = Server::start(Backend::Sqlite);
+    let c = Cli {
+        key: s.api_key("admin"),
+        creds: s.path("credentials.toml"),
+        s: &s,
+    };
+    let p = |name: &str| s.path(name).display().to_string();
+    // The build machine's commands need no server, even when one is given.
+    let keygen = [
+        "artifact",
+        "keygen",
+        "--out",
+        &p("vendor.key"),
+        "--public-out",
+        &p("vendor.pub"),
+    ];
+    ok(&keygen, "remote", c.remote(&keygen));
+    // Over the API's 1 MiB JSON limit: the upload streams.
+    let firmware: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(s.path("firmware.bin"), &firmware).unwrap();
+    std::fs::write(s.path("other.bin"), b"another image").unwrap();
+    let sign = [
+        "artifact",
+        "sign",
+        &p("firmware.bin"),
+        "--key",
+        &p("vendor.key"),
+    ];
+    ok(&sign, "remote", c.remote(&sign));
+    let digest = openssl(&["dgst", "-sha256", "-r", &p("firmware.bin")]);
+    let sha = String::from_utf8_lossy(&digest.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    // Signers: added on twin names, listed and shown alike.
+    let signer = c.pair_json(
+        &[
+            "signer",
+            "add",
+            "vendor-l",
+            "--public-key",
+            &p("vendor.pub"),
+        ],
+        &[
+            "signer",
+            "add",
+            "vendor-r",
+            "--public-key",
+            &p("vendor.pub"),
+        ],
+        &[("vendor-r", "vendor-l")],
+    );
+    assert_eq!(signer["algorithm"], "ed25519", "{signer}");
+    let listed = c.same(&["signer", "list"]);
+    assert!(
+        listed.contains("vendor-l") && listed.contains("vendor-r"),
+        "{listed}"
+    );
+    c.same_error(
+        &[
+            "signer",
+            "add",
+            "vendor-l",
+            "--public-key",
+            &p("vendor.pub"),
+        ],
+        "conflict",
+    );
+
+    // A signed upload through the API: streamed, stored under its SHA-256,
+    // and the same record the local upload of the same bytes answers.
+    let upload = [
+        "--json",
+        "artifact",
+        "upload",
+        &p("firmware.bin"),
+        "--signature",
+        &p("firmware.bin.sig"),
+        "--signer",
+        "vendor-r",
+        "--name",
+        "firmware-2.0.bin",
+    ];
+    let remote: Value = serde_json::from_str(&ok(&upload, "remote", c.remote(&upload))).unwrap();
+    assert_eq!(remote["sha256"], sha.as_str(), "{remote}");
+    assert_eq!(remote["size"], firmware.len(), "{remote}");
+    assert_eq!(remote["signed"], true, "{remote}");
+    assert_eq!(remote["signer"], "vendor-r", "{remote}");
+    let stored = std::fs::read(s.data.join("artifacts").join(&sha)).unwrap();
+    assert!(stored == firmware, "the stored bytes are the uploaded file");
+    let local: Value = serde_json::from_str(&ok(&upload, "local", c.local(&upload))).unwrap();
+    assert_eq!(local, remote);
+    let table = c.same(&upload[1..]);
+    assert!(
+        table.contains(&sha) && table.contains("vendor-r"),
+        "{table}"
+    );
+    // An unsigned upload, and refusals that read the same in both modes.
+    let unsigned = c.same_json(&["artifact", "upload", &p("other.bin")]);
+    assert_eq!(unsigned["signed"], false, "{unsigned}");
+    assert_eq!(unsigned["name"], "other.bin", "{unsigned}");
+    let wrong = c.same_error(
+        &[
+            "artifact",
+            "upload",
+            &p("other.bin"),
+            "--signature",
+            &p("firmware.bin.sig"),
+            "--signer",
+            "vendor-l",
+        ],
+        "bad_request",
+    );
+    assert!(wrong.contains("signature"), "{wrong}");
+    c.same_error(
+        &[
+            "artifact",
+            "upload",
+            &p("firmware.bin"),
+            "--signature",
+            &p("firmware.bin.sig"),
+            "--signer",
+            "nobody",
+        ],
+        "bad_request",
+    );
+
+    // Reads.
+    let listed = c.same_json(&["artifact", "list"]);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    let page = c.same_json(&["artifact", "list", "--limit", "1"]);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    assert!(page["next"].is_string(), "{page}");
+    let shown = c.same(&["artifact", "show", &sha]);
+    assert!(shown.contains("firmware-2.0.bin"), "{shown}");
+    c.same_error(&["artifact", "show", &"0".repeat(64)], "not_found");
+
+    // Deleting a signer, on twin names.
+    let gone = c.pair_text(
+        &["signer", "delete", "vendor-l"],
+        &["signer", "delete", "vendor-r"],
+        &[("vendor-r", "vendor-l")],
+    );
+    assert_eq!(gone, "deleted signer vendor-l\n");
+    c.same_error(&["signer", "delete", "vendor-l"], "not_found");
+    let listed = c.same_json(&["signer", "list"]);
+    assert_eq!(listed, json!([]));
 }

@@ -647,3 +647,73 @@ fn the_deploy_guide_examples_work() {
         );
     }
 }
+
+// ---- Prometheus alert rules ----
+
+/// promtool from PATH, or the file `ONRAMP_PROMTOOL` names.
+fn promtool() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ONRAMP_PROMTOOL") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("promtool"))
+            .find(|p| p.is_file())
+    })
+}
+
+#[test]
+fn the_alert_rules_check_and_use_only_exported_metrics() {
+    let path = deploy("prometheus/onramp-alerts.yml");
+    let rules = read(&path);
+    match promtool() {
+        Some(tool) => {
+            let out = Command::new(&tool)
+                .args(["check", "rules"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check rules: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        None => eprintln!(
+            "promtool not found (Debian package `prometheus`, or set ONRAMP_PROMTOOL): \
+             the rules' syntax is not checked, only their metric names"
+        ),
+    }
+    let mut names = BTreeSet::new();
+    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(i) = rest.find("onramp_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    // Group names and alert names are not metrics.
+    names.retain(|n| n.ends_with("_total") || !n.contains('-'));
+    names.retain(|n| !n.starts_with("onramp-"));
+    assert!(names.len() >= 8, "{names:?}");
+    let s = Server::start(Backend::Sqlite);
+    let metrics = s.metrics();
+    let families: BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !families.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the alert rules use metrics the server does not export: {missing:?}"
+    );
+}

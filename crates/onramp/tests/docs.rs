@@ -2,7 +2,8 @@
 //! template and the operator's set-up commands, then a device provisions
 //! through them (paho-mqtt, one connection). And those of `docs/jobs.md`:
 //! the operator's curl commands and the device program with the AWS IoT
-//! Device SDK's jobs client.
+//! Device SDK's jobs client. And those of `docs/revocation.md`: a relying
+//! party's openssl checks before and after `onramp cert revoke`.
 
 mod support;
 
@@ -238,6 +239,19 @@ fn the_jobs_guide_examples_work() {
     let canceled = json_documents(&run_jobs_shell(&s, &work, &key, "jobs-cancel"));
     assert_eq!(canceled[0]["status"], "CANCELED", "{canceled:?}");
     assert_eq!(canceled[0]["executionCounts"], json!({"CANCELED": 1}));
+
+    // Delete the canceled job: nothing printed, and it is gone.
+    let deleted = run_jobs_shell(&s, &work, &key, "jobs-delete");
+    assert_eq!(deleted, "", "204 has no body");
+    let r = s.api("GET", "/api/v1/jobs/firmware-2-6-0-beta", &key, None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = s.api(
+        "GET",
+        "/api/v1/jobs/firmware-2-6-0-beta/executions",
+        &key,
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
 }
 
 const ROLLOUTS_DOC: &str = include_str!("../../../docs/rollouts.md");
@@ -294,6 +308,27 @@ fn the_rollouts_guide_examples_work() {
     let described = run_rollouts_shell(&s, &key, "describe-job");
     assert_eq!(described["executionCounts"], json!({"QUEUED": 3}));
     assert_eq!(described["failuresByGroup"], json!([]));
+    assert_eq!(described["rolloutPaused"], false);
+
+    // Pause and resume.
+    let paused = run_rollouts_shell(&s, &key, "pause-job");
+    assert_eq!(paused["rolloutPaused"], true, "{paused}");
+    assert_eq!(paused["status"], "IN_PROGRESS", "{paused}");
+    let r = s.api("GET", "/api/v1/jobs/fw-2-0-0", &key, None);
+    assert_eq!(r.json()["rolloutPaused"], true);
+    let r = s.api("POST", "/api/v1/jobs/fw-2-0-0/pause", &key, None);
+    assert_eq!(r.status, 409, "{}", r.text());
+    let resumed = run_rollouts_shell(&s, &key, "resume-job");
+    assert_eq!(resumed["rolloutPaused"], false, "{resumed}");
+
+    // A job scheduled to start in an hour: nothing is queued yet.
+    let scheduled = run_rollouts_shell(&s, &key, "scheduled-job");
+    assert_eq!(scheduled["status"], "SCHEDULED", "{scheduled}");
+    assert_eq!(scheduled["executionCounts"], json!({}), "{scheduled}");
+    assert_eq!(
+        scheduled["config"]["schedulingConfig"]["endBehavior"], "STOP_ROLLOUT",
+        "{scheduled}"
+    );
 
     // A continuous job on a fleet query: one thing matches at creation...
     registered(&s, &key, "old-b", "rev-b", "1.2.0");
@@ -323,4 +358,198 @@ fn the_rollouts_guide_examples_work() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+const REVOCATION_DOC: &str = include_str!("../../../docs/revocation.md");
+
+/// Runs a shell example of `docs/revocation.md` in `work`, with `onramp`
+/// on the PATH and the server's data directory; success and all output.
+fn run_revocation_shell(s: &Server, work: &std::path::Path, name: &str) -> (bool, String) {
+    let marker = format!("<!-- example: {name} -->");
+    let rest = REVOCATION_DOC
+        .split(&marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/revocation.md has no example {name}"));
+    let body = rest.split("```").nth(1).expect("a fenced block");
+    let script = body.split_once('\n').map(|(_, b)| b).unwrap_or("");
+    let bin_dir = std::path::Path::new(bin()).parent().unwrap();
+    let out = Command::new("bash")
+        .args(["-uo", "pipefail", "-c", script])
+        .current_dir(work)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("ONRAMP_DATA_DIR", &s.data)
+        .env("ONRAMP_PKI__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_revocation_guide_examples_work() {
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[("ONRAMP_PKI__LISTEN", "127.0.0.1:0")],
+        None,
+    );
+    let device = s.device("SN-REV-1");
+    let work = s.path("revocation-docs");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(&s.root_pem, work.join("root.pem")).unwrap();
+    std::fs::copy(&device.cert, work.join("device.pem")).unwrap();
+    let out = s.cli(&[
+        "ca",
+        "export",
+        "--chain",
+        "--out",
+        work.join("chain.pem").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let chain = std::fs::read_to_string(work.join("chain.pem")).unwrap();
+    let issuing = chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap();
+    std::fs::write(work.join("issuing.pem"), issuing).unwrap();
+
+    let (ok, text) = run_revocation_shell(&s, &work, "revocation-check");
+    assert!(ok, "{text}");
+    assert!(text.contains("verify OK"), "{text}");
+    assert!(text.contains("device.pem: OK"), "{text}");
+    assert!(text.contains("Response verify OK"), "{text}");
+    assert!(text.contains("device.pem: good"), "{text}");
+
+    let (ok, text) = run_revocation_shell(&s, &work, "revocation-revoke");
+    assert!(ok, "{text}");
+    assert_eq!(s.certs_of("SN-REV-1")[0]["status"], "revoked");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, text) = run_revocation_shell(&s, &work, "revocation-check");
+        if text.contains("certificate revoked") {
+            assert!(text.contains("device.pem: verification failed"), "{text}");
+            assert!(text.contains("device.pem: revoked"), "{text}");
+            assert!(text.contains("Reason: keyCompromise"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRL did not list the revocation within 5 s: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+// ---- docs/events.md ----
+
+const EVENTS_DOC: &str = include_str!("../../../docs/events.md");
+
+#[test]
+fn the_events_guide_receiver_verifies_signatures() {
+    let marker = "<!-- example: events-receiver -->";
+    let block = EVENTS_DOC
+        .split(marker)
+        .nth(1)
+        .and_then(|r| r.split("```").nth(1))
+        .expect("docs/events.md has the events-receiver example");
+    let program = block.split_once('\n').map(|(_, b)| b).unwrap_or("");
+    let s = Server::start_with(
+        Backend::Sqlite,
+        &[("ONRAMP_EVENTS__RETRY_INITIAL_SECS", "1")],
+        None,
+    );
+    let work = s.path("hook");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("receiver.py"), program).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let created = s.cli_json(&[
+        "webhook",
+        "create",
+        "--url",
+        &url,
+        "--events",
+        "certificate.revoked",
+    ]);
+    let secret = created["secret"].as_str().unwrap().to_string();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _receiver = Kill(
+        Command::new(python())
+            .arg("receiver.py")
+            .current_dir(&work)
+            .env("WEBHOOK_SECRET", &secret)
+            .env("PORT", port.to_string())
+            .spawn()
+            .unwrap(),
+    );
+    let id = s.device("DOC-EV-1");
+    let serial = s.certs_of(&id.name)[0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = s.cli(&["cert", "revoke", &serial]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The receiver accepted (verified) the event; it may have been retried
+    // while the receiver was still starting, but is written once.
+    let start = std::time::Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(work.join("events.jsonl")).unwrap_or_default();
+        if !text.is_empty() || start.elapsed() > std::time::Duration::from_secs(30) {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let events: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{lines}");
+    assert_eq!(events[0]["type"], "certificate.revoked");
+    assert_eq!(events[0]["subject"], format!("certificate:{serial}"));
+    // A forged body, a wrong key and a replayed (old) signature are refused.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let body = br#"{"id":"forged","type":"certificate.revoked"}"#;
+    let post = |sig: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("Onramp-Signature: {sig}"))
+            .args(["--data-binary", std::str::from_utf8(body).unwrap(), &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let good = onramp_domain::event::sign(secret.as_bytes(), now, body);
+    assert_eq!(post(&good), "204");
+    let wrong_key = onramp_domain::event::sign(b"whsec_other", now, body);
+    assert_eq!(post(&wrong_key), "401");
+    let old = onramp_domain::event::sign(secret.as_bytes(), now - 3600, body);
+    assert_eq!(post(&old), "401");
+    let tampered = good.replace(&format!("t={now}"), &format!("t={}", now + 1));
+    assert_eq!(post(&tampered), "401");
 }

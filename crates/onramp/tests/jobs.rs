@@ -380,7 +380,16 @@ fn timeout_and_retry(backend: Backend) {
     );
     assert_eq!(job["status"], "IN_PROGRESS", "{job}");
     // The step timer ran out as well; that job has no retries and is done.
-    let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/step", None);
+    // The scheduler settles the job a moment after its last execution, so
+    // the test waits for it (up to 15 s, three of the scheduler's periods).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let job = loop {
+        let (_, job) = rest(&s, &key, "GET", "/api/v1/jobs/step", None);
+        if job["status"] == "COMPLETED" || Instant::now() > deadline {
+            break job;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(job["executionCounts"], json!({"TIMED_OUT": 1}), "{job}");
     assert_eq!(job["status"], "COMPLETED", "{job}");
     // The first execution is TIMED_OUT for good: updating it is refused.
@@ -968,4 +977,110 @@ fn a_flood_of_jobs_requests_is_throttled() {
     dev.message("$aws/things/D1/jobs/get/accepted", WAIT, |p| {
         p["clientToken"] == "later"
     });
+}
+
+// ---- pause, resume and delete over REST ----
+
+fn pause_resume_delete(backend: Backend) {
+    let s = Server::start(backend);
+    let key = s.api_key("operator");
+    let viewer = s.api_key("viewer");
+    for thing in ["D1", "D2", "D3"] {
+        let _ = s.token(thing);
+    }
+    // One a minute: the first is released at creation, two wait.
+    let (status, body) = create_job(
+        &s,
+        &key,
+        &json!({"jobId": "paced", "document": {"op": "x"}, "targets": ["D1", "D2", "D3"],
+                "jobExecutionsRolloutConfig": {"maximumPerMinute": 1}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["executionCounts"], json!({"QUEUED": 1}), "{body}");
+    assert_eq!(body["rolloutPaused"], false, "{body}");
+    // A viewer may read, not pause.
+    let (status, body) = rest(&s, &viewer, "POST", "/api/v1/jobs/paced/pause", None);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = rest(&s, &key, "POST", "/api/v1/jobs/paced/pause", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rolloutPaused"], true, "{body}");
+    assert_eq!(body["status"], "IN_PROGRESS", "{body}");
+    let (status, body) = rest(&s, &key, "GET", "/api/v1/jobs", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["rolloutPaused"], true, "{body}");
+    let (status, body) = rest(&s, &key, "POST", "/api/v1/jobs/paced/pause", None);
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    let (status, _) = rest(&s, &key, "POST", "/api/v1/jobs/nope/pause", None);
+    assert_eq!(status, 404);
+    let (status, body) = rest(&s, &key, "POST", "/api/v1/jobs/paced/resume", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rolloutPaused"], false, "{body}");
+    // Delete: refused while in progress, then with force.
+    let (status, body) = rest(&s, &key, "DELETE", "/api/v1/jobs/paced", None);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("IN_PROGRESS"),
+        "{body}"
+    );
+    let (status, body) = rest(&s, &viewer, "DELETE", "/api/v1/jobs/paced?force=true", None);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = rest(&s, &key, "DELETE", "/api/v1/jobs/paced?force=true", None);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(body, Value::Null, "no body");
+    let (status, _) = rest(&s, &key, "GET", "/api/v1/jobs/paced", None);
+    assert_eq!(status, 404);
+    let (status, _) = rest(&s, &key, "GET", "/api/v1/things/D1/jobs", None);
+    assert_eq!(status, 200);
+    let (_, pending) = rest(&s, &key, "GET", "/api/v1/things/D1/jobs", None);
+    assert_eq!(pending, json!([]), "the deleted job's execution is gone");
+    // Pausing a terminal job is refused; the id is free again.
+    let (status, body) = create_job(
+        &s,
+        &key,
+        &json!({"jobId": "paced", "document": {"op": "y"}, "targets": ["D2"]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["document"], json!({"op": "y"}), "{body}");
+    let (status, _) = rest(&s, &key, "POST", "/api/v1/jobs/paced/cancel", None);
+    assert_eq!(status, 200);
+    let (status, body) = rest(&s, &key, "POST", "/api/v1/jobs/paced/pause", None);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("CANCELED"),
+        "{body}"
+    );
+    let (status, _) = rest(&s, &key, "DELETE", "/api/v1/jobs/paced", None);
+    assert_eq!(status, 204);
+    // Audited, and in the OpenAPI document.
+    let audit = s.cli_json(&["audit", "--action", "job.delete"]);
+    let audit = audit.get("items").unwrap_or(&audit);
+    assert_eq!(audit.as_array().map(Vec::len), Some(2), "{audit}");
+    let doc = s.curl(&[&s.url("/api/v1/openapi.json")]).json();
+    for (path, method) in [
+        ("/api/v1/jobs/{job_id}/pause", "post"),
+        ("/api/v1/jobs/{job_id}/resume", "post"),
+        ("/api/v1/jobs/{job_id}", "delete"),
+    ] {
+        assert!(
+            doc["paths"][path].get(method).is_some(),
+            "{method} {path} missing"
+        );
+    }
+}
+
+#[test]
+fn jobs_are_paused_resumed_and_deleted_over_rest() {
+    pause_resume_delete(Backend::Sqlite);
+}
+
+#[test]
+fn jobs_are_paused_resumed_and_deleted_over_rest_on_postgres() {
+    pause_resume_delete(Backend::Postgres);
 }

@@ -709,13 +709,18 @@ fn a_claim_certificate_may_only_provision() {
     );
     assert_eq!(device_count(&s), 0);
     assert_eq!(cert_count(&s), 0);
-    // A device certificate may not use the provisioning API.
+    // A device certificate does not provision: its create call rotates its
+    // own certificate (docs/lifecycle.md), and no thing is created.
     let dev = s.device("D1");
     let lines = run_client(&s, &dev, "D1", "5", json!([{"op": "create"}]));
-    assert_ne!(
-        lines[1]["topic"].as_str().unwrap_or("").to_string(),
-        "$aws/certificates/create/json/accepted"
+    assert_eq!(
+        lines[1]["topic"].as_str().unwrap_or(""),
+        "$aws/certificates/create/json/accepted",
+        "{lines:?}"
     );
+    assert_eq!(device_count(&s), 1);
+    let rotations = s.cli_json(&["cert", "rotations", "D1"]);
+    assert_eq!(rotations[0]["status"], "pending", "{rotations}");
 }
 
 #[test]

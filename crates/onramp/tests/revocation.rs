@@ -545,3 +545,508 @@ fn with_client_id_matching_off_one_device_cannot_take_another_devices_client_id(
     );
     assert!(conn.closed_within(Duration::from_secs(3)).is_some());
 }
+
+// ---- CRL and OCSP for relying parties, with openssl as the client ----
+
+/// Runs `openssl` in `dir`; success and stdout + stderr.
+fn openssl_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The URI after `label` in `openssl x509 -text` of `pem`.
+fn uri_in_cert(dir: &std::path::Path, pem: &str, label: &str) -> String {
+    let (ok, text) = openssl_in(dir, &["x509", "-in", pem, "-noout", "-text"]);
+    assert!(ok, "{text}");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no `{label}` in {pem}: {text}"))
+        .trim()
+        .to_string()
+}
+
+/// `curl` of a plain-HTTP URL into `out`; the HTTP status and the headers.
+fn fetch(url: &str, out: &std::path::Path, extra: &[&str]) -> (u16, String) {
+    let headers = out.with_extension("headers");
+    let o = Command::new("curl")
+        .args(["-sS", "-o"])
+        .arg(out)
+        .arg("-D")
+        .arg(&headers)
+        .args(["-w", "%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (
+        status,
+        std::fs::read_to_string(&headers).unwrap_or_default(),
+    )
+}
+
+/// Whether `openssl verify -crl_check` with the CRL at `crl_url` accepts `leaf`.
+fn verify_with_crl(dir: &std::path::Path, crl_url: &str, leaf: &str) -> (bool, String) {
+    let (status, headers) = fetch(crl_url, &dir.join("crl.der"), &[]);
+    assert_eq!(status, 200, "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/pkix-crl"),
+        "{headers}"
+    );
+    let (ok, text) = openssl_in(
+        dir,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "crl.der",
+            "-CAfile",
+            "chain.pem",
+            "-noout",
+        ],
+    );
+    assert!(
+        ok && text.contains("verify OK"),
+        "the CRL does not verify: {text}"
+    );
+    let (ok, text) = openssl_in(
+        dir,
+        &["crl", "-inform", "DER", "-in", "crl.der", "-out", "crl.pem"],
+    );
+    assert!(ok, "{text}");
+    openssl_in(
+        dir,
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "issuing.pem",
+            "-CRLfile",
+            "crl.pem",
+            leaf,
+        ],
+    )
+}
+
+/// `openssl ocsp` against `url` about `leaf` issued by `issuer`.
+fn ocsp_ask(
+    dir: &std::path::Path,
+    url: &str,
+    issuer: &str,
+    leaf: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args = vec![
+        "ocsp",
+        "-issuer",
+        issuer,
+        "-cert",
+        leaf,
+        "-url",
+        url,
+        "-CAfile",
+        "root.pem",
+        "-resp_text",
+    ];
+    args.extend_from_slice(extra);
+    openssl_in(dir, &args)
+}
+
+fn crl_and_ocsp_follow_a_revocation(backend: Backend) {
+    let s = Server::start_with(backend, &[("ONRAMP_PKI__LISTEN", "127.0.0.1:0")], None);
+    let work = s.path("relying-party");
+    std::fs::create_dir_all(&work).unwrap();
+    let w = work.as_path();
+    let dev = s.device("RP-1");
+    let serial = serial_of(&s, "RP-1");
+    std::fs::copy(&dev.cert, w.join("dev.pem")).unwrap();
+    std::fs::copy(&s.root_pem, w.join("root.pem")).unwrap();
+    let out = s.cli(&[
+        "ca",
+        "export",
+        "--chain",
+        "--out",
+        w.join("chain.pem").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chain = std::fs::read_to_string(w.join("chain.pem")).unwrap();
+    let issuing = chain
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(w.join("issuing.pem"), &issuing).unwrap();
+
+    // The certificate says where relying parties look: the plain-HTTP
+    // revocation listener, on the first server host name.
+    let plain = std::fs::read_to_string(s.data.join("revocation.addr")).unwrap();
+    let port = plain.trim().rsplit(':').next().unwrap().to_string();
+    let crl_url = uri_in_cert(w, "dev.pem", "URI:");
+    let ocsp_url = uri_in_cert(w, "dev.pem", "OCSP - URI:");
+    assert!(
+        crl_url.starts_with(&format!("http://localhost:{port}/crl/")) && crl_url.ends_with(".crl"),
+        "{crl_url}"
+    );
+    assert_eq!(ocsp_url, format!("http://localhost:{port}/ocsp"));
+    // The plain-HTTP listener serves nothing but the CRL, OCSP and SCEP.
+    for path in [
+        "/api/v1/ca/chain",
+        "/metrics",
+        "/healthz",
+        "/.well-known/est/cacerts",
+    ] {
+        let (status, _) = fetch(
+            &format!("http://{}{path}", plain.trim()),
+            &w.join("other.out"),
+            &[],
+        );
+        assert_eq!(status, 404, "{path}");
+    }
+    // The server's own certificate carries the same URLs.
+    std::fs::copy(s.data.join("tls/server.pem"), w.join("server.pem")).unwrap();
+    assert_eq!(uri_in_cert(w, "server.pem", "OCSP - URI:"), ocsp_url);
+
+    let (ok, text) = verify_with_crl(w, &crl_url, "dev.pem");
+    assert!(ok && text.contains("dev.pem: OK"), "{text}");
+    // The stable name serves the same CRL, over HTTPS too.
+    let https = s.curl(&[&s.url("/crl/current.crl")]);
+    assert_eq!(https.status, 200);
+    assert_eq!(https.body, std::fs::read(w.join("crl.der")).unwrap());
+    assert_eq!(s.curl(&[&s.url("/crl/other.crl")]).status, 404);
+
+    let (ok, text) = ocsp_ask(w, &ocsp_url, "issuing.pem", "dev.pem", &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Response verify OK"), "{text}");
+    assert!(text.contains("dev.pem: good"), "{text}");
+    assert!(
+        text.contains("OCSP Nonce"),
+        "the nonce was not echoed: {text}"
+    );
+    assert!(!text.contains("WARNING"), "{text}");
+    assert!(text.contains("Next Update:"), "{text}");
+
+    // Revoke, then watch the CRL: it must list the certificate within seconds.
+    let out = s.cli(&["cert", "revoke", &serial, "--reason", "keyCompromise"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked_at = Instant::now();
+    let (revoked_text, seen_after) = loop {
+        let (ok, text) = verify_with_crl(w, &crl_url, "dev.pem");
+        if !ok {
+            break (text, revoked_at.elapsed());
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "the CRL still passes the revoked certificate: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        revoked_text.contains("certificate revoked"),
+        "{revoked_text}"
+    );
+    eprintln!("the CRL listed the revocation {seen_after:?} after the CLI returned");
+
+    let (ok, text) = ocsp_ask(w, &ocsp_url, "issuing.pem", "dev.pem", &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Response verify OK"), "{text}");
+    assert!(text.contains("dev.pem: revoked"), "{text}");
+    assert!(text.contains("Reason: keyCompromise"), "{text}");
+    assert!(!text.contains("WARNING"), "{text}");
+
+    // Unknown: a serial this CA never issued, and a certificate of another CA.
+    let (ok, text) = openssl_in(
+        w,
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-serial",
+            "0x1234567890",
+            "-url",
+            &ocsp_url,
+            "-CAfile",
+            "root.pem",
+            "-resp_text",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Response verify OK") && text.contains("0x1234567890: unknown"),
+        "{text}"
+    );
+    let (ok, text) = openssl_in(
+        w,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-subj",
+            "/CN=Other CA",
+            "-days",
+            "2",
+        ],
+    );
+    assert!(ok, "{text}");
+    let (ok, text) = openssl_in(
+        w,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "foreign.key",
+            "-out",
+            "foreign.pem",
+            "-subj",
+            "/CN=foreign",
+            "-days",
+            "2",
+            "-CA",
+            "other.pem",
+            "-CAkey",
+            "other.key",
+        ],
+    );
+    assert!(ok, "{text}");
+    let (_, text) = ocsp_ask(w, &ocsp_url, "other.pem", "foreign.pem", &["-noverify"]);
+    assert!(text.contains("foreign.pem: unknown"), "{text}");
+
+    // GET (RFC 6960 appendix A.1), URL-safe and standard base64, over HTTPS.
+    let (ok, text) = openssl_in(
+        w,
+        &[
+            "ocsp",
+            "-issuer",
+            "issuing.pem",
+            "-cert",
+            "dev.pem",
+            "-reqout",
+            "req.der",
+        ],
+    );
+    assert!(ok, "{text}");
+    let req = std::fs::read(w.join("req.der")).unwrap();
+    let b64 = Command::new("base64")
+        .args(["-w0"])
+        .arg(w.join("req.der"))
+        .output()
+        .unwrap();
+    let std_b64 = String::from_utf8(b64.stdout).unwrap();
+    let url_safe = std_b64.replace('+', "-").replace('/', "_").replace('=', "");
+    let percent = std_b64
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    for path in [url_safe, percent] {
+        let r = s.curl(&[&s.url(&format!("/ocsp/{path}"))]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/ocsp-response")
+        );
+        std::fs::write(w.join("resp.der"), &r.body).unwrap();
+        let (ok, text) = openssl_in(
+            w,
+            &[
+                "ocsp",
+                "-reqin",
+                "req.der",
+                "-respin",
+                "resp.der",
+                "-verify_other",
+                "issuing.pem",
+                "-CAfile",
+                "root.pem",
+                "-resp_text",
+            ],
+        );
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("Response verify OK") && text.contains("Cert Status: revoked"),
+            "{text}"
+        );
+        assert!(!text.contains("WARNING"), "{text}");
+    }
+    // POST over HTTPS with curl.
+    let r = s.curl(&[
+        "-H",
+        "Content-Type: application/ocsp-request",
+        "--data-binary",
+        &format!("@{}", w.join("req.der").display()),
+        &s.url("/ocsp"),
+    ]);
+    assert_eq!(r.status, 200);
+    std::fs::write(w.join("resp.der"), &r.body).unwrap();
+    let (ok, text) = openssl_in(
+        w,
+        &[
+            "ocsp",
+            "-reqin",
+            "req.der",
+            "-respin",
+            "resp.der",
+            "-verify_other",
+            "issuing.pem",
+            "-CAfile",
+            "root.pem",
+            "-resp_text",
+        ],
+    );
+    assert!(ok && text.contains("Cert Status: revoked"), "{text}");
+    assert!(
+        text.contains("Response verify OK") && !text.contains("WARNING"),
+        "{text}"
+    );
+    assert!(!req.is_empty());
+
+    // Malformed requests get malformedRequest, by POST and by GET.
+    for (method, body_or_path) in [("POST", "not an OCSP request"), ("GET", "%%%not-base64")] {
+        let out = w.join("bad.der");
+        let (status, headers) = if method == "POST" {
+            fetch(
+                &ocsp_url,
+                &out,
+                &[
+                    "-H",
+                    "Content-Type: application/ocsp-request",
+                    "--data-binary",
+                    body_or_path,
+                ],
+            )
+        } else {
+            fetch(&format!("{ocsp_url}/{body_or_path}"), &out, &[])
+        };
+        assert_eq!(status, 200, "{headers}");
+        let (_, text) = openssl_in(
+            w,
+            &["ocsp", "-respin", "bad.der", "-resp_text", "-noverify"],
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("malformedrequest (1)"),
+            "{method}: {text}"
+        );
+    }
+    let (status, _) = fetch(
+        &ocsp_url,
+        &w.join("wrong-type.der"),
+        &["-H", "Content-Type: text/plain", "--data-binary", "x"],
+    );
+    assert_eq!(status, 415);
+
+    // The live cut stays: the revoked device cannot connect over MQTT.
+    let (connack, _) = Probe::connect(s.mqtt_port, &s.root_pem, &dev, "RP-1", true);
+    assert!(matches!(connack, Connack::Refused(_)), "{connack:?}");
+
+    let metrics = s.metrics();
+    let value = |series: &str| metric_value(&metrics, series).unwrap_or(0.0);
+    assert!(
+        value(r#"onramp_ocsp_responses_total{status="good"}"#) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value(r#"onramp_ocsp_responses_total{status="revoked"}"#) >= 4.0,
+        "{metrics}"
+    );
+    assert!(
+        value(r#"onramp_ocsp_responses_total{status="unknown"}"#) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        value(r#"onramp_ocsp_responses_total{status="malformed"}"#) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        value(r#"onramp_crl_generations_total{reason="change",outcome="ok"}"#) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(value("onramp_crl_entries"), 1.0, "{metrics}");
+}
+
+#[test]
+fn crl_and_ocsp_follow_a_revocation_on_sqlite() {
+    crl_and_ocsp_follow_a_revocation(Backend::Sqlite);
+}
+
+#[test]
+fn crl_and_ocsp_follow_a_revocation_on_postgres() {
+    crl_and_ocsp_follow_a_revocation(Backend::Postgres);
+}
+
+#[test]
+fn a_revocation_committed_late_on_sqlite_still_reaches_the_crl() {
+    let s = Server::start(Backend::Sqlite);
+    let work = s.path("late-crl");
+    std::fs::create_dir_all(&work).unwrap();
+    let _d = s.device("LATE-1");
+    let serial = serial_of(&s, "LATE-1");
+    let key = s.api_key("operator");
+    let listed = |s: &Server| {
+        let r = s.curl(&[&s.url("/crl/current.crl")]);
+        assert_eq!(r.status, 200);
+        std::fs::write(work.join("crl.der"), &r.body).unwrap();
+        let (ok, text) = openssl_in(
+            &work,
+            &["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"],
+        );
+        assert!(ok, "{text}");
+        text.to_ascii_lowercase()
+            .contains(&format!("serial number: {serial}"))
+    };
+    assert!(!listed(&s));
+    let mut lock = hold_sqlite_write_lock(&s, 3.0);
+    let revoke = revoke_in_background(&s, key, &serial);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!listed(&s), "listed before the revocation committed");
+    let (code, committed) = revoke.join().unwrap();
+    assert_eq!(code, 200);
+    let _ = lock.wait();
+    loop {
+        if listed(&s) {
+            break;
+        }
+        assert!(
+            committed.elapsed() < Duration::from_secs(5),
+            "the CRL never listed the late revocation"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

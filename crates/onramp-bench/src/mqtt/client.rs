@@ -157,12 +157,28 @@ impl Dialer {
         client_id: &str,
         keep_alive: u16,
     ) -> Result<Opened> {
+        self.open_session(source, send_buffer, client_id, keep_alive, true)
+            .await
+    }
+
+    /// [`Dialer::open_with`], with a persistent session when `clean` is
+    /// false (MQTT 3.1.1 cleanSession=0).
+    pub async fn open_session(
+        &self,
+        source: Option<IpAddr>,
+        send_buffer: Option<u32>,
+        client_id: &str,
+        keep_alive: u16,
+        clean: bool,
+    ) -> Result<Opened> {
         let (stream, tcp, tls) = self.tls(source, send_buffer).await?;
         let mut conn = Framed::new(stream, v3::Codec::new(MAX_PACKET));
         let sent = Instant::now();
-        conn.send(connect_packet(client_id, keep_alive))
-            .await
-            .context("CONNECT")?;
+        let mut connect = connect_packet(client_id, keep_alive);
+        if let Packet::Connect(c) = &mut connect {
+            c.clean_session = clean;
+        }
+        conn.send(connect).await.context("CONNECT")?;
         match next(&mut conn).await.context("CONNACK")? {
             Packet::ConnectAck(ack) if ack.return_code == ConnectAckReason::ConnectionAccepted => {}
             Packet::ConnectAck(ack) => bail!("CONNACK: {}", ack.return_code.reason()),
@@ -220,10 +236,10 @@ pub fn connect_packet(client_id: &str, keep_alive: u16) -> Packet {
 }
 
 pub fn qos_of(level: u8) -> QoS {
-    if level == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
     }
 }
 

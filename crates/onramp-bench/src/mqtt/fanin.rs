@@ -6,6 +6,8 @@
 //! - QoS 0: fire and forget; at most `--unflushed-bytes` are buffered in the
 //!   client before they are written, so TCP backpressure paces a publisher.
 //! - QoS 1: at most `--window` unacknowledged PUBLISHes per publisher.
+//! - QoS 2: at most `--window` PUBLISHes per publisher whose PUBCOMP has not
+//!   come; a PUBREC counts as the broker's acknowledgement.
 //!
 //! With `--rate`, the publishers are paced instead, at that many messages
 //! per second in all, to compare latency at a load both brokers carry.
@@ -55,7 +57,7 @@ pub struct FaninArgs {
     /// Payload size (at least 20: send time, publisher, sequence).
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
-    /// QoS 1: unacknowledged PUBLISHes per publisher.
+    /// QoS 1 and 2: unacknowledged (QoS 2: uncompleted) PUBLISHes per publisher.
     #[arg(long, default_value_t = 16)]
     window: usize,
     /// QoS 0: bytes a publisher buffers before writing them.
@@ -76,13 +78,17 @@ pub struct FaninArgs {
     /// Longest wait for the subscriber to drain after publishing, seconds.
     #[arg(long, default_value_t = 20)]
     drain_secs: u64,
+    /// The subscriber keeps a persistent session (cleanSession=0): Onramp
+    /// stores what it holds and acknowledges a message once it is durable.
+    #[arg(long)]
+    persistent_subscriber: bool,
     #[command(flatten)]
     mqtt: MqttArgs,
 }
 
 struct Outcome {
     sent: u64,
-    /// QoS 1: PUBACKs the publishers got.
+    /// QoS 1: PUBACKs the publishers got; QoS 2: PUBRECs.
     acked: u64,
     received: u64,
     received_in_window: u64,
@@ -103,7 +109,14 @@ struct Outcome {
 struct GatewayCounts {
     messages_in: f64,
     messages_out: f64,
-    dropped: f64,
+    /// A session's full queue dropped its oldest QoS 1/2 message.
+    dropped_queue_full: f64,
+    /// A connection's full channel: QoS 0 lost, QoS 1/2 left in flight.
+    dropped_connection_behind: f64,
+    /// PUBLISHes held for a receiver that was behind: released in time, or
+    /// not (then the drop policy applied).
+    held_released: f64,
+    held_expired: f64,
 }
 
 impl GatewayCounts {
@@ -112,7 +125,12 @@ impl GatewayCounts {
         GatewayCounts {
             messages_in: get(&format!("onramp_mqtt_messages_in_total{{qos=\"{qos}\"}}")),
             messages_out: get(&format!("onramp_mqtt_messages_out_total{{qos=\"{qos}\"}}")),
-            dropped: get("onramp_mqtt_messages_dropped_total"),
+            dropped_queue_full: get("onramp_mqtt_messages_dropped_total{reason=\"queue_full\"}"),
+            dropped_connection_behind: get(
+                "onramp_mqtt_messages_dropped_total{reason=\"connection_behind\"}",
+            ),
+            held_released: get("onramp_mqtt_publisher_holds_total{outcome=\"released\"}"),
+            held_expired: get("onramp_mqtt_publisher_holds_total{outcome=\"expired\"}"),
         }
     }
 
@@ -120,7 +138,11 @@ impl GatewayCounts {
         GatewayCounts {
             messages_in: self.messages_in - before.messages_in,
             messages_out: self.messages_out - before.messages_out,
-            dropped: self.dropped - before.dropped,
+            dropped_queue_full: self.dropped_queue_full - before.dropped_queue_full,
+            dropped_connection_behind: self.dropped_connection_behind
+                - before.dropped_connection_behind,
+            held_released: self.held_released - before.held_released,
+            held_expired: self.held_expired - before.held_expired,
         }
     }
 }
@@ -138,10 +160,19 @@ impl Outcome {
         self.sent as i64 - (self.received - self.out_of_order) as i64
     }
 
+    /// QoS 1 and 2: acknowledged messages the subscriber never got, at
+    /// least (acknowledged minus distinct received; a message delivered
+    /// without its acknowledgement reaching the publisher could hide a loss).
+    fn lost_acknowledged(&self) -> u64 {
+        self.acked
+            .saturating_sub(self.received.saturating_sub(self.out_of_order))
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "sent": self.sent,
             "acked": self.acked,
+            "lost_acknowledged": self.lost_acknowledged(),
             "received": self.received,
             "received_in_window": self.received_in_window,
             "out_of_order": self.out_of_order,
@@ -156,7 +187,10 @@ impl Outcome {
             "onramp_counters": self.onramp.map(|g| serde_json::json!({
                 "messages_in": g.messages_in,
                 "messages_out": g.messages_out,
-                "dropped_slow_connection": g.dropped,
+                "dropped_queue_full": g.dropped_queue_full,
+                "dropped_connection_behind": g.dropped_connection_behind,
+                "publishers_held_released": g.held_released,
+                "publishers_held_expired": g.held_expired,
             })),
         })
     }
@@ -170,10 +204,7 @@ pub async fn run(args: FaninArgs) -> Result<Report> {
         "--payload-bytes must be at least {HEADER_BYTES}"
     );
     ensure!(args.window > 0, "--window must be at least 1");
-    ensure!(
-        args.qos.iter().all(|q| *q <= 1),
-        "--qos takes 0 and 1 (QoS 2 is not offered by the gateway)"
-    );
+    ensure!(args.qos.iter().all(|q| *q <= 2), "--qos takes 0, 1 and 2");
     let setup = Setup::start(&args.mqtt, SCENARIO).await?;
     let mut results: Vec<(u8, Vec<(&'static str, Outcome)>)> = Vec::new();
     let mut run_no = 0;
@@ -236,7 +267,13 @@ async fn measure(
     let q = qos_of(qos);
     let opened = broker
         .dialer
-        .open(None, &format!("bench-sub-{run_no}"), 60)
+        .open_session(
+            None,
+            None,
+            &format!("bench-sub-{run_no}"),
+            60,
+            !args.persistent_subscriber,
+        )
         .await
         .context("the subscriber")?;
     let mut sub = opened.conn;
@@ -249,7 +286,6 @@ async fn measure(
     let (stop_tx, stop_rx) = oneshot::channel();
     let subscriber = tokio::spawn(subscribe_loop(
         sub,
-        qos,
         base,
         args.publishers,
         received.clone(),
@@ -369,7 +405,16 @@ impl PublisherRun {
         let q = qos_of(self.qos);
         let permits = Arc::new(Semaphore::new(self.window));
         let acked = Arc::new(AtomicU64::new(0));
-        let acks = tokio::spawn(read_acks(reader, permits.clone(), acked.clone()));
+        let completed = Arc::new(AtomicU64::new(0));
+        // QoS 2: the PUBRELs owed for the PUBRECs the reader got.
+        let (release_tx, mut releases) = mpsc::unbounded_channel();
+        let acks = tokio::spawn(read_acks(
+            reader,
+            permits.clone(),
+            acked.clone(),
+            completed.clone(),
+            release_tx,
+        ));
         let topic = Publisher::new(&format!("bench/{}/t", self.index), q);
         let mut seq: u64 = 0;
         let mut packet_id: u16 = 0;
@@ -385,14 +430,36 @@ impl PublisherRun {
                     continue;
                 }
             }
-            if self.qos == 1 {
+            while let Ok(id) = releases.try_recv() {
+                writer
+                    .feed(Packet::PublishRelease { packet_id: id })
+                    .await
+                    .context("writing PUBREL")?;
+            }
+            if self.qos >= 1 {
                 match permits.clone().try_acquire_owned() {
                     Ok(p) => p.forget(),
                     Err(_) => {
                         writer.flush().await.context("writing PUBLISH")?;
-                        tokio::select! {
-                            p = permits.clone().acquire_owned() => p.context("the PUBACK reader ended")?.forget(),
-                            () = tokio::time::sleep_until(self.deadline.into()) => break,
+                        let mut done = false;
+                        loop {
+                            tokio::select! {
+                                p = permits.clone().acquire_owned() => {
+                                    p.context("the PUBACK reader ended")?.forget();
+                                    break;
+                                }
+                                Some(id) = releases.recv() => writer
+                                    .send(Packet::PublishRelease { packet_id: id })
+                                    .await
+                                    .context("writing PUBREL")?,
+                                () = tokio::time::sleep_until(self.deadline.into()) => {
+                                    done = true;
+                                    break;
+                                }
+                            }
+                        }
+                        if done {
+                            break;
                         }
                     }
                 }
@@ -406,9 +473,23 @@ impl PublisherRun {
             seq += 1;
         }
         writer.flush().await.context("writing PUBLISH")?;
-        if self.qos == 1 {
+        if self.qos >= 1 {
             let until = Instant::now() + self.drain;
-            while acked.load(Ordering::Relaxed) < seq && Instant::now() < until {
+            let finished = |q: u8| {
+                if q == 1 {
+                    acked.load(Ordering::Relaxed) >= seq
+                } else {
+                    completed.load(Ordering::Relaxed) >= seq
+                }
+            };
+            while !finished(self.qos) && Instant::now() < until {
+                while let Ok(id) = releases.try_recv() {
+                    writer
+                        .feed(Packet::PublishRelease { packet_id: id })
+                        .await
+                        .context("writing PUBREL")?;
+                }
+                writer.flush().await.context("writing PUBREL")?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -452,11 +533,29 @@ fn split(conn: Conn) -> Result<(Reader, Writer)> {
     ))
 }
 
-async fn read_acks(mut reader: Reader, permits: Arc<Semaphore>, acked: Arc<AtomicU64>) {
+async fn read_acks(
+    mut reader: Reader,
+    permits: Arc<Semaphore>,
+    acked: Arc<AtomicU64>,
+    completed: Arc<AtomicU64>,
+    releases: mpsc::UnboundedSender<std::num::NonZeroU16>,
+) {
     while let Some(Ok((packet, _))) = reader.next().await {
-        if let Packet::PublishAck { .. } = packet {
-            acked.fetch_add(1, Ordering::Relaxed);
-            permits.add_permits(1);
+        match packet {
+            Packet::PublishAck { .. } => {
+                acked.fetch_add(1, Ordering::Relaxed);
+                permits.add_permits(1);
+            }
+            // QoS 2: the broker has taken the message; release it.
+            Packet::PublishReceived { packet_id } => {
+                acked.fetch_add(1, Ordering::Relaxed);
+                let _ = releases.send(packet_id);
+            }
+            Packet::PublishComplete { .. } => {
+                completed.fetch_add(1, Ordering::Relaxed);
+                permits.add_permits(1);
+            }
+            _ => {}
         }
     }
     permits.close();
@@ -469,10 +568,9 @@ struct SubStats {
     latencies: Vec<Duration>,
 }
 
-/// Reads PUBLISHes until told to stop, acknowledging them at QoS 1.
+/// Reads PUBLISHes until told to stop, acknowledging them at QoS 1 and 2.
 async fn subscribe_loop(
     conn: Conn,
-    qos: u8,
     base: Instant,
     publishers: usize,
     received: Arc<AtomicU64>,
@@ -497,15 +595,20 @@ async fn subscribe_loop(
         };
         let publish = match packet {
             Some(Ok((Packet::Publish(p), _))) => p,
+            Some(Ok((Packet::PublishRelease { packet_id }, _))) => {
+                let _ = ack_tx.send(Packet::PublishComplete { packet_id });
+                continue;
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => bail!("the subscriber's connection: {e}"),
             None => bail!("the broker closed the subscriber's connection"),
         };
         let now = base.elapsed().as_nanos() as u64;
-        if qos == 1
-            && let Some(id) = publish.packet_id
-        {
-            let _ = ack_tx.send(id);
+        if let Some(id) = publish.packet_id {
+            let _ = ack_tx.send(match publish.qos {
+                v3::QoS::ExactlyOnce => Packet::PublishReceived { packet_id: id },
+                _ => Packet::PublishAck { packet_id: id },
+            });
         }
         let p = &publish.payload[..];
         if p.len() < HEADER_BYTES {
@@ -532,15 +635,12 @@ async fn subscribe_loop(
     Ok(stats)
 }
 
-/// Writes PUBACKs in batches: whatever is queued, then one flush.
-async fn write_acks(
-    mut writer: Writer,
-    mut ids: mpsc::UnboundedReceiver<std::num::NonZeroU16>,
-) -> Result<()> {
-    while let Some(id) = ids.recv().await {
-        writer.feed(Packet::PublishAck { packet_id: id }).await?;
-        while let Ok(id) = ids.try_recv() {
-            writer.feed(Packet::PublishAck { packet_id: id }).await?;
+/// Writes acknowledgements in batches: whatever is queued, then one flush.
+async fn write_acks(mut writer: Writer, mut acks: mpsc::UnboundedReceiver<Packet>) -> Result<()> {
+    while let Some(ack) = acks.recv().await {
+        writer.feed(ack).await?;
+        while let Ok(ack) = acks.try_recv() {
+            writer.feed(ack).await?;
         }
         writer.flush().await?;
     }
@@ -557,8 +657,13 @@ fn summarise(
     rows.push((
         "load".into(),
         format!(
-            "{} publishers on bench/<i>/t, 1 subscriber on bench/#, {}-byte payloads, {} s, {}; QoS 0 unflushed bytes {}, QoS 1 window {}, SO_SNDBUF {}",
+            "{} publishers on bench/<i>/t, 1 {}subscriber on bench/#, {}-byte payloads, {} s, {}; QoS 0 unflushed bytes {}, QoS 1/2 window {}, SO_SNDBUF {}",
             args.publishers,
+            if args.persistent_subscriber {
+                "persistent-session "
+            } else {
+                ""
+            },
             args.payload_bytes,
             args.duration_secs,
             if args.rate > 0 {
@@ -599,18 +704,32 @@ fn summarise(
         }));
         if per_broker.iter().any(|(_, o)| o.onramp.is_some()) {
             let g = |o: &Outcome| o.onramp.unwrap_or_default();
-            rows.push(row("gateway in / out / dropped", &|o| match o.onramp {
-                Some(_) => format!(
-                    "{:.0} / {:.0} / {:.0}",
-                    g(o).messages_in,
-                    g(o).messages_out,
-                    g(o).dropped
-                ),
-                None => "-".into(),
-            }));
+            rows.push(row(
+                "gateway in / out / dropped (queue full, connection behind)",
+                &|o| match o.onramp {
+                    Some(_) => format!(
+                        "{:.0} / {:.0} / {:.0}, {:.0}",
+                        g(o).messages_in,
+                        g(o).messages_out,
+                        g(o).dropped_queue_full,
+                        g(o).dropped_connection_behind
+                    ),
+                    None => "-".into(),
+                },
+            ));
+            rows.push(row(
+                "gateway publishers held (released / expired)",
+                &|o| match o.onramp {
+                    Some(_) => format!("{:.0} / {:.0}", g(o).held_released, g(o).held_expired),
+                    None => "-".into(),
+                },
+            ));
         }
-        if *qos == 1 {
-            rows.push(row("PUBACKs to publishers", &|o| o.acked.to_string()));
+        if *qos >= 1 {
+            rows.push(row("acknowledged to publishers", &|o| o.acked.to_string()));
+            rows.push(row("acknowledged but never delivered", &|o| {
+                o.lost_acknowledged().to_string()
+            }));
         }
         if per_broker.iter().any(|(_, o)| o.out_of_order > 0) {
             rows.push(row("out of order", &|o| o.out_of_order.to_string()));
@@ -631,11 +750,21 @@ fn summarise(
         }
         json[format!("qos{qos}")] = q;
     }
+    // An acknowledged message is a promise: Onramp losing one fails the run.
+    // The peer's losses are reported beside it but are not Onramp's failure.
+    let failed = results
+        .iter()
+        .filter(|(qos, _)| *qos >= 1)
+        .flat_map(|(_, per_broker)| per_broker.iter())
+        .filter(|(name, _)| *name == "onramp")
+        .map(|(_, o)| o.lost_acknowledged() as usize)
+        .sum();
+    json["onramp_lost_acknowledged"] = serde_json::json!(failed);
     Report {
         title: "MQTT fan-in (onramp-bench mqtt-fanin)".into(),
         rows,
         json,
-        failed: 0,
+        failed,
     }
 }
 

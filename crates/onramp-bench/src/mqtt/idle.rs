@@ -58,6 +58,10 @@ pub struct IdleArgs {
     /// Wait after each step before reading the broker's memory, seconds.
     #[arg(long, default_value_t = 3)]
     settle_secs: u64,
+    /// After all connections closed, read the broker's memory again this
+    /// many seconds later (does its allocator give freed memory back?).
+    #[arg(long, default_value_t = 60)]
+    after_close_secs: u64,
     #[command(flatten)]
     mqtt: MqttArgs,
 }
@@ -117,6 +121,8 @@ struct Outcome {
     stopped: Option<String>,
     nofile: (String, String),
     rss_after_close_kib: u64,
+    /// RSS `--after-close-secs` after all connections closed.
+    rss_later_kib: u64,
     workers: usize,
     cpu: super::CpuUse,
 }
@@ -145,6 +151,8 @@ impl Outcome {
             "stopped": self.stopped,
             "nofile": [self.nofile.0, self.nofile.1],
             "rss_after_close_kib": self.rss_after_close_kib,
+            "rss_later_kib": self.rss_later_kib,
+            "rss_later_over_rss0": super::round3(self.rss_later_kib as f64 / self.rss0_kib.max(1) as f64),
             "workers": self.workers,
             "cpu": self.cpu.json(),
             "steps": self.steps.iter().map(|s| serde_json::json!({
@@ -187,6 +195,27 @@ pub async fn run(args: IdleArgs) -> Result<Report> {
     Ok(summarise(&args, &setup, &nofile, capacity, &results))
 }
 
+/// Onramp's own heap figures (`onramp_heap_bytes`), in MiB, for telling
+/// memory it still holds from memory freed but not yet returned.
+async fn onramp_heap(setup: &Setup, broker: &super::Broker) -> Option<String> {
+    if broker.name != "onramp" {
+        return None;
+    }
+    // The figures are sampled every 5 s: wait for a fresh sample.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let text = setup.onramp.metrics().await.ok()?;
+    let parts: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("onramp_heap_bytes{kind=\""))
+        .filter_map(|l| {
+            let (kind, rest) = l.split_once('"')?;
+            let bytes: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            Some(format!("{kind} {:.1} MiB", bytes / 1_048_576.0))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 async fn measure(
     args: &IdleArgs,
     setup: &Setup,
@@ -197,6 +226,7 @@ async fn measure(
     let settle = Duration::from_secs(args.settle_secs);
     tokio::time::sleep(settle).await;
     let rss0_kib = sys::rss_kib(broker.pid)?;
+    let heap0 = onramp_heap(setup, broker).await;
     let (fds0, _) = sys::fds(broker.pid)?;
     let nofile = sys::nofile_of(broker.pid)?;
     progress(
@@ -308,8 +338,32 @@ async fn measure(
     for w in workers {
         w.quit().await;
     }
+    let closed = Instant::now();
     tokio::time::sleep(settle).await;
     let rss_after_close_kib = sys::rss_kib(broker.pid)?;
+    let later = Duration::from_secs(args.after_close_secs);
+    tokio::time::sleep(later.saturating_sub(closed.elapsed())).await;
+    let rss_later_kib = sys::rss_kib(broker.pid)?;
+    let heap_later = onramp_heap(setup, broker).await;
+    if let (Some(before), Some(after)) = (&heap0, &heap_later) {
+        progress(
+            SCENARIO,
+            &format!(
+                "{}: heap at 0 connections: {before}; after closing all: {after}",
+                broker.name
+            ),
+        );
+    }
+    progress(
+        SCENARIO,
+        &format!(
+            "{}: RSS {rss_after_close_kib} KiB {} s after closing all, {rss_later_kib} KiB after {} s ({:.2}x the RSS at 0 connections)",
+            broker.name,
+            args.settle_secs,
+            args.after_close_secs,
+            rss_later_kib as f64 / rss0_kib.max(1) as f64
+        ),
+    );
     Ok(Outcome {
         rss0_kib,
         fds0,
@@ -317,6 +371,7 @@ async fn measure(
         stopped,
         nofile,
         rss_after_close_kib,
+        rss_later_kib,
         workers: n_workers,
         cpu,
     })
@@ -631,6 +686,16 @@ fn summarise(
     rows.push(row("RSS after closing all", &|o| {
         format!("{:.1} MiB", o.rss_after_close_kib as f64 / 1024.0)
     }));
+    rows.push(row(
+        &format!("RSS {} s after closing all", args.after_close_secs),
+        &|o| {
+            format!(
+                "{:.1} MiB ({:.2}x the RSS at 0 connections)",
+                o.rss_later_kib as f64 / 1024.0,
+                o.rss_later_kib as f64 / o.rss0_kib.max(1) as f64
+            )
+        },
+    ));
     rows.push(row("CPU cores server/bench/other", &|o| o.cpu.line()));
     rows.push(row("worker processes", &|o| o.workers.to_string()));
     for (name, o) in results {
@@ -668,6 +733,7 @@ fn summarise(
         "connections": args.connections,
         "step": args.step,
         "keep_alive": args.keep_alive,
+        "after_close_secs": args.after_close_secs,
         "bench_nofile": [nofile.soft, nofile.hard],
         "bench_nofile_refused": nofile.refused,
         "connections_per_worker": capacity,

@@ -11,6 +11,7 @@
 //! anchors. Every connection to either broker presents that one device
 //! certificate, with its own client id.
 
+pub mod churn;
 pub mod client;
 pub mod connect;
 pub mod fanin;

@@ -39,6 +39,9 @@ pub struct JobConfig {
     /// Onramp's truthful success; absent from AWS's CreateJob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_confirmation: Option<ConfirmationConfig>,
+    /// When the rollout starts and ends (AWS's `schedulingConfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling_config: Option<super::SchedulingConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +223,9 @@ impl JobConfig {
                 confirmation.within_minutes,
                 &CONFIRMATION_MINUTES,
             )?;
+        }
+        if let Some(scheduling) = &self.scheduling_config {
+            scheduling.schedule()?;
         }
         Ok(())
     }

@@ -26,6 +26,7 @@
 //!   afterwards; see [`confirm`] and [`confirmation_expired`].
 
 mod config;
+mod control;
 mod execution;
 mod notify;
 mod reply;
@@ -33,6 +34,7 @@ mod request;
 mod rollout;
 
 pub use config::*;
+pub use control::*;
 pub use execution::*;
 pub use notify::*;
 pub use reply::*;

@@ -33,7 +33,13 @@ impl RolloutState {
     /// Records `count` executions released at `now`, and forgets releases
     /// that have left the window.
     pub fn record_release(&mut self, now: UnixTime, count: u32) {
-        self.recent_releases.retain(|&(at, _)| in_window(at, now));
+        self.record_release_within(now, count, ROLLOUT_WINDOW_SECONDS);
+    }
+
+    /// [`RolloutState::record_release`] with a window of `window` seconds.
+    pub fn record_release_within(&mut self, now: UnixTime, count: u32, window: i64) {
+        self.recent_releases
+            .retain(|&(at, _)| in_window(at, now, window));
         if count > 0 {
             self.recent_releases.push((now, count));
             self.released_total = self.released_total.saturating_add(u64::from(count));
@@ -42,16 +48,23 @@ impl RolloutState {
 
     /// Executions released in the window ending at `now`.
     pub fn released_in_window(&self, now: UnixTime) -> u64 {
+        self.released_within(now, ROLLOUT_WINDOW_SECONDS)
+    }
+
+    /// Executions released in the `window` seconds ending at `now`.
+    pub fn released_within(&self, now: UnixTime, window: i64) -> u64 {
         self.recent_releases
             .iter()
-            .filter(|&&(at, _)| in_window(at, now))
+            .filter(|&&(at, _)| in_window(at, now, window))
             .map(|&(_, count)| u64::from(count))
             .sum()
     }
 }
 
-fn in_window(at: UnixTime, now: UnixTime) -> bool {
-    at <= now && at > now.saturating_sub(ROLLOUT_WINDOW_SECONDS)
+/// Whether a release at `at` is inside the window of `window` seconds (at
+/// least one) ending at `now`.
+fn in_window(at: UnixTime, now: UnixTime, window: i64) -> bool {
+    at <= now && at > now.saturating_sub(window.max(1))
 }
 
 /// Executions per minute allowed with the counts in `state`.
@@ -93,8 +106,20 @@ pub fn current_rate(config: &RolloutConfig, state: &RolloutState) -> u32 {
 
 /// How many more executions may be released at `now`.
 pub fn released_allowance(config: &RolloutConfig, state: &RolloutState, now: UnixTime) -> u32 {
+    released_allowance_within(config, state, now, ROLLOUT_WINDOW_SECONDS)
+}
+
+/// [`released_allowance`] with the rate counted over `window` seconds
+/// instead of a minute: a shorter "minute", for watching a rollout's pace
+/// through several windows in little time.
+pub fn released_allowance_within(
+    config: &RolloutConfig,
+    state: &RolloutState,
+    now: UnixTime,
+    window: i64,
+) -> u32 {
     let rate = u64::from(current_rate(config, state));
-    let left = rate.saturating_sub(state.released_in_window(now));
+    let left = rate.saturating_sub(state.released_within(now, window));
     u32::try_from(left).unwrap_or(u32::MAX)
 }
 
@@ -296,6 +321,28 @@ mod tests {
         );
         let zero_exponential = exponential(0, 7, 2.0, Some(1), None);
         assert_eq!(current_rate(&zero_exponential, &RolloutState::default()), 0);
+    }
+
+    #[test]
+    fn a_shorter_window_paces_the_same_way_over_its_own_length() {
+        let config = flat(10);
+        let mut state = RolloutState::default();
+        assert_eq!(released_allowance_within(&config, &state, 100, 5), 10);
+        state.record_release_within(100, 10, 5);
+        assert_eq!(released_allowance_within(&config, &state, 104, 5), 0);
+        assert_eq!(
+            released_allowance_within(&config, &state, 105, 5),
+            10,
+            "the release left the 5 s window"
+        );
+        // A minute's window still holds it.
+        assert_eq!(released_allowance(&config, &state, 105), 0);
+        state.record_release_within(105, 4, 5);
+        assert_eq!(state.recent_releases, vec![(105, 4)], "forgotten after 5 s");
+        assert_eq!(state.released_total, 14);
+        // A window below one second counts as one.
+        assert_eq!(released_allowance_within(&config, &state, 105, 0), 6);
+        assert_eq!(released_allowance_within(&config, &state, 106, 0), 10);
     }
 
     #[test]
@@ -539,6 +586,49 @@ mod tests {
                     prop_assert_eq!(r0, r1);
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// A pause stops releases; on resume the window still holds what
+        /// went out before the pause, so no 60-second window (one that
+        /// spans the pause included) ever exceeds `maximumPerMinute`, and
+        /// after a pause of a minute or more the full rate is available.
+        #[test]
+        fn a_paused_rollout_resumes_at_its_rate_without_a_burst(
+            max in 1u32..=1000,
+            demand_per_second in 1u32..2000,
+            pause_start in 0i64..120,
+            pause_len in 0i64..200,
+            seconds in 60i64..400,
+        ) {
+            let config = flat(max);
+            let mut state = RolloutState::default();
+            let mut per_second = Vec::new();
+            for now in 0..seconds {
+                let paused = (pause_start..pause_start + pause_len).contains(&now);
+                let release = if paused {
+                    0
+                } else {
+                    released_allowance(&config, &state, now).min(demand_per_second)
+                };
+                if now == pause_start + pause_len && pause_len >= ROLLOUT_WINDOW_SECONDS {
+                    prop_assert_eq!(release, max.min(demand_per_second));
+                }
+                state.record_release(now, release);
+                per_second.push(u64::from(release));
+            }
+            for start in 0..per_second.len() {
+                let window: u64 = per_second[start..(start + 60).min(per_second.len())].iter().sum();
+                prop_assert!(window <= u64::from(max));
+            }
+            let paused_total: u64 = per_second
+                .iter()
+                .enumerate()
+                .filter(|(at, _)| (pause_start..pause_start + pause_len).contains(&(*at as i64)))
+                .map(|(_, n)| *n)
+                .sum();
+            prop_assert_eq!(paused_total, 0);
         }
     }
 

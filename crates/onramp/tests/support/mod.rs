@@ -234,6 +234,20 @@ impl Server {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// The server log once a line satisfies `line`, or as it stands after
+    /// `within`. The server writes a line after the event it reports, so a
+    /// client can see a refusal before the refusal is logged.
+    pub fn server_log_once(&self, line: impl Fn(&str) -> bool, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.server_log();
+            if log.lines().any(&line) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         let port = self.addr.rsplit(':').next().unwrap();
         format!("https://localhost:{port}{path}")
