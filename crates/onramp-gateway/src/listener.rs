@@ -393,6 +393,16 @@ pub fn tls_config(
         server_config_with_roots(chain_pem, key_pem, client_roots, ClientCerts::Required)?;
     // AWS IoT devices connect on 8883 with ALPN "x-amzn-mqtt-ca" or none.
     config.alpn_protocols = vec![b"mqtt".to_vec(), b"x-amzn-mqtt-ca".to_vec()];
+    // Session resumption by ticket, which keeps nothing on the server. The
+    // default session cache holds the last 256 sessions: useless for a fleet
+    // of thousands, and after a connection storm its entries stay scattered
+    // through memory the storm used, so that memory cannot be given back. A
+    // resumed session is checked against the registry at CONNECT like any
+    // other (the certificate's status, expiry and owner), so a ticket does
+    // not outlive a revocation.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
+    config.send_tls13_tickets = 1;
     Ok(config)
 }
 

@@ -863,6 +863,58 @@ fn tenants_do_not_see_each_others_topics() {
     );
 }
 
+/// TLS session resumption skips the client certificate: the ticket stands in
+/// for it. A resumed session must still be refused once its certificate is
+/// revoked. The client is OpenSSL (Python's ssl), resuming by ticket.
+#[test]
+fn a_resumed_tls_session_is_refused_once_its_certificate_is_revoked() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Server::start(backend());
+    let d1 = s.device("D1");
+    let mut child = std::process::Command::new(python())
+        .arg(repo_root().join("tests/interop/tls_resume.py"))
+        .args(["localhost", &s.mqtt_port.to_string()])
+        .arg(&s.root_pem)
+        .arg(&d1.cert)
+        .arg(&d1.key)
+        .arg("D1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = |what: &str| {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        assert!(!l.is_empty(), "tls_resume.py ended before {what}");
+        l.trim().to_string()
+    };
+    assert_eq!(line("the full handshake"), "full resumed=False connack 0");
+    // The control: while the certificate is good, the ticket resumes and
+    // the resumed session is admitted.
+    assert_eq!(line("the control"), "control resumed=True connack 0");
+    assert_eq!(line("ready"), "ready");
+    let serial = s.certs_of("D1")[0]["serial"].as_str().unwrap().to_string();
+    let key = s.api_key("operator");
+    let r = s.api(
+        "POST",
+        &format!("/api/v1/certificates/{serial}/revoke"),
+        &key,
+        Some("{}"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    drop(stdin);
+    let last = line("the attempt after revocation");
+    assert!(child.wait().unwrap().success());
+    // Resumed (the ticket is still good for TLS) yet refused by MQTT.
+    assert!(
+        last.starts_with("after-revocation resumed=True ") && !last.ends_with("connack 0"),
+        "{last}"
+    );
+}
+
 #[test]
 fn revoking_a_certificate_drops_its_live_connection() {
     let s = Server::start(backend());
