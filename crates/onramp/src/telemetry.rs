@@ -365,8 +365,8 @@ fn describe() {
         "onramp_heap_bytes",
         Unit::Bytes,
         "The allocator's account of the heap: allocated (held by the server), active (in pages \
-         holding allocations), resident (physically mapped for the heap) and retained \
-         (returned to the system but kept reserved)"
+         holding allocations), resident (physically mapped for the heap), metadata (the allocator's own \
+         bookkeeping, part of resident) and retained (returned to the system but kept reserved)"
     );
     describe_counter!(
         "onramp_events_emitted_total",
@@ -552,6 +552,7 @@ pub async fn sample_heap(period: std::time::Duration) {
             ("active", stats::active::read()),
             ("resident", stats::resident::read()),
             ("retained", stats::retained::read()),
+            ("metadata", stats::metadata::read()),
         ];
         for (kind, value) in readings {
             if let Ok(bytes) = value {
