@@ -178,7 +178,11 @@ impl SqlStore {
                 let writer = setup(AnyPoolOptions::new().max_connections(1).min_connections(1))
                     .connect(&url)
                     .await?;
+                // A reader holds a thread, its own copy of the schema and
+                // prepared statements, and up to 16 MiB of page cache: one
+                // idle for 30 s is closed, so memory a burst took comes back.
                 let reader = setup(AnyPoolOptions::new().max_connections(8))
+                    .idle_timeout(Duration::from_secs(30))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(&url)
                     .await?;

@@ -9,6 +9,7 @@ mod cli_provisioning;
 mod config;
 mod credentials;
 mod serve;
+mod sqlite_memory;
 mod telemetry;
 
 use clap::Parser;
@@ -57,6 +58,11 @@ fn main() -> ExitCode {
         // RUST_BACKTRACE in the environment is for panics; errors skip the cost.
         // SAFETY: as above, still single-threaded.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    // Before anything opens a database. It cannot fail this early; if it
+    // did, SQLite would keep the shared heap, which only costs memory.
+    if let Err(e) = sqlite_memory::install() {
+        eprintln!("warning: {e}");
     }
     let json = std::env::args_os().any(|a| a == "--json");
     let args = match cli::Cli::try_parse() {
