@@ -30,6 +30,95 @@ pub struct DeviceIdentity {
     pub claim: Option<crate::ClaimContext>,
 }
 
+/// Where a connection's policies come from.
+pub(crate) enum PolicySource<'a> {
+    /// The documents attached to the thing, its thing type and its groups.
+    Stored(&'a [StoredPolicy]),
+    /// Nothing attached, and the default device policy is on.
+    Default,
+    /// An expired certificate that may only renew itself.
+    RenewalOnly,
+}
+
+/// Policy sets already compiled, shared by every connection that holds the
+/// same set. A fleet's devices mostly hold one of a handful of sets, so a
+/// connection costs a pointer instead of its own parsed copy. Entries are
+/// keyed by a SHA-256 over the documents' text (a changed document is a new
+/// set) and held weakly: a set no connection holds any more is freed, and
+/// compiled again when next needed.
+#[derive(Debug, Default)]
+pub(crate) struct CompiledPolicies {
+    sets: std::collections::HashMap<[u8; 32], std::sync::Weak<Vec<PolicyDocument>>>,
+    /// The number of entries at which dead ones are swept next.
+    sweep_at: usize,
+}
+
+/// Entries kept before the first sweep of dead sets.
+const COMPILED_POLICIES_SWEEP_MIN: usize = 64;
+
+impl CompiledPolicies {
+    pub(crate) fn get_or_compile(&mut self, source: &PolicySource<'_>) -> Arc<Vec<PolicyDocument>> {
+        let key = Self::key(source);
+        if let Some(set) = self.sets.get(&key).and_then(std::sync::Weak::upgrade) {
+            return set;
+        }
+        let set = Arc::new(Self::compile(source));
+        self.sets.insert(key, Arc::downgrade(&set));
+        if self.sets.len() >= self.sweep_at {
+            self.sets.retain(|_, set| set.strong_count() > 0);
+            self.sets.shrink_to_fit();
+            self.sweep_at = (self.sets.len() * 2).max(COMPILED_POLICIES_SWEEP_MIN);
+        }
+        set
+    }
+
+    /// Length-prefixed, so no two lists of documents hash the same text.
+    fn key(source: &PolicySource<'_>) -> [u8; 32] {
+        let mut hash = onramp_pki::Sha256Context::new();
+        match source {
+            PolicySource::Stored(stored) => {
+                hash.update(b"stored");
+                for p in stored.iter() {
+                    hash.update(&(p.document.len() as u64).to_be_bytes());
+                    hash.update(p.document.as_bytes());
+                }
+            }
+            PolicySource::Default => hash.update(b"default"),
+            PolicySource::RenewalOnly => hash.update(b"renewal-only"),
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&hash.finish());
+        key
+    }
+
+    fn compile(source: &PolicySource<'_>) -> Vec<PolicyDocument> {
+        match source {
+            PolicySource::Stored(stored) => stored
+                .iter()
+                .filter_map(|p| match PolicyDocument::parse(&p.document) {
+                    Ok(doc) => Some(doc),
+                    Err(e) => {
+                        tracing::error!(policy = %p.name, error = %e, "stored policy no longer parses; ignored");
+                        None
+                    }
+                })
+                .collect(),
+            PolicySource::Default => vec![default_device_policy()],
+            PolicySource::RenewalOnly => {
+                match PolicyDocument::parse(onramp_domain::rotation::RENEWAL_ONLY_POLICY) {
+                    Ok(doc) => vec![doc],
+                    // A constant checked by the domain's tests; were it ever
+                    // broken, nothing is allowed rather than everything.
+                    Err(e) => {
+                        tracing::error!(error = %e, "the renewal-only policy does not parse");
+                        Vec::new()
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Decides one connection's actions against its policies.
 ///
 /// The policies are those read when the connection was admitted, and stay
@@ -42,7 +131,8 @@ pub struct DeviceIdentity {
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     policies: Arc<Vec<PolicyDocument>>,
-    context: PolicyContext,
+    /// Shared by the connection's clones (its receive check holds one).
+    context: Arc<PolicyContext>,
     decisions: Arc<std::sync::Mutex<Decisions>>,
 }
 
@@ -89,7 +179,7 @@ impl Authorizer {
     pub fn new(policies: Arc<Vec<PolicyDocument>>, context: PolicyContext) -> Authorizer {
         Authorizer {
             policies,
-            context,
+            context: Arc::new(context),
             decisions: Arc::default(),
         }
     }
@@ -321,24 +411,19 @@ impl Onramp {
                 device.device_class.as_deref(),
             )
             .await?;
-        let mut policies = Vec::with_capacity(stored.len().max(1));
-        for p in &stored {
-            match PolicyDocument::parse(&p.document) {
-                Ok(doc) => policies.push(doc),
-                Err(e) => {
-                    tracing::error!(policy = %p.name, error = %e, "stored policy no longer parses; ignored")
-                }
-            }
-        }
-        if stored.is_empty() && self.inner.settings.default_device_policy {
-            policies.push(default_device_policy());
-        }
-        if renewing {
-            policies = vec![
-                PolicyDocument::parse(onramp_domain::rotation::RENEWAL_ONLY_POLICY)
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
-            ];
-        }
+        let source = if renewing {
+            PolicySource::RenewalOnly
+        } else if stored.is_empty() && self.inner.settings.default_device_policy {
+            PolicySource::Default
+        } else {
+            PolicySource::Stored(&stored)
+        };
+        let policies = self
+            .inner
+            .compiled_policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_compile(&source);
         let attributes = device
             .attributes
             .iter()
@@ -358,7 +443,7 @@ impl Onramp {
             certificate_id: cert.fingerprint,
             subject_cn: info.subject_cn,
             attributes,
-            policies: Arc::new(policies),
+            policies,
             claim: None,
         })
     }
@@ -517,6 +602,81 @@ async fn write_presence(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored(name: &str, document: &str) -> StoredPolicy {
+        StoredPolicy {
+            tenant: "default".into(),
+            name: name.into(),
+            document: document.into(),
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    const ALLOW_ALL: &str = r#"{"Version": "2012-10-17", "Statement": [
+      {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#;
+    const ALLOW_CONNECT: &str = r#"{"Version": "2012-10-17", "Statement": [
+      {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}"#;
+
+    #[test]
+    fn connections_holding_the_same_policies_share_one_compiled_set() {
+        let mut cache = CompiledPolicies::default();
+        let a = [stored("fleet", ALLOW_ALL)];
+        let b = [stored("fleet-copy", ALLOW_ALL)];
+        let first = cache.get_or_compile(&PolicySource::Stored(&a));
+        let second = cache.get_or_compile(&PolicySource::Stored(&b));
+        assert!(Arc::ptr_eq(&first, &second), "same text, same compiled set");
+        assert_eq!(first.len(), 1);
+
+        // A changed document, or one more of them, is another set.
+        let changed = [stored("fleet", ALLOW_CONNECT)];
+        let other = cache.get_or_compile(&PolicySource::Stored(&changed));
+        assert!(!Arc::ptr_eq(&first, &other));
+        let two = [stored("fleet", ALLOW_ALL), stored("more", ALLOW_CONNECT)];
+        let both = cache.get_or_compile(&PolicySource::Stored(&two));
+        assert_eq!(both.len(), 2);
+        assert!(!Arc::ptr_eq(&first, &both));
+
+        // The default and the renewal-only sets are never a stored set.
+        let default = cache.get_or_compile(&PolicySource::Default);
+        let renewal = cache.get_or_compile(&PolicySource::RenewalOnly);
+        assert_eq!(default.len(), 1);
+        assert_eq!(renewal.len(), 1);
+        assert!(!Arc::ptr_eq(&default, &renewal));
+        assert!(cache.get_or_compile(&PolicySource::Stored(&[])).is_empty());
+    }
+
+    #[test]
+    fn a_compiled_set_nobody_holds_is_freed_and_swept() {
+        let mut cache = CompiledPolicies::default();
+        let held = cache.get_or_compile(&PolicySource::Default);
+        let weak = Arc::downgrade(&held);
+        drop(held);
+        assert!(weak.upgrade().is_none(), "the cache holds no set alive");
+        // Many sets, each dropped at once: the map is swept, not grown.
+        for i in 0..1000 {
+            let doc = ALLOW_ALL.replace(r#""Resource": "*""#, &format!(r#""Resource": "t{i}""#));
+            let set = cache.get_or_compile(&PolicySource::Stored(&[stored("p", &doc)]));
+            drop(set);
+        }
+        assert!(
+            cache.sets.len() <= 2 * COMPILED_POLICIES_SWEEP_MIN,
+            "{}",
+            cache.sets.len()
+        );
+    }
+
+    #[test]
+    fn a_stored_policy_that_no_longer_parses_is_left_out() {
+        let mut cache = CompiledPolicies::default();
+        let list = [
+            stored("broken", "{not json"),
+            stored("fleet", ALLOW_CONNECT),
+        ];
+        let set = cache.get_or_compile(&PolicySource::Stored(&list));
+        assert_eq!(set.len(), 1);
+    }
 
     fn authorizer() -> Authorizer {
         let policy = PolicyDocument::parse(

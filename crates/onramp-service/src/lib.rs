@@ -174,6 +174,9 @@ struct Inner {
             Arc<onramp_domain::template::ProvisioningTemplate>,
         >,
     >,
+    /// Compiled policy sets shared by the connections that hold them (see
+    /// `gateway::CompiledPolicies`).
+    compiled_policies: std::sync::Mutex<gateway::CompiledPolicies>,
     /// Presence changes waiting to be written (see `device_presence`).
     presence: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<(String, String, bool)>>,
     /// Client for pre-provisioning hooks.
@@ -227,6 +230,7 @@ impl Onramp {
                 source_limiter: RateLimiter::new(settings.rate_per_source),
                 credential_limiter: RateLimiter::new(settings.rate_per_credential),
                 presence: std::sync::OnceLock::new(),
+                compiled_policies: std::sync::Mutex::default(),
                 serial_failures: FailureLimiter::new(settings.failures_per_serial),
                 api_key_failures: FailureLimiter::new(settings.api_key_failures_per_source),
                 refusals: RefusalAggregator::new(settings.refusal_audit_window_secs),
