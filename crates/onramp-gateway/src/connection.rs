@@ -4,6 +4,7 @@
 use crate::counters::COUNTERS;
 use crate::hub::{Backlog, ReceiveCheck, ToConnection};
 use crate::listener::Gateway;
+use crate::tls::TlsStream;
 use crate::wire::{
     self, CloseReason, ConnAckInfo, ConnectRefusal, FilterOptions, Inbound, SubscribeRefusal,
     Version,
@@ -22,14 +23,12 @@ use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 
 use crate::framing::MqttFramed;
 
 /// Buffers are held only while they hold bytes (see `framing`).
-type Conn = MqttFramed<TlsStream<TcpStream>, MqttCodec>;
+type Conn = MqttFramed<TlsStream, MqttCodec>;
 type Sink = futures_util::stream::SplitSink<Conn, MqttPacket>;
 
 /// Deliveries buffered towards one connection before it counts as too slow.
@@ -84,7 +83,7 @@ fn ms_now() -> i64 {
 /// life, so the task that lives as long as the connection stays small.
 pub(crate) fn run(
     gw: Arc<Gateway>,
-    stream: TlsStream<TcpStream>,
+    stream: TlsStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
     let set_up = Box::pin(set_up(gw, stream, peer));
@@ -95,14 +94,8 @@ pub(crate) fn run(
     }
 }
 
-async fn set_up(
-    gw: Arc<Gateway>,
-    stream: TlsStream<TcpStream>,
-    peer: SocketAddr,
-) -> Option<Box<Live>> {
+async fn set_up(gw: Arc<Gateway>, stream: TlsStream, peer: SocketAddr) -> Option<Box<Live>> {
     let chain: Vec<Vec<u8>> = stream
-        .get_ref()
-        .1
         .peer_certificates()
         .map(|c| c.iter().map(|d| d.to_vec()).collect())
         .unwrap_or_default();

@@ -13,6 +13,7 @@ mod framing;
 mod hub;
 mod listener;
 mod persist;
+mod tls;
 mod wire;
 
 pub use hub::{DEFAULT_HOLD, Hub};

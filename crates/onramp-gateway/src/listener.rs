@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 /// Gateway tunables; the defaults follow AWS IoT Core's documented limits.
 #[derive(Debug, Clone)]
@@ -413,7 +412,6 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -434,14 +432,14 @@ pub async fn serve(
             continue;
         }
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let gw = gateway.clone();
         tokio::spawn(async move {
             // Boxed, and freed once done: the handshake's state is larger
             // than what the connection keeps for the rest of its life.
             let handshake = Box::pin(tokio::time::timeout(
                 gw.settings.handshake_timeout,
-                acceptor.accept(tcp),
+                crate::tls::TlsStream::accept(tcp, tls),
             ));
             let tls = match handshake.await {
                 Ok(Ok(s)) => s,
