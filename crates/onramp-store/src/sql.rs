@@ -194,8 +194,13 @@ impl SqlStore {
                 }
             }
             Dialect::Postgres => {
+                // As with SQLite's readers, connections a burst opened are
+                // closed once idle for 30 s (with their buffers and statement
+                // caches); two stay open for the steady state.
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
+                    .min_connections(2)
+                    .idle_timeout(Duration::from_secs(30))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
