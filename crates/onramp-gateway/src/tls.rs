@@ -78,6 +78,22 @@ fn tls_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// The room an encoding asked for, if too little was given.
+fn encode_room(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+/// The room an encryption asked for, if too little was given.
+fn encrypt_room(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
 /// Appends what `produce` writes to `out`, growing it as far as asked.
 fn append<E>(
     out: &mut Vec<u8>,
@@ -204,15 +220,8 @@ impl TlsStream {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    append(
-                        &mut self.outgoing,
-                        |out| data.encode(out),
-                        |e| match e {
-                            EncodeError::InsufficientSize(s) => Some(s.required_size),
-                            _ => None,
-                        },
-                    )
-                    .map_err(tls_error)?;
+                    append(&mut self.outgoing, |out| data.encode(out), encode_room)
+                        .map_err(tls_error)?;
                 }
                 // Queued in `outgoing`; it is sent by whoever flushes next.
                 ConnectionState::TransmitTlsData(data) => data.done(),
@@ -227,20 +236,14 @@ impl TlsStream {
                         Encrypt::Data(data) if !self.write_closed => append(
                             &mut self.outgoing,
                             |out| traffic.encrypt(data, out),
-                            |e| match e {
-                                EncryptError::InsufficientSize(s) => Some(s.required_size),
-                                _ => None,
-                            },
+                            encrypt_room,
                         )
                         .map_err(tls_error)?,
                         Encrypt::CloseNotify if !self.write_closed => {
                             append(
                                 &mut self.outgoing,
                                 |out| traffic.queue_close_notify(out),
-                                |e| match e {
-                                    EncryptError::InsufficientSize(s) => Some(s.required_size),
-                                    _ => None,
-                                },
+                                encrypt_room,
                             )
                             .map_err(tls_error)?;
                             self.write_closed = true;
@@ -284,14 +287,7 @@ impl TlsStream {
             let status = self.conn.process_tls_records(&mut buf[start..]);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    let _ = append(
-                        &mut self.outgoing,
-                        |out| data.encode(out),
-                        |e| match e {
-                            EncodeError::InsufficientSize(s) => Some(s.required_size),
-                            _ => None,
-                        },
-                    );
+                    let _ = append(&mut self.outgoing, |out| data.encode(out), encode_room);
                 }
                 _ => return,
             }
@@ -539,13 +535,12 @@ mod tests {
         }
     }
 
-    /// A server stream and a client connected to it, the handshake done.
-    async fn pair(
+    /// A listener whose first connection is handed to `TlsStream::accept`.
+    async fn serve_one(
         pki: &Pki,
-        client: Arc<rustls::ClientConfig>,
     ) -> (
-        io::Result<TlsStream>,
-        io::Result<tokio_rustls::client::TlsStream<TcpStream>>,
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<TlsStream>>,
     ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -556,6 +551,18 @@ mod tests {
             let (tcp, _) = listener.accept().await.expect("accept");
             TlsStream::accept(tcp, server).await
         });
+        (addr, accepted)
+    }
+
+    /// A server stream and a client connected to it, the handshake done.
+    async fn pair(
+        pki: &Pki,
+        client: Arc<rustls::ClientConfig>,
+    ) -> (
+        io::Result<TlsStream>,
+        io::Result<tokio_rustls::client::TlsStream<TcpStream>>,
+    ) {
+        let (addr, accepted) = serve_one(pki).await;
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let connector = tokio_rustls::TlsConnector::from(client);
         let name = ServerName::try_from("localhost").expect("name");
@@ -646,15 +653,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_instead_of_a_handshake_is_an_error_not_a_panic() {
         let pki = pki();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = pki.server.clone();
-        let accepted = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            TlsStream::accept(tcp, server).await
-        });
+        let (addr, accepted) = serve_one(&pki).await;
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
         tcp.write_all(b"CONNECT MQTT please\r\n\r\n")
             .await
@@ -662,15 +661,7 @@ mod tests {
         let result = accepted.await.expect("task");
         assert!(result.is_err());
         // And a client that hangs up half way is an error too.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = pki.server.clone();
-        let accepted = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            TlsStream::accept(tcp, server).await
-        });
+        let (addr, accepted) = serve_one(&pki).await;
         let tcp = TcpStream::connect(addr).await.expect("connect");
         drop(tcp);
         let err = accepted.await.expect("task").err().expect("refused");
